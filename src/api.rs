@@ -1,0 +1,278 @@
+//! The backend-facing HTTP API: `POST /publish`, the client and topic admin endpoints, and the
+//! health checks. Every request is checked whole before anything is published.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::Publisher;
+use crate::error::ApiError;
+use crate::event::{now_ms, Audience, Draft};
+use crate::hub::Hub;
+use crate::topic::Pattern;
+
+/// One item of a publish request, as the contract names its fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item<'a> {
+    topic: Option<String>,
+    topics: Option<Vec<String>>,
+    event: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    clients: Option<Vec<Uuid>>,
+    #[serde(default)]
+    broadcast: bool,
+    #[serde(default)]
+    retain: bool,
+    #[serde(borrow)]
+    patch: Option<&'a RawValue>,
+    #[serde(borrow)]
+    json_patch: Option<&'a RawValue>,
+}
+
+fn json_error(e: serde_json::Error, at: &str) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request("invalid_json", format!("{at}the body is not valid JSON: {e}"))
+        }
+        Category::Data => ApiError::bad_request("invalid_request", format!("{at}{e}")),
+    }
+}
+
+/// Turns one item into drafts: one per topic, or one with no topic for targeted and broadcast
+/// events.
+fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String> {
+    if item.retain || item.patch.is_some() || item.json_patch.is_some() {
+        return Err("retained state (retain, patch, json_patch) is not available in this version".into());
+    }
+    let topics = match (item.topic, item.topics) {
+        (Some(_), Some(_)) => return Err("give topic or topics, not both".into()),
+        (Some(t), None) => vec![t],
+        (None, Some(ts)) if ts.is_empty() => return Err("topics must not be empty".into()),
+        (None, Some(ts)) => ts,
+        (None, None) => Vec::new(),
+    };
+    let audience = match (item.clients, item.broadcast) {
+        (Some(_), true) => return Err("give clients or broadcast, not both".into()),
+        (Some(ids), false) => Audience::Clients(Arc::from(ids)),
+        (None, true) => Audience::All,
+        (None, false) if topics.is_empty() => return Err("missing target: give topic, topics, clients or broadcast".into()),
+        (None, false) => Audience::Topic,
+    };
+    let event: Arc<str> = Arc::from(item.event.as_deref().unwrap_or("message"));
+    let data = match item.data {
+        Some(raw) => raw.to_owned(),
+        None => RawValue::from_string("null".into()).map_err(|e| e.to_string())?,
+    };
+    let draft = |topic: Option<Arc<str>>| Draft {
+        topic,
+        event: event.clone(),
+        data: data.clone(),
+        audience: audience.clone(),
+        ts,
+    };
+    if topics.is_empty() {
+        out.push(draft(None));
+    } else {
+        out.extend(topics.into_iter().map(|t| draft(Some(Arc::from(t)))));
+    }
+    Ok(())
+}
+
+/// Parses a publish body: one item or an array of items.
+pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
+    let ts = now_ms();
+    let mut drafts = Vec::new();
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
+        for (i, raw) in items.iter().enumerate() {
+            let at = format!("item {i}: ");
+            let item: Item<'_> = serde_json::from_str(raw.get()).map_err(|e| json_error(e, &at))?;
+            drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", format!("{at}{m}")))?;
+        }
+    } else {
+        if first != Some(&b'{') {
+            // Let serde say what is wrong with it; a valid non-object is a request error.
+            serde_json::from_slice::<&RawValue>(body).map_err(|e| json_error(e, ""))?;
+            return Err(ApiError::bad_request("invalid_request", "the body must be a JSON object or an array of objects"));
+        }
+        let item: Item<'_> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
+        drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", m))?;
+    }
+    Ok(drafts)
+}
+
+/// Reads a request body up to the configured limit (`413` beyond it).
+pub async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = hub.config().max_body_bytes;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+/// `POST /publish`.
+pub async fn publish(State(hub): State<Hub>, _: Publisher, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let result = async {
+        let body = read_body(&hub, &headers, body).await?;
+        let drafts = parse_publish(&body)?;
+        Ok::<_, ApiError>(hub.publish(drafts).await?)
+    }
+    .await;
+    match result {
+        Ok(events) => {
+            let ids: Vec<&str> = events.iter().map(|e| &*e.id_text).collect();
+            Ok(Json(json!({ "ids": ids })))
+        }
+        Err(e) => {
+            hub.metrics().rejected.inc();
+            Err(e)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicsBody {
+    topics: Vec<String>,
+}
+
+fn client_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found("unknown_client", "no client with this client_id is connected"))
+}
+
+async fn patterns_in(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Vec<Pattern>, ApiError> {
+    let body = read_body(hub, headers, body).await?;
+    let req: TopicsBody = serde_json::from_slice(&body).map_err(|e| json_error(e, ""))?;
+    if req.topics.is_empty() {
+        return Err(ApiError::bad_request("invalid_request", "topics must not be empty"));
+    }
+    parse_patterns(req.topics.iter().map(String::as_str))
+}
+
+/// Parses subscription patterns, refusing the request on the first bad one.
+pub fn parse_patterns<'a>(topics: impl IntoIterator<Item = &'a str>) -> Result<Vec<Pattern>, ApiError> {
+    let mut out: Vec<Pattern> = Vec::new();
+    for t in topics {
+        let p = Pattern::parse(t).map_err(|e| ApiError::bad_request("invalid_topic", format!("{t:?}: {e}")))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// `POST /clients/{client_id}/subscribe`.
+pub async fn subscribe(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let id = client_id(&id)?;
+    let patterns = patterns_in(&hub, &headers, body).await?;
+    let topics = hub.subscribe(&id, &patterns)?;
+    Ok(Json(json!({ "client_id": id, "topics": topics })))
+}
+
+/// `POST /clients/{client_id}/unsubscribe`.
+pub async fn unsubscribe(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let id = client_id(&id)?;
+    let patterns = patterns_in(&hub, &headers, body).await?;
+    let topics = hub.unsubscribe(&id, &patterns)?;
+    Ok(Json(json!({ "client_id": id, "topics": topics })))
+}
+
+/// `DELETE /clients/{client_id}`.
+pub async fn disconnect(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = client_id(&id)?;
+    hub.disconnect(&id)?;
+    Ok(Json(json!({ "client_id": id, "disconnected": true })))
+}
+
+/// `GET /clients`.
+pub async fn clients(State(hub): State<Hub>, _: Publisher) -> Json<Value> {
+    Json(json!({ "clients": hub.clients() }))
+}
+
+/// `GET /topics`.
+pub async fn topics(State(hub): State<Hub>, _: Publisher) -> Json<Value> {
+    Json(json!({ "topics": hub.topics() }))
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: ready to serve, broker reachable.
+pub async fn readyz(State(hub): State<Hub>) -> Response {
+    let broker = hub.broker();
+    if hub.shutdown_token().is_cancelled() {
+        return ApiError::unavailable("shutting_down", "the gateway is shutting down", 1).into_response();
+    }
+    if broker.ready() {
+        Json(json!({ "status": "ready", "broker": broker.name() })).into_response()
+    } else {
+        ApiError::unavailable("broker_unavailable", format!("the {} broker is not reachable", broker.name()), 1).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(hub): State<Hub>) -> Response {
+    hub.metrics().history.set(hub.broker().history_len() as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        hub.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Answers paths the gateway does not serve.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint; see the API contract")
+}
+
+/// Answers a known path called with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_item_becomes_one_draft_per_topic() {
+        let d = parse_publish(br#"{"topics":["a","b"],"event":"x","data":{"k":[1, 2]}}"#).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].topic.as_deref(), Some("b"));
+        assert_eq!(d[0].data.get(), r#"{"k":[1, 2]}"#);
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        let code = |b: &[u8]| parse_publish(b).unwrap_err().code;
+        assert_eq!(code(b"{\"topic\":"), "invalid_json");
+        assert_eq!(code(b"42"), "invalid_request");
+        assert_eq!(code(br#"{"data":1}"#), "invalid_request");
+        assert_eq!(code(br#"{"topic":"a","topics":["b"]}"#), "invalid_request");
+        assert_eq!(code(br#"{"topic":"a","tpoic":1}"#), "invalid_request");
+        assert_eq!(code(br#"{"clients":["nope"]}"#), "invalid_request");
+        let e = parse_publish(br#"[{"topic":"a"},{"data":2}]"#).unwrap_err();
+        assert!(e.message.starts_with("item 1:"), "{}", e.message);
+    }
+}

@@ -1,0 +1,53 @@
+//! Publisher rights. With API keys configured, a request must carry one (`Authorization: Bearer`
+//! or `X-API-Key`); with none, publishing and admin endpoints answer loopback peers only.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::hub::Hub;
+
+/// Proof that the request may publish and administer. Use it as a handler argument.
+#[derive(Debug, Clone, Copy)]
+pub struct Publisher;
+
+fn presented_key(parts: &Parts) -> Option<&str> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    bearer.or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+}
+
+impl FromRequestParts<Hub> for Publisher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, Self::Rejection> {
+        let keys = &hub.config().api_key;
+        if !keys.is_empty() {
+            let Some(given) = presented_key(parts) else {
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "an API key is required (Authorization: Bearer <key>)"));
+            };
+            let known = keys.iter().any(|k| bool::from(k.as_bytes().ct_eq(given.as_bytes())));
+            return if known {
+                Ok(Publisher)
+            } else {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is not valid"))
+            };
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        match peer {
+            Some(addr) if addr.ip().to_canonical().is_loopback() => Ok(Publisher),
+            _ => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "publishing is allowed from loopback only unless API keys are configured",
+            )),
+        }
+    }
+}

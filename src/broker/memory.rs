@@ -1,0 +1,178 @@
+//! The in-memory broker: ids from the clock, a history bounded by count and age, and dispatch under
+//! the same lock as id assignment, so every client sees one order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::{Broker, BrokerError, Dispatch, Replay};
+use crate::event::{now_ms, Draft, Event, EventId};
+
+/// Keeps the last events in memory. Nothing to install; lost when the process ends.
+pub struct MemoryBroker {
+    max_len: usize,
+    max_age: Duration,
+    history: Mutex<History>,
+}
+
+struct History {
+    events: VecDeque<Arc<Event>>,
+    /// The id just before the oldest event kept: a client that saw it has missed nothing that
+    /// was dropped. At start, the start time, so ids of an earlier process are refused.
+    floor: EventId,
+    /// The last id issued.
+    last: EventId,
+}
+
+impl History {
+    fn trim(&mut self, max_len: usize, max_age: Duration, now: u64) {
+        let oldest_ts = now.saturating_sub(max_age.as_millis() as u64);
+        while let Some(front) = self.events.front() {
+            if self.events.len() <= max_len && front.draft.ts >= oldest_ts {
+                break;
+            }
+            self.floor = front.id;
+            self.events.pop_front();
+        }
+    }
+}
+
+impl MemoryBroker {
+    /// A broker keeping at most `max_len` events, none older than `max_age`.
+    pub fn new(max_len: usize, max_age: Duration) -> Self {
+        let start = EventId { ms: now_ms(), seq: 0 };
+        MemoryBroker {
+            max_len,
+            max_age,
+            history: Mutex::new(History {
+                events: VecDeque::new(),
+                floor: start,
+                last: start,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replay_now(&self, after: &str) -> Replay {
+        let mut h = self.lock();
+        h.trim(self.max_len, self.max_age, now_ms());
+        let head = h.last;
+        let Ok(after) = after.parse::<EventId>() else {
+            return Replay::Unknown { head };
+        };
+        if after == head {
+            return Replay::Missed { events: Vec::new(), head };
+        }
+        if after > head {
+            return Replay::Unknown { head };
+        }
+        if after < h.floor {
+            return Replay::Expired { head };
+        }
+        let start = if after == h.floor {
+            0
+        } else {
+            match h.events.binary_search_by(|e| e.id.cmp(&after)) {
+                Ok(i) => i + 1,
+                Err(_) => return Replay::Unknown { head },
+            }
+        };
+        Replay::Missed { events: h.events.range(start..).cloned().collect(), head }
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn publish<'a>(
+        &'a self,
+        drafts: Vec<Draft>,
+        sink: &'a dyn Dispatch,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, BrokerError>> {
+        let now = now_ms();
+        let mut h = self.lock();
+        let mut events = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            h.last = h.last.next(now);
+            let ev = Arc::new(Event::new(h.last, draft));
+            h.events.push_back(ev.clone());
+            events.push(ev);
+        }
+        h.trim(self.max_len, self.max_age, now);
+        // Dispatching under the history lock keeps concurrent publishers in id order.
+        sink.dispatch(&events);
+        drop(h);
+        futures::future::ready(Ok(events)).boxed()
+    }
+
+    fn replay<'a>(&'a self, after: &'a str) -> BoxFuture<'a, Result<Replay, BrokerError>> {
+        futures::future::ready(Ok(self.replay_now(after))).boxed()
+    }
+
+    fn head(&self) -> EventId {
+        self.lock().last
+    }
+
+    fn history_len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Audience;
+    use serde_json::value::RawValue;
+
+    struct Nobody;
+    impl Dispatch for Nobody {
+        fn dispatch(&self, _: &[Arc<Event>]) {}
+    }
+
+    fn drafts(n: usize) -> Vec<Draft> {
+        (0..n)
+            .map(|i| Draft {
+                topic: Some(Arc::from("t")),
+                event: Arc::from("message"),
+                data: RawValue::from_string(i.to_string()).unwrap(),
+                audience: Audience::Topic,
+                ts: now_ms(),
+            })
+            .collect()
+    }
+
+    fn missed(r: Replay) -> Vec<String> {
+        match r {
+            Replay::Missed { events, .. } => events.iter().map(|e| e.draft.data.get().to_owned()).collect(),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn replays_after_an_id_and_knows_what_it_dropped() {
+        let b = MemoryBroker::new(3, Duration::from_secs(60));
+        let start = b.head().to_string();
+        let ev = b.publish(drafts(5), &Nobody).await.unwrap();
+        assert!(ev.windows(2).all(|w| w[0].id < w[1].id));
+        // Kept: 2, 3, 4. A client that saw 1 has missed nothing that was dropped.
+        assert_eq!(missed(b.replay(&ev[1].id.to_string()).await.unwrap()), ["2", "3", "4"]);
+        assert_eq!(missed(b.replay(&ev[3].id.to_string()).await.unwrap()), ["4"]);
+        assert!(missed(b.replay(&ev[4].id.to_string()).await.unwrap()).is_empty());
+        assert!(matches!(b.replay(&ev[0].id.to_string()).await.unwrap(), Replay::Expired { .. }));
+        assert!(matches!(b.replay(&start).await.unwrap(), Replay::Expired { .. }));
+        assert!(matches!(b.replay("junk").await.unwrap(), Replay::Unknown { .. }));
+        assert!(matches!(b.replay("99999999999999-0").await.unwrap(), Replay::Unknown { .. }));
+    }
+}

@@ -1,0 +1,76 @@
+//! Brokers give events their ids and order and keep the history that reconnecting clients resume
+//! from. The in-memory broker is the embedded default; a shared broker (Redis Streams) lets several
+//! gateway nodes agree on one order.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::event::{Draft, Event, EventId};
+
+pub mod memory;
+
+pub use memory::MemoryBroker;
+
+/// Receives events in the broker's order. The hub implements it by fanning them out to clients.
+pub trait Dispatch: Send + Sync {
+    /// Delivers these events, which follow every event dispatched before them.
+    fn dispatch(&self, events: &[Arc<Event>]);
+}
+
+/// A broker failure, as the HTTP edge reports it (`503`).
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a client that resumes after an id has missed.
+#[derive(Debug)]
+pub enum Replay {
+    /// Every event after the id, in order, up to `head` (unfiltered: the hub filters them).
+    Missed {
+        /// The events after the id, oldest first.
+        events: Vec<Arc<Event>>,
+        /// The last id the broker had dispatched when the replay was taken.
+        head: EventId,
+    },
+    /// The id was never issued by this broker (or is malformed).
+    Unknown {
+        /// Where live events continue.
+        head: EventId,
+    },
+    /// The id is older than the history kept.
+    Expired {
+        /// Where live events continue.
+        head: EventId,
+    },
+}
+
+/// Orders, stores and replays events.
+pub trait Broker: Send + Sync + 'static {
+    /// A short name for logs and `/readyz` (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// Appends the drafts, all or none, in order, giving each an id, and has them dispatched
+    /// through `sink` in the broker's order. Returns the events as stored.
+    fn publish<'a>(
+        &'a self,
+        drafts: Vec<Draft>,
+        sink: &'a dyn Dispatch,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, BrokerError>>;
+
+    /// The events after `after` (an id as a client sent it).
+    fn replay<'a>(&'a self, after: &'a str) -> BoxFuture<'a, Result<Replay, BrokerError>>;
+
+    /// The id of the last event dispatched on this node: a client registered now receives every
+    /// event after it.
+    fn head(&self) -> EventId;
+
+    /// How many events the history holds now.
+    fn history_len(&self) -> usize;
+
+    /// Whether the broker can take publishes now.
+    fn ready(&self) -> bool;
+}

@@ -1,0 +1,242 @@
+//! One connected client: its id and its bounded outbound queue. The hub pushes into the queue
+//! without waiting; the client's transport drains everything that is waiting in one go.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::event::{now_ms, Event};
+
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Transport {
+    /// `GET /stream`.
+    #[serde(rename = "sse")]
+    Sse,
+    /// `GET /ws`.
+    #[serde(rename = "ws")]
+    Ws,
+    /// `GET /poll` sessions.
+    #[serde(rename = "long-poll")]
+    LongPoll,
+}
+
+impl Transport {
+    /// The contract's name for the transport.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+            Transport::LongPoll => "long-poll",
+        }
+    }
+}
+
+/// Why the hub stopped a client's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client did not read fast enough and its queue filled up; it should reconnect and
+    /// resume from history.
+    Overflow,
+    /// A backend asked for the disconnect (`DELETE /clients/{id}`).
+    Kicked,
+    /// The gateway is shutting down; the client should come back later.
+    Shutdown,
+}
+
+/// What the hub asks a transport to send.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A published event.
+    Event(Arc<Event>),
+    /// Nothing was sent for a heartbeat interval.
+    Heartbeat,
+    /// The last message: the stream ends after it.
+    Close(CloseReason),
+}
+
+/// Result of offering an item to a client's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued.
+    Queued,
+    /// The queue was full: it was emptied and the client is now closed with
+    /// [`CloseReason::Overflow`].
+    Overflowed,
+    /// The client is already closed; the item was dropped.
+    Closed,
+}
+
+struct Queue {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
+/// A connected client, shared by the hub (which pushes) and its transport (which drains).
+pub struct Client {
+    id: Uuid,
+    transport: Transport,
+    connected_at_ms: u64,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    /// Woken when the queue goes from empty to non-empty; the transport's writer waits on it.
+    ready: Notify,
+    /// The dispatch round that last reached this client, so a client that matches an event
+    /// through several subscriptions gets it once.
+    last_round: AtomicU64,
+    /// When the transport last wrote anything, for heartbeats.
+    last_write_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A new client whose queue holds at most `capacity` items.
+    pub(crate) fn new(transport: Transport, capacity: usize) -> Self {
+        let now = now_ms();
+        Client {
+            id: Uuid::new_v4(),
+            transport,
+            connected_at_ms: now,
+            capacity: capacity.max(1),
+            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false }),
+            ready: Notify::new(),
+            last_round: AtomicU64::new(0),
+            last_write_ms: AtomicU64::new(now),
+        }
+    }
+
+    /// The client's id, which backends use to target it.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// How the client is connected.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// When the client connected, in unix milliseconds.
+    pub fn connected_at_ms(&self) -> u64 {
+        self.connected_at_ms
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this short lock leaves the queue itself consistent.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks dispatch round `round` as reaching this client; false if it already had.
+    pub(crate) fn first_in_round(&self, round: u64) -> bool {
+        self.last_round.swap(round, Ordering::Relaxed) != round
+    }
+
+    /// Queues an item. A full queue is emptied and replaced by a close, so a client that stops
+    /// reading holds at most `capacity` items and then resumes from history when it reconnects.
+    pub(crate) fn push(&self, item: Outbound) -> Push {
+        let mut q = self.lock();
+        if q.closed {
+            return Push::Closed;
+        }
+        let was_empty = q.items.is_empty();
+        if q.items.len() >= self.capacity {
+            q.items.clear();
+            q.items.shrink_to(16);
+            q.items.push_back(Outbound::Close(CloseReason::Overflow));
+            q.closed = true;
+            drop(q);
+            self.ready.notify_one();
+            return Push::Overflowed;
+        }
+        if let Outbound::Close(_) = item {
+            q.closed = true;
+        }
+        q.items.push_back(item);
+        drop(q);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Queues a heartbeat if nothing else is waiting; true if it did.
+    pub(crate) fn push_heartbeat(&self) -> bool {
+        let mut q = self.lock();
+        if q.closed || !q.items.is_empty() {
+            return false;
+        }
+        q.items.push_back(Outbound::Heartbeat);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Closes the client's stream: pending items are still sent, then the close.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.push(Outbound::Close(reason));
+    }
+
+    /// Whether the client has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Waits until something is queued, then moves everything queued into `out` (which it
+    /// clears first). After a close has been taken, it returns with `out` empty for ever.
+    pub async fn next_batch(&self, out: &mut VecDeque<Outbound>) {
+        out.clear();
+        loop {
+            {
+                let mut q = self.lock();
+                if !q.items.is_empty() {
+                    std::mem::swap(&mut q.items, out);
+                    return;
+                }
+                if q.closed {
+                    return;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Records that the transport wrote to the client now.
+    pub fn wrote(&self, now_ms: u64) {
+        self.last_write_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether nothing has been written since `since_ms`.
+    pub(crate) fn idle_since(&self, since_ms: u64) -> bool {
+        self.last_write_ms.load(Ordering::Relaxed) <= since_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_turns_into_one_close() {
+        let c = Client::new(Transport::Sse, 2);
+        assert_eq!(c.push(Outbound::Heartbeat), Push::Queued);
+        assert_eq!(c.push(Outbound::Heartbeat), Push::Queued);
+        assert_eq!(c.push(Outbound::Heartbeat), Push::Overflowed);
+        assert_eq!(c.push(Outbound::Heartbeat), Push::Closed);
+        let mut out = VecDeque::new();
+        c.next_batch(&mut out).await;
+        assert!(matches!(out.iter().collect::<Vec<_>>()[..], [Outbound::Close(CloseReason::Overflow)]));
+        c.next_batch(&mut out).await;
+        assert!(out.is_empty());
+    }
+}

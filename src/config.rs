@@ -1,0 +1,195 @@
+//! Gateway configuration: one typed struct, read from flags and `SSEGATE_*` environment variables
+//! (flags win), through a function that tests can feed without touching the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::client::Transport;
+
+/// Settings of one gateway process.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Send `: hb` to a client after this many milliseconds without output.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub heartbeat_ms: u64,
+    /// Events kept in history for resuming clients.
+    #[arg(long, default_value_t = 10_000)]
+    pub history_size: usize,
+    /// Oldest event kept in history, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub history_age_s: u64,
+    /// Items a client's outbound queue holds; a client whose queue fills is closed and resumes.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_size: u64,
+    /// Largest request body (and WebSocket frame), in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Enabled transports, a comma list of `sse`, `ws`, `long-poll`, `poll`.
+    #[arg(long, default_value = "sse,ws,long-poll,poll", value_parser = parse_transports)]
+    pub transports: Transports,
+    /// Where history and ordering live: `memory`, or `redis://HOST:PORT`.
+    #[arg(long, default_value = "memory")]
+    pub broker: String,
+    /// Reconnection delay suggested to SSE clients (`retry:`), in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub retry_ms: u64,
+    /// API keys that grant publisher rights (comma list). With none, publishing and the admin
+    /// endpoints answer loopback peers only.
+    #[arg(long, value_delimiter = ',')]
+    pub api_key: Vec<String>,
+    /// Origins allowed by CORS (comma list), or `*`.
+    #[arg(long, default_value = "*")]
+    pub cors_origins: String,
+    /// Most open connections; more get `503` with `Retry-After`.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// Time to drain connections on shutdown before they are cut, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_sources(["serve"], &HashMap::new()).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Parses `serve`'s flags (`args` without the program name, starting at `serve`), taking a
+    /// value from `env` (`SSEGATE_<FLAG>`) for each flag that is not given.
+    pub fn from_sources<I, T>(args: I, env: &HashMap<String, String>) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let argv = std::iter::once(std::ffi::OsString::from("ssegate"))
+            .chain(args.into_iter().map(Into::into));
+        let matches = cli_command(env).try_get_matches_from(argv)?;
+        match Cli::from_arg_matches(&matches)?.command {
+            Command::Serve(config) => Ok(config),
+        }
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// The longest age of an event in history.
+    pub fn history_age(&self) -> Duration {
+        Duration::from_secs(self.history_age_s)
+    }
+}
+
+/// The command line: `ssegate serve [FLAGS]`.
+#[derive(Debug, Parser)]
+#[command(name = "ssegate", version, about = "A real-time push gateway: SSE, WebSocket and long-polling")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The binary's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Config),
+}
+
+/// The name of the environment variable for a flag: `SSEGATE_` and the flag in capitals.
+pub fn env_name(flag_id: &str) -> String {
+    format!("SSEGATE_{}", flag_id.to_ascii_uppercase())
+}
+
+/// The clap command with environment values as defaults and named in the help.
+pub fn cli_command(env: &HashMap<String, String>) -> clap::Command {
+    Cli::command().mut_subcommand("serve", |serve| {
+        let ids: Vec<String> = serve.get_arguments().map(|a| a.get_id().to_string()).collect();
+        ids.into_iter()
+            .filter(|id| id != "help")
+            .fold(serve, |serve, id| {
+                let var = env_name(&id);
+                let value = env.get(&var).cloned();
+                serve.mut_arg(id.as_str(), move |arg| {
+                    let help = format!("{} [env: {var}]", arg.get_help().map(|h| h.to_string()).unwrap_or_default());
+                    let arg = arg.help(help);
+                    match value {
+                        Some(v) => arg.default_value(v),
+                        None => arg,
+                    }
+                })
+            })
+    })
+}
+
+/// The set of enabled transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    /// `GET /stream`.
+    pub sse: bool,
+    /// `GET /ws`.
+    pub ws: bool,
+    /// `GET /poll`.
+    pub long_poll: bool,
+    /// `GET /snapshot` polling.
+    pub poll: bool,
+}
+
+impl Transports {
+    /// Whether a connected transport is enabled.
+    pub fn allows(&self, t: Transport) -> bool {
+        match t {
+            Transport::Sse => self.sse,
+            Transport::Ws => self.ws,
+            Transport::LongPoll => self.long_poll,
+        }
+    }
+}
+
+fn parse_transports(s: &str) -> Result<Transports, String> {
+    let mut t = Transports { sse: false, ws: false, long_poll: false, poll: false };
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "sse" => t.sse = true,
+            "ws" => t.ws = true,
+            "long-poll" => t.long_poll = true,
+            "poll" => t.poll = true,
+            other => return Err(format!("unknown transport {other:?} (use sse, ws, long-poll, poll)")),
+        }
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_environment_which_beats_defaults() {
+        let env = HashMap::from([
+            ("SSEGATE_HEARTBEAT_MS".to_owned(), "250".to_owned()),
+            ("SSEGATE_LISTEN".to_owned(), "127.0.0.1:9000".to_owned()),
+        ]);
+        let c = Config::from_sources(["serve", "--listen", "127.0.0.1:0"], &env).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.heartbeat_ms, 250);
+        assert_eq!(c.history_size, 10_000);
+        assert!(c.transports.sse && c.transports.poll);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let env = HashMap::new();
+        assert!(Config::from_sources(["serve", "--transports", "sse,carrier-pigeon"], &env).is_err());
+        assert!(Config::from_sources(["serve", "--listen", "nowhere"], &env).is_err());
+        let env = HashMap::from([("SSEGATE_QUEUE_SIZE".to_owned(), "0".to_owned())]);
+        assert!(Config::from_sources(["serve"], &env).is_err());
+    }
+}

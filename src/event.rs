@@ -1,0 +1,256 @@
+//! Events as the hub carries them: assigned an id once by the broker, then encoded at most once per
+//! wire format and shared by every connection that sends them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// The position of an event in the broker's order, written `<ms>-<seq>` like a Redis Stream id, so
+/// that ids of the memory broker and of a Redis broker look and compare the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventId {
+    /// Milliseconds since the unix epoch when the id was assigned (never goes back).
+    pub ms: u64,
+    /// Sequence number within that millisecond.
+    pub seq: u64,
+}
+
+impl EventId {
+    /// The id that follows `self` at time `now_ms`: strictly greater, even if the clock went back.
+    pub fn next(self, now_ms: u64) -> EventId {
+        if now_ms > self.ms {
+            EventId { ms: now_ms, seq: 0 }
+        } else {
+            EventId { ms: self.ms, seq: self.seq + 1 }
+        }
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// An id that is not of the form `<ms>-<seq>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed event id")]
+pub struct BadEventId;
+
+impl FromStr for EventId {
+    type Err = BadEventId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.trim().split_once('-').ok_or(BadEventId)?;
+        Ok(EventId {
+            ms: ms.parse().map_err(|_| BadEventId)?,
+            seq: seq.parse().map_err(|_| BadEventId)?,
+        })
+    }
+}
+
+/// Who receives an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// The subscribers of the event's topic.
+    Topic,
+    /// Exactly these clients, whatever they subscribe to.
+    Clients(Arc<[Uuid]>),
+    /// Every connected client.
+    All,
+}
+
+/// A validated event that has no id yet: what a publisher hands to the broker.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The topic, if any (targeted and broadcast events may have none).
+    pub topic: Option<Arc<str>>,
+    /// The event type name (`message` by default).
+    pub event: Arc<str>,
+    /// The payload as JSON text, kept as the publisher wrote it.
+    pub data: Box<RawValue>,
+    /// Who receives it.
+    pub audience: Audience,
+    /// Publish time in unix milliseconds.
+    pub ts: u64,
+}
+
+impl Draft {
+    /// An event for the subscribers of `topic`.
+    pub fn topic(topic: &str, event: &str, data: Box<RawValue>) -> Self {
+        Draft { topic: Some(Arc::from(topic)), event: Arc::from(event), data, audience: Audience::Topic, ts: now_ms() }
+    }
+
+    /// An event for exactly these clients, whatever they subscribe to.
+    pub fn clients(ids: &[Uuid], event: &str, data: Box<RawValue>) -> Self {
+        Draft { topic: None, event: Arc::from(event), data, audience: Audience::Clients(Arc::from(ids)), ts: now_ms() }
+    }
+
+    /// An event for every connected client.
+    pub fn broadcast(event: &str, data: Box<RawValue>) -> Self {
+        Draft { topic: None, event: Arc::from(event), data, audience: Audience::All, ts: now_ms() }
+    }
+}
+
+/// An event with its id. Its wire encodings are made on first use and then shared.
+#[derive(Debug)]
+pub struct Event {
+    /// Broker-assigned position.
+    pub id: EventId,
+    /// The id as text, as it goes on the wire.
+    pub id_text: Box<str>,
+    /// Topic, type, payload, audience and time, as published.
+    pub draft: Draft,
+    sse: OnceLock<Bytes>,
+    sse_envelope: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+}
+
+impl Event {
+    /// Gives a draft its id.
+    pub fn new(id: EventId, draft: Draft) -> Self {
+        Event {
+            id,
+            id_text: id.to_string().into_boxed_str(),
+            draft,
+            sse: OnceLock::new(),
+            sse_envelope: OnceLock::new(),
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The topic, if any.
+    pub fn topic(&self) -> Option<&str> {
+        self.draft.topic.as_deref()
+    }
+
+    /// The envelope `{id, topic, event, data, ts}` as compact JSON text (data kept as published).
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            let mut out = Vec::with_capacity(64 + self.draft.data.get().len());
+            out.extend_from_slice(b"{\"id\":");
+            push_json_str(&mut out, &self.id_text);
+            out.extend_from_slice(b",\"topic\":");
+            match &self.draft.topic {
+                Some(t) => push_json_str(&mut out, t),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"event\":");
+            push_json_str(&mut out, &self.draft.event);
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(self.draft.data.get().as_bytes());
+            out.extend_from_slice(b",\"ts\":");
+            out.extend_from_slice(self.draft.ts.to_string().as_bytes());
+            out.push(b'}');
+            Bytes::from(out)
+        })
+    }
+
+    /// The Server-Sent Events frame: `id:`, `event:` and the data, or with `envelope` the whole
+    /// event JSON as data.
+    pub fn sse_frame(&self, envelope: bool) -> &Bytes {
+        if envelope {
+            self.sse_envelope.get_or_init(|| {
+                let json = self.json();
+                sse_frame(Some(&self.id_text), &self.draft.event, json)
+            })
+        } else {
+            self.sse.get_or_init(|| {
+                sse_frame(
+                    Some(&self.id_text),
+                    &self.draft.event,
+                    self.draft.data.get().as_bytes(),
+                )
+            })
+        }
+    }
+}
+
+/// Encodes one SSE frame. `data` is split into one `data:` line per line of text.
+pub fn sse_frame(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + event.len() + 48);
+    if let Some(id) = id {
+        out.put_slice(b"id: ");
+        out.put_slice(id.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_slice(b"event: ");
+    out.put_slice(event.as_bytes());
+    out.put_u8(b'\n');
+    let mut rest = data;
+    loop {
+        let end = rest.iter().position(|&b| b == b'\n' || b == b'\r');
+        let (line, next) = match end {
+            Some(i) => {
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                (&rest[..i], Some(&rest[i + skip..]))
+            }
+            None => (rest, None),
+        };
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_u8(b'\n');
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping of a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(data: &str) -> Draft {
+        Draft {
+            topic: Some(Arc::from("a/b")),
+            event: Arc::from("tick"),
+            data: RawValue::from_string(data.to_owned()).unwrap(),
+            audience: Audience::Topic,
+            ts: 7,
+        }
+    }
+
+    #[test]
+    fn ids_order_and_round_trip() {
+        let a = EventId { ms: 5, seq: 9 };
+        assert!(a.next(5) > a && a.next(4) > a && a.next(6) > a);
+        assert_eq!("5-9".parse::<EventId>(), Ok(a));
+        assert_eq!(a.to_string(), "5-9");
+        assert!("5".parse::<EventId>().is_err() && "x-1".parse::<EventId>().is_err());
+    }
+
+    #[test]
+    fn frames_split_lines_and_carry_the_id() {
+        let ev = Event::new(EventId { ms: 1, seq: 2 }, draft("{\n\"a\": 1\r\n}"));
+        assert_eq!(
+            &ev.sse_frame(false)[..],
+            b"id: 1-2\nevent: tick\ndata: {\ndata: \"a\": 1\ndata: }\n\n"
+        );
+        let env: serde_json::Value = serde_json::from_slice(ev.json()).unwrap();
+        assert_eq!(env["id"], "1-2");
+        assert_eq!(env["topic"], "a/b");
+        assert_eq!(env["data"]["a"], 1);
+        assert_eq!(env["ts"], 7);
+    }
+}

@@ -1,0 +1,500 @@
+//! The hub owns the fan-out fabric: the registry of connected clients, the index from topics and
+//! patterns to subscribers, and the broker that orders events and keeps history. Publishing hands
+//! drafts to the broker, which dispatches them back here in order; dispatch pushes one shared
+//! `Arc<Event>` into each receiving client's bounded queue without waiting on any client.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broker::{Broker, BrokerError, Dispatch, MemoryBroker, Replay};
+use crate::client::{Client, CloseReason, Outbound, Push, Transport};
+use crate::config::Config;
+use crate::event::{now_ms, Audience, Draft, Event, EventId};
+use crate::metrics::{Metrics, TransportLabel};
+use crate::topic::{validate_topic, Pattern};
+
+/// Event names the gateway itself sends; publishers may not use them.
+pub const RESERVED_EVENTS: [&str; 4] = ["welcome", "reset", "snapshot", "patch"];
+
+/// Why the hub refused a publish.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Item `index` of the request is invalid; nothing was published.
+    #[error("item {index}: {message}")]
+    Invalid {
+        /// Position of the bad item in the request.
+        index: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The broker could not take the events.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// The hub could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The broker URL names something this build cannot use.
+    #[error("unsupported broker {0:?}: use \"memory\"")]
+    UnsupportedBroker(String),
+}
+
+/// A client id that is not connected.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown client")]
+pub struct UnknownClient;
+
+/// One line of `GET /clients`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientInfo {
+    /// The client's id.
+    pub client_id: Uuid,
+    /// `sse`, `ws` or `long-poll`.
+    pub transport: Transport,
+    /// The client's subscriptions.
+    pub topics: Vec<String>,
+    /// When it connected, unix milliseconds.
+    pub connected_at: u64,
+}
+
+/// One line of `GET /topics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicInfo {
+    /// A topic or pattern that clients subscribe to.
+    pub topic: String,
+    /// How many clients subscribe to it.
+    pub subscribers: usize,
+    /// Version of the topic's retained state, if it has one.
+    pub version: Option<u64>,
+}
+
+/// Where a (re)connecting client's stream starts.
+#[derive(Debug)]
+pub struct Start {
+    /// Events it missed, already filtered to what it receives, oldest first.
+    pub missed: Vec<Arc<Event>>,
+    /// Set when it must reload state: the reason sent in the `reset` event.
+    pub reset: Option<&'static str>,
+    /// The position the stream continues from: every later event will be delivered.
+    pub head: EventId,
+    /// Queued events at or below this id were replayed already and must be skipped.
+    pub skip_through: Option<EventId>,
+}
+
+/// A cheap-to-clone handle on the gateway's fan-out fabric.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("broker", &self.shared.broker.name()).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    config: Config,
+    broker: Box<dyn Broker>,
+    state: Mutex<State>,
+    metrics: Metrics,
+    /// Cancelled once, when the gateway shuts down.
+    shutdown: CancellationToken,
+}
+
+struct Entry {
+    client: Arc<Client>,
+    subs: Vec<Pattern>,
+}
+
+type Subscribers = IndexMap<Uuid, Arc<Client>>;
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<Uuid, Entry>,
+    /// Subscribers of each exact topic.
+    exact: HashMap<Arc<str>, Subscribers>,
+    /// Subscribers of each wildcard pattern; few distinct patterns, each tested per event.
+    patterns: HashMap<Pattern, Subscribers>,
+    /// Dispatch round counter, for delivering an event once to a client with overlapping
+    /// subscriptions.
+    round: u64,
+}
+
+impl State {
+    fn index(&mut self, pattern: &Pattern) -> &mut Subscribers {
+        match pattern {
+            Pattern::Exact(t) => self.exact.entry(t.clone()).or_default(),
+            p => self.patterns.entry(p.clone()).or_default(),
+        }
+    }
+
+    fn unindex(&mut self, pattern: &Pattern, id: &Uuid) {
+        match pattern {
+            Pattern::Exact(t) => remove_subscriber(&mut self.exact, &**t, id),
+            p => remove_subscriber(&mut self.patterns, p, id),
+        }
+    }
+
+    fn remove(&mut self, id: &Uuid) -> Option<Entry> {
+        let entry = self.clients.remove(id)?;
+        for p in &entry.subs {
+            self.unindex(p, id);
+        }
+        Some(entry)
+    }
+
+    fn subscribe(&mut self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
+        let entry = self.clients.get_mut(id).ok_or(UnknownClient)?;
+        let client = entry.client.clone();
+        let added: Vec<Pattern> = patterns
+            .iter()
+            .filter(|p| !entry.subs.contains(p))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        entry.subs.extend(added.iter().cloned());
+        let topics = entry.subs.iter().map(ToString::to_string).collect();
+        for p in &added {
+            self.index(p).insert(*id, client.clone());
+        }
+        Ok(topics)
+    }
+}
+
+fn remove_subscriber<K, Q>(index: &mut HashMap<K, Subscribers>, key: &Q, id: &Uuid)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(set) = index.get_mut(key) {
+        set.swap_remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// Whether a client with these subscriptions receives the event.
+fn receives(id: &Uuid, subs: &[Pattern], ev: &Event) -> bool {
+    match &ev.draft.audience {
+        Audience::Topic => ev.topic().is_some_and(|t| subs.iter().any(|p| p.matches(t))),
+        Audience::Clients(ids) => ids.contains(id),
+        Audience::All => true,
+    }
+}
+
+impl Dispatch for Shared {
+    fn dispatch(&self, events: &[Arc<Event>]) {
+        let mut st = lock(&self.state);
+        let mut overflowed = Vec::new();
+        let mut delivered = 0u64;
+        for ev in events {
+            st.round += 1;
+            let round = st.round;
+            let mut deliver = |c: &Arc<Client>| {
+                if c.first_in_round(round) {
+                    match c.push(Outbound::Event(ev.clone())) {
+                        Push::Queued => delivered += 1,
+                        Push::Overflowed => overflowed.push(c.id()),
+                        Push::Closed => {}
+                    }
+                }
+            };
+            match &ev.draft.audience {
+                Audience::Topic => {
+                    let Some(topic) = ev.topic() else { continue };
+                    if let Some(set) = st.exact.get(topic) {
+                        set.values().for_each(&mut deliver);
+                    }
+                    for (pattern, set) in &st.patterns {
+                        if pattern.matches(topic) {
+                            set.values().for_each(&mut deliver);
+                        }
+                    }
+                }
+                Audience::Clients(ids) => {
+                    for id in ids.iter() {
+                        if let Some(e) = st.clients.get(id) {
+                            deliver(&e.client);
+                        }
+                    }
+                }
+                Audience::All => st.clients.values().for_each(|e| deliver(&e.client)),
+            }
+        }
+        for id in &overflowed {
+            if let Some(entry) = st.remove(id) {
+                tracing::warn!(client_id = %id, transport = entry.client.transport().as_str(), "client queue full: closed, it may resume from history");
+            }
+        }
+        drop(st);
+        self.metrics.delivered.inc_by(delivered);
+        self.metrics.overflows.inc_by(overflowed.len() as u64);
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A registered client; dropping it unregisters the client.
+#[derive(Debug)]
+pub struct Connection {
+    hub: Hub,
+    client: Arc<Client>,
+}
+
+impl Connection {
+    /// The client: its id and its queue.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// The hub it is registered with.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.hub.remove(self.client.id());
+    }
+}
+
+impl Hub {
+    /// A hub with the broker named by `config.broker`. Must be called inside a tokio runtime (it
+    /// starts the heartbeat task, which stops with the hub).
+    pub fn new(config: Config) -> Result<Hub, HubError> {
+        let broker: Box<dyn Broker> = match config.broker.as_str() {
+            "memory" | "" => Box::new(MemoryBroker::new(config.history_size, config.history_age())),
+            other => return Err(HubError::UnsupportedBroker(other.to_owned())),
+        };
+        Ok(Hub::with_broker(config, broker))
+    }
+
+    /// A hub over a given broker.
+    pub fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
+        let hub = Hub {
+            shared: Arc::new(Shared {
+                config,
+                broker,
+                state: Mutex::new(State::default()),
+                metrics: Metrics::default(),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        tokio::spawn(heartbeats(Arc::downgrade(&hub.shared), hub.shared.shutdown.clone()));
+        hub
+    }
+
+    /// The configuration the hub runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &dyn Broker {
+        &*self.shared.broker
+    }
+
+    /// Cancelled when the gateway shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    /// Registers a client subscribed to `subs`. Its subscriptions are in place when this returns.
+    pub fn connect(&self, transport: Transport, subs: Vec<Pattern>) -> Connection {
+        let queue = usize::try_from(self.shared.config.queue_size).unwrap_or(usize::MAX);
+        let client = Arc::new(Client::new(transport, queue));
+        let id = client.id();
+        {
+            let mut st = lock(&self.shared.state);
+            st.clients.insert(id, Entry { client: client.clone(), subs: Vec::new() });
+            // Cannot fail: the client was just inserted.
+            let _ = st.subscribe(&id, &subs);
+        }
+        let label = TransportLabel::from(transport);
+        self.shared.metrics.connections.get_or_create(&label).inc();
+        self.shared.metrics.clients.get_or_create(&label).inc();
+        if self.shared.shutdown.is_cancelled() {
+            client.close(CloseReason::Shutdown);
+        }
+        Connection { hub: self.clone(), client }
+    }
+
+    fn remove(&self, id: Uuid) {
+        let entry = lock(&self.shared.state).remove(&id);
+        let transport = entry.map(|e| e.client.transport());
+        // Counted when the connection ends, whether the hub or the client ended it.
+        if let Some(t) = transport {
+            self.shared.metrics.clients.get_or_create(&t.into()).dec();
+        }
+    }
+
+    /// Where a client that last saw `last_event_id` (if any) starts. Call after [`Hub::connect`],
+    /// so that nothing falls between the replay and the live events; live events the replay
+    /// already holds are marked by [`Start::skip_through`].
+    pub async fn start(&self, conn: &Connection, last_event_id: Option<&str>) -> Result<Start, BrokerError> {
+        let Some(last) = last_event_id.filter(|s| !s.is_empty()) else {
+            return Ok(Start { missed: Vec::new(), reset: None, head: self.shared.broker.head(), skip_through: None });
+        };
+        let replay = self.shared.broker.replay(last).await?;
+        let m = &self.shared.metrics;
+        Ok(match replay {
+            Replay::Missed { events, head } => {
+                m.resumes.inc();
+                let id = conn.client.id();
+                let subs = lock(&self.shared.state).clients.get(&id).map(|e| e.subs.clone()).unwrap_or_default();
+                let missed = events.into_iter().filter(|ev| receives(&id, &subs, ev)).collect();
+                Start { missed, reset: None, head, skip_through: Some(head) }
+            }
+            Replay::Unknown { head } => {
+                m.resets.inc();
+                Start { missed: Vec::new(), reset: Some("unknown_event_id"), head, skip_through: None }
+            }
+            Replay::Expired { head } => {
+                m.resets.inc();
+                Start { missed: Vec::new(), reset: Some("history_expired"), head, skip_through: None }
+            }
+        })
+    }
+
+    /// Publishes drafts, all or none, in order. Returns the events with their ids.
+    pub async fn publish(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<Event>>, PublishError> {
+        for (index, d) in drafts.iter().enumerate() {
+            validate(d).map_err(|message| PublishError::Invalid { index, message })?;
+        }
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = self.shared.broker.publish(drafts, &*self.shared).await?;
+        self.shared.metrics.published.inc_by(events.len() as u64);
+        Ok(events)
+    }
+
+    /// Adds subscriptions to a connected client; returns all of its subscriptions.
+    pub fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
+        lock(&self.shared.state).subscribe(id, patterns)
+    }
+
+    /// Removes subscriptions from a connected client; returns the ones it keeps.
+    pub fn unsubscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
+        let mut st = lock(&self.shared.state);
+        let entry = st.clients.get_mut(id).ok_or(UnknownClient)?;
+        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) =
+            std::mem::take(&mut entry.subs).into_iter().partition(|p| patterns.contains(p));
+        entry.subs = kept;
+        let topics = entry.subs.iter().map(ToString::to_string).collect();
+        for p in &gone {
+            st.unindex(p, id);
+        }
+        Ok(topics)
+    }
+
+    /// Disconnects a client: it is unregistered now and its stream ends after what is queued.
+    pub fn disconnect(&self, id: &Uuid) -> Result<(), UnknownClient> {
+        let entry = lock(&self.shared.state).remove(id).ok_or(UnknownClient)?;
+        entry.client.close(CloseReason::Kicked);
+        Ok(())
+    }
+
+    /// Every connected client.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let st = lock(&self.shared.state);
+        let mut list: Vec<ClientInfo> = st
+            .clients
+            .values()
+            .map(|e| ClientInfo {
+                client_id: e.client.id(),
+                transport: e.client.transport(),
+                topics: e.subs.iter().map(ToString::to_string).collect(),
+                connected_at: e.client.connected_at_ms(),
+            })
+            .collect();
+        list.sort_by_key(|c| (c.connected_at, c.client_id));
+        list
+    }
+
+    /// Every topic and pattern that has subscribers, with their counts.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let st = lock(&self.shared.state);
+        let exact = st.exact.iter().map(|(t, s)| (t.to_string(), s.len()));
+        let patterns = st.patterns.iter().map(|(p, s)| (p.to_string(), s.len()));
+        let mut list: Vec<TopicInfo> = exact
+            .chain(patterns)
+            .map(|(topic, subscribers)| TopicInfo { topic, subscribers, version: None })
+            .collect();
+        list.sort_by(|a, b| a.topic.cmp(&b.topic));
+        list
+    }
+
+    /// Stops the hub: every client is told to come back later and its stream ends.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        let clients: Vec<Arc<Client>> = lock(&self.shared.state).clients.values().map(|e| e.client.clone()).collect();
+        for c in clients {
+            c.close(CloseReason::Shutdown);
+        }
+    }
+}
+
+/// Checks a draft the way the contract's bad-input table asks.
+fn validate(d: &Draft) -> Result<(), String> {
+    if let Some(t) = &d.topic {
+        validate_topic(t).map_err(|e| e.to_string())?;
+    }
+    if d.topic.is_none() && d.audience == Audience::Topic {
+        return Err("give a topic, topics, clients or broadcast".into());
+    }
+    if d.event.is_empty() || d.event.len() > 128 || d.event.chars().any(char::is_control) {
+        return Err("event must be 1-128 bytes with no control characters".into());
+    }
+    if RESERVED_EVENTS.contains(&&*d.event) {
+        return Err(format!("event name {:?} is reserved by the gateway", &*d.event));
+    }
+    if let Audience::Clients(ids) = &d.audience {
+        if ids.is_empty() {
+            return Err("clients must list at least one client_id".into());
+        }
+    }
+    Ok(())
+}
+
+/// Queues `: hb` for every client that has been silent for a heartbeat interval. One task for the
+/// whole hub, not a timer per connection.
+async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
+    let Some(every) = shared.upgrade().map(|s| s.config.heartbeat()) else { return };
+    let mut tick = tokio::time::interval((every / 4).max(Duration::from_millis(5)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        let silent_since = now_ms().saturating_sub(every.as_millis() as u64);
+        let clients: Vec<Arc<Client>> = lock(&shared.state).clients.values().map(|e| e.client.clone()).collect();
+        let mut sent = 0;
+        for c in clients {
+            if c.idle_since(silent_since) && c.push_heartbeat() {
+                sent += 1;
+            }
+        }
+        shared.metrics.heartbeats.inc_by(sent);
+    }
+}

@@ -1,0 +1,111 @@
+//! ssegate: a real-time push gateway. Backends publish events over HTTP (or in process through a
+//! [`Hub`]); browsers and services receive them over Server-Sent Events, with WebSocket and
+//! long-polling fallbacks. The wire contract is `API.md`.
+//!
+//! # Layout
+//! - [`topic`]: topic names and subscription patterns (`a/*`, `a/**`, `**`).
+//! - [`event`]: events, their ids (`<ms>-<seq>`) and wire encodings, made once and shared.
+//! - [`broker`]: gives events ids and order and keeps history ([`broker::MemoryBroker`] by default).
+//! - [`client`]: one connected client and its bounded outbound queue.
+//! - [`hub`]: the registry of clients and the topic index; fans events out to client queues.
+//! - [`sse`]: `GET /stream`, the Server-Sent Events transport.
+//! - [`api`]: `POST /publish`, client and topic administration, health checks, metrics.
+//! - [`auth`]: publisher rights. [`error`]: the JSON errors of the HTTP edge.
+//! - [`metrics`]: Prometheus counters. [`config`]: flags and environment.
+//! - [`server`]: the accept loop, connection limits and graceful shutdown.
+//!
+//! # How an event flows
+//! `POST /publish` → [`api::parse_publish`] checks the whole request → [`Hub::publish`] hands the
+//! drafts to the broker → the broker assigns ids, appends history and calls the hub's dispatch
+//! in id order → dispatch pushes one `Arc<Event>` into the queue of each receiving client (never
+//! waiting on a client; a full queue closes that client, which resumes from history) → the
+//! client's transport takes everything queued and writes it as one chunk, each event's frame
+//! encoded once and shared by all connections.
+//!
+//! # Embedding
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let hub = ssegate::Hub::new(ssegate::Config::default())?;
+//! let app = axum::Router::new().nest("/push", ssegate::router(hub.clone()));
+//! # let _ = app;
+//! let data = serde_json::value::to_raw_value(&serde_json::json!({"n": 1}))?;
+//! hub.publish(vec![ssegate::Draft::topic("orders", "count", data)]).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+pub mod sse;
+pub mod topic;
+
+use std::future::Future;
+
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+pub use event::{Draft, Event, EventId};
+pub use hub::Hub;
+
+/// The gateway's HTTP routes over `hub`, ready to serve or to nest in another axum app.
+pub fn router(hub: Hub) -> Router {
+    Router::new()
+        .route("/stream", get(sse::stream))
+        .route("/publish", post(api::publish))
+        .route("/clients", get(api::clients))
+        .route("/clients/{client_id}", delete(api::disconnect))
+        .route("/clients/{client_id}/subscribe", post(api::subscribe))
+        .route("/clients/{client_id}/unsubscribe", post(api::unsubscribe))
+        .route("/topics", get(api::topics))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(cors(&hub.config().cors_origins))
+        .layer(TraceLayer::new_for_http())
+        .with_state(hub)
+}
+
+fn cors(origins: &str) -> CorsLayer {
+    let allow = if origins.trim() == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.split(',').filter_map(|o| o.trim().parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers(Any)
+}
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Hub(#[from] hub::HubError),
+    /// Serving failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the gateway on `listener` with `config` until `shutdown` completes, then drains.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+    let hub = Hub::new(config)?;
+    let app = router(hub.clone());
+    server::serve(listener, hub, app, shutdown).await?;
+    Ok(())
+}

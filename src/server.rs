@@ -1,0 +1,147 @@
+//! Serving: the accept loop, per-connection control (a handle that can cut a connection), the
+//! connection limit, and graceful shutdown with a time limit.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::hub::Hub;
+
+/// A handle on one TCP connection, put in each request's extensions: it can cut the connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// Cancelling it drops the connection. A child of the server's "cut everything" token.
+    kill: CancellationToken,
+}
+
+impl ConnHandle {
+    /// Drops the connection now.
+    pub fn kill(&self) {
+        self.kill.cancel();
+    }
+
+    /// Drops the connection after `grace` unless it ended before.
+    pub fn kill_after(&self, grace: Duration) {
+        let kill = self.kill.clone();
+        // Ends by itself after `grace`, or as soon as the connection is gone.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => kill.cancel(),
+                _ = kill.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Counts open connections; dropping it gives the slot back.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `app` on `listener` for `hub` until `shutdown` completes, then drains: clients are told
+/// to come back, idle connections close, and whatever is still open after the configured time
+/// is cut.
+pub async fn serve(listener: TcpListener, hub: Hub, app: Router, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    let draining = CancellationToken::new();
+    let cut = CancellationToken::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let max = hub.config().max_connections;
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if open.fetch_add(1, Ordering::Relaxed) >= max {
+            open.fetch_sub(1, Ordering::Relaxed);
+            tracker.spawn(refuse(stream));
+            continue;
+        }
+        let slot = Slot(open.clone());
+        let _ = stream.set_nodelay(true);
+        let handle = ConnHandle { kill: cut.child_token() };
+        let app = app.clone();
+        let draining = draining.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            let kill = handle.kill.clone();
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(handle.clone());
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = draining.cancelled() => {}
+                _ = kill.cancelled() => return,
+            }
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = kill.cancelled() => {}
+            }
+        });
+    }
+
+    drop(listener);
+    let limit = Duration::from_millis(hub.config().shutdown_timeout_ms);
+    tracing::info!(open = open.load(Ordering::Relaxed), ?limit, "shutting down: draining connections");
+    hub.shutdown();
+    draining.cancel();
+    tracker.close();
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        tracing::warn!(open = open.load(Ordering::Relaxed), "drain time limit reached: cutting the remaining connections");
+        cut.cancel();
+        tracker.wait().await;
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Answers a connection over the limit with `503` and `Retry-After`, then closes it.
+async fn refuse(mut stream: TcpStream) {
+    let body = r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(response.as_bytes())).await;
+}

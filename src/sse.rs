@@ -1,0 +1,171 @@
+//! `GET /stream`: renders a client's event stream as Server-Sent Events. The prelude (retry,
+//! welcome, missed events or reset) goes out in one write; after that each wake-up writes
+//! everything that is waiting for the client in one chunk.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use bytes::BytesMut;
+use serde_json::json;
+
+use crate::api::parse_patterns;
+use crate::client::{CloseReason, Outbound, Transport};
+use crate::error::ApiError;
+use crate::event::{now_ms, sse_frame, EventId};
+use crate::hub::{Hub, Start};
+use crate::server::ConnHandle;
+
+/// How long a client closed for a full queue may keep its socket before it is cut.
+const OVERFLOW_GRACE: Duration = Duration::from_secs(5);
+
+/// What `/stream` reads from its query string.
+#[derive(Debug, Default)]
+pub struct StreamQuery {
+    /// `topic`, repeated.
+    pub topics: Vec<String>,
+    /// `lastEventId`, for clients that cannot set the header.
+    pub last_event_id: Option<String>,
+    /// `envelope=1`: data is the whole event JSON.
+    pub envelope: bool,
+}
+
+/// Reads a flag value the way the contract allows (`1`, `true`, or bare).
+pub fn truthy(v: &str) -> bool {
+    matches!(v, "" | "1" | "true" | "yes" | "on")
+}
+
+impl StreamQuery {
+    /// Parses the query string.
+    pub fn parse(raw: Option<&str>) -> Self {
+        let mut q = StreamQuery::default();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match &*k {
+                "topic" => q.topics.push(v.into_owned()),
+                "lastEventId" | "last_event_id" => q.last_event_id = Some(v.into_owned()),
+                "envelope" => q.envelope = truthy(&v),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+fn retry_line(hub: &Hub) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", hub.config().retry_ms))
+}
+
+/// The first chunk of the stream: `retry:`, `welcome`, then missed events or a `reset`.
+fn prelude(hub: &Hub, client_id: &uuid::Uuid, topics: &[String], start: &Start, envelope: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(format!("retry: {}\n", hub.config().retry_ms).as_bytes());
+    let welcome = json!({ "client_id": client_id, "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
+    let head = start.head.to_string();
+    // The welcome carries the position the stream continues from, so a client that drops before
+    // any event arrives still resumes without loss; missed events and resets carry their own.
+    let welcome_id = (start.missed.is_empty() && start.reset.is_none()).then_some(head.as_str());
+    out.extend_from_slice(&sse_frame(welcome_id, "welcome", welcome.to_string().as_bytes()));
+    for ev in &start.missed {
+        out.extend_from_slice(ev.sse_frame(envelope));
+    }
+    if let Some(reason) = start.reset {
+        let data = json!({ "reason": reason });
+        out.extend_from_slice(&sse_frame(Some(&head), "reset", data.to_string().as_bytes()));
+    }
+    out.freeze()
+}
+
+/// `GET /stream`.
+pub async fn stream(
+    State(hub): State<Hub>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    conn_handle: Option<axum::Extension<ConnHandle>>,
+) -> Result<Response, ApiError> {
+    if !hub.config().transports.sse {
+        return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
+    }
+    let q = StreamQuery::parse(raw.as_deref());
+    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+    let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(q.last_event_id);
+
+    let conn = hub.connect(Transport::Sse, patterns);
+    let start = hub.start(&conn, last_id.as_deref()).await?;
+    let first = prelude(&hub, &conn.client().id(), &topics, &start, q.envelope);
+    let envelope = q.envelope;
+    let mut skip_through: Option<EventId> = start.skip_through;
+    drop(start);
+    let kill = conn_handle.map(|h| h.0);
+
+    let body = async_stream::stream! {
+        let client = conn.client().clone();
+        client.wrote(now_ms());
+        yield Ok::<_, Infallible>(first);
+        let mut batch = VecDeque::new();
+        let mut buf = BytesMut::new();
+        loop {
+            client.next_batch(&mut batch).await;
+            if batch.is_empty() {
+                break;
+            }
+            let mut end = None;
+            let mut single = None;
+            let n = batch.len();
+            for item in batch.drain(..) {
+                match item {
+                    Outbound::Event(ev) => {
+                        if let Some(s) = skip_through {
+                            if ev.id <= s {
+                                continue;
+                            }
+                            skip_through = None;
+                        }
+                        if n == 1 {
+                            single = Some(ev.sse_frame(envelope).clone());
+                        } else {
+                            buf.extend_from_slice(ev.sse_frame(envelope));
+                        }
+                    }
+                    Outbound::Heartbeat => buf.extend_from_slice(b": hb\n\n"),
+                    Outbound::Close(reason) => end = Some(reason),
+                }
+            }
+            if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown)) {
+                buf.extend_from_slice(&retry_line(conn.hub()));
+            }
+            let chunk = single.unwrap_or_else(|| buf.split().freeze());
+            if !chunk.is_empty() {
+                client.wrote(now_ms());
+                yield Ok(chunk);
+            }
+            if let Some(reason) = end {
+                if reason == CloseReason::Overflow {
+                    if let Some(k) = &kill {
+                        k.kill_after(OVERFLOW_GRACE);
+                    }
+                }
+                break;
+            }
+        }
+        // Unregisters the client when the stream ends or the peer goes away.
+        drop(conn);
+    };
+
+    let mut res = Response::new(Body::from_stream(body));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // A stream's connection is not reused, so cutting it never cuts another request.
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Ok(res)
+}
