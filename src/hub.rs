@@ -3,7 +3,7 @@
 //! drafts to the broker, which dispatches them back here in order; dispatch pushes one shared
 //! `Arc<Event>` into each receiving client's bounded queue without waiting on any client.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -154,13 +154,12 @@ impl State {
     fn subscribe(&mut self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
         let entry = self.clients.get_mut(id).ok_or(UnknownClient)?;
         let client = entry.client.clone();
-        let added: Vec<Pattern> = patterns
-            .iter()
-            .filter(|p| !entry.subs.contains(p))
-            .cloned()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let mut added: Vec<Pattern> = Vec::new();
+        for p in patterns {
+            if !entry.subs.contains(p) && !added.contains(p) {
+                added.push(p.clone());
+            }
+        }
         entry.subs.extend(added.iter().cloned());
         let topics = entry.subs.iter().map(ToString::to_string).collect();
         for p in &added {
