@@ -42,9 +42,10 @@ struct Item<'a> {
 fn json_error(e: serde_json::Error, at: &str) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::bad_request("invalid_json", format!("{at}the body is not valid JSON: {e}"))
-        }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
+            "invalid_json",
+            format!("{at}the body is not valid JSON: {e}"),
+        ),
         Category::Data => ApiError::bad_request("invalid_request", format!("{at}{e}")),
     }
 }
@@ -53,7 +54,9 @@ fn json_error(e: serde_json::Error, at: &str) -> ApiError {
 /// events.
 fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String> {
     if item.retain || item.patch.is_some() || item.json_patch.is_some() {
-        return Err("retained state (retain, patch, json_patch) is not available in this version".into());
+        return Err(
+            "retained state (retain, patch, json_patch) is not available in this version".into(),
+        );
     }
     let topics = match (item.topic, item.topics) {
         (Some(_), Some(_)) => return Err("give topic or topics, not both".into()),
@@ -66,7 +69,9 @@ fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String
         (Some(_), true) => return Err("give clients or broadcast, not both".into()),
         (Some(ids), false) => Audience::Clients(Arc::from(ids)),
         (None, true) => Audience::All,
-        (None, false) if topics.is_empty() => return Err("missing target: give topic, topics, clients or broadcast".into()),
+        (None, false) if topics.is_empty() => {
+            return Err("missing target: give topic, topics, clients or broadcast".into())
+        }
         (None, false) => Audience::Topic,
     };
     let event: Arc<str> = Arc::from(item.event.as_deref().unwrap_or("message"));
@@ -99,16 +104,21 @@ pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
         for (i, raw) in items.iter().enumerate() {
             let at = format!("item {i}: ");
             let item: Item<'_> = serde_json::from_str(raw.get()).map_err(|e| json_error(e, &at))?;
-            drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", format!("{at}{m}")))?;
+            drafts_of(item, ts, &mut drafts)
+                .map_err(|m| ApiError::bad_request("invalid_request", format!("{at}{m}")))?;
         }
     } else {
         if first != Some(&b'{') {
             // Let serde say what is wrong with it; a valid non-object is a request error.
             serde_json::from_slice::<&RawValue>(body).map_err(|e| json_error(e, ""))?;
-            return Err(ApiError::bad_request("invalid_request", "the body must be a JSON object or an array of objects"));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "the body must be a JSON object or an array of objects",
+            ));
         }
         let item: Item<'_> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
-        drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", m))?;
+        drafts_of(item, ts, &mut drafts)
+            .map_err(|m| ApiError::bad_request("invalid_request", m))?;
     }
     Ok(drafts)
 }
@@ -117,7 +127,11 @@ pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
 pub async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = hub.config().max_body_bytes;
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -130,7 +144,12 @@ pub async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Byt
 }
 
 /// `POST /publish`.
-pub async fn publish(State(hub): State<Hub>, _: Publisher, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn publish(
+    State(hub): State<Hub>,
+    _: Publisher,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let result = async {
         let body = read_body(&hub, &headers, body).await?;
         let drafts = parse_publish(&body)?;
@@ -156,23 +175,34 @@ struct TopicsBody {
 }
 
 fn client_id(raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found("unknown_client", "no client with this client_id is connected"))
+    raw.parse().map_err(|_| {
+        ApiError::not_found(
+            "unknown_client",
+            "no client with this client_id is connected",
+        )
+    })
 }
 
 async fn patterns_in(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Vec<Pattern>, ApiError> {
     let body = read_body(hub, headers, body).await?;
     let req: TopicsBody = serde_json::from_slice(&body).map_err(|e| json_error(e, ""))?;
     if req.topics.is_empty() {
-        return Err(ApiError::bad_request("invalid_request", "topics must not be empty"));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "topics must not be empty",
+        ));
     }
     parse_patterns(req.topics.iter().map(String::as_str))
 }
 
 /// Parses subscription patterns, refusing the request on the first bad one.
-pub fn parse_patterns<'a>(topics: impl IntoIterator<Item = &'a str>) -> Result<Vec<Pattern>, ApiError> {
+pub fn parse_patterns<'a>(
+    topics: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Pattern>, ApiError> {
     let mut out: Vec<Pattern> = Vec::new();
     for t in topics {
-        let p = Pattern::parse(t).map_err(|e| ApiError::bad_request("invalid_topic", format!("{t:?}: {e}")))?;
+        let p = Pattern::parse(t)
+            .map_err(|e| ApiError::bad_request("invalid_topic", format!("{t:?}: {e}")))?;
         if !out.contains(&p) {
             out.push(p);
         }
@@ -181,7 +211,13 @@ pub fn parse_patterns<'a>(topics: impl IntoIterator<Item = &'a str>) -> Result<V
 }
 
 /// `POST /clients/{client_id}/subscribe`.
-pub async fn subscribe(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn subscribe(
+    State(hub): State<Hub>,
+    _: Publisher,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
     let patterns = patterns_in(&hub, &headers, body).await?;
     let topics = hub.subscribe(&id, &patterns)?;
@@ -189,7 +225,13 @@ pub async fn subscribe(State(hub): State<Hub>, _: Publisher, Path(id): Path<Stri
 }
 
 /// `POST /clients/{client_id}/unsubscribe`.
-pub async fn unsubscribe(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn unsubscribe(
+    State(hub): State<Hub>,
+    _: Publisher,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
     let patterns = patterns_in(&hub, &headers, body).await?;
     let topics = hub.unsubscribe(&id, &patterns)?;
@@ -197,7 +239,11 @@ pub async fn unsubscribe(State(hub): State<Hub>, _: Publisher, Path(id): Path<St
 }
 
 /// `DELETE /clients/{client_id}`.
-pub async fn disconnect(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn disconnect(
+    State(hub): State<Hub>,
+    _: Publisher,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
     hub.disconnect(&id)?;
     Ok(Json(json!({ "client_id": id, "disconnected": true })))
@@ -222,12 +268,18 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(hub): State<Hub>) -> Response {
     let broker = hub.broker();
     if hub.shutdown_token().is_cancelled() {
-        return ApiError::unavailable("shutting_down", "the gateway is shutting down", 1).into_response();
+        return ApiError::unavailable("shutting_down", "the gateway is shutting down", 1)
+            .into_response();
     }
     if broker.ready() {
         Json(json!({ "status": "ready", "broker": broker.name() })).into_response()
     } else {
-        ApiError::unavailable("broker_unavailable", format!("the {} broker is not reachable", broker.name()), 1).into_response()
+        ApiError::unavailable(
+            "broker_unavailable",
+            format!("the {} broker is not reachable", broker.name()),
+            1,
+        )
+        .into_response()
     }
 }
 
@@ -235,7 +287,10 @@ pub async fn readyz(State(hub): State<Hub>) -> Response {
 pub async fn metrics(State(hub): State<Hub>) -> Response {
     hub.metrics().history.set(hub.broker().history_len() as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         hub.metrics().render(),
     )
         .into_response()
@@ -248,7 +303,11 @@ pub async fn not_found() -> ApiError {
 
 /// Answers a known path called with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }
 
 #[cfg(test)]

@@ -20,8 +20,13 @@ fn presented_key(parts: &Parts) -> Option<&str> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    bearer.or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    bearer
+        .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
 }
 
 impl FromRequestParts<Hub> for Publisher {
@@ -31,16 +36,29 @@ impl FromRequestParts<Hub> for Publisher {
         let keys = &hub.config().api_key;
         if !keys.is_empty() {
             let Some(given) = presented_key(parts) else {
-                return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "an API key is required (Authorization: Bearer <key>)"));
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "an API key is required (Authorization: Bearer <key>)",
+                ));
             };
-            let known = keys.iter().any(|k| bool::from(k.as_bytes().ct_eq(given.as_bytes())));
+            let known = keys
+                .iter()
+                .any(|k| bool::from(k.as_bytes().ct_eq(given.as_bytes())));
             return if known {
                 Ok(Publisher)
             } else {
-                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is not valid"))
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the API key is not valid",
+                ))
             };
         }
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
         match peer {
             Some(addr) if addr.ip().to_canonical().is_loopback() => Ok(Publisher),
             _ => Err(ApiError::new(

@@ -110,7 +110,10 @@ impl Client {
             transport,
             connected_at_ms: now,
             capacity: capacity.max(1),
-            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false }),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                closed: false,
+            }),
             ready: Notify::new(),
             last_round: AtomicU64::new(0),
             last_write_ms: AtomicU64::new(now),
@@ -235,7 +238,10 @@ mod tests {
         assert_eq!(c.push(Outbound::Heartbeat), Push::Closed);
         let mut out = VecDeque::new();
         c.next_batch(&mut out).await;
-        assert!(matches!(out.iter().collect::<Vec<_>>()[..], [Outbound::Close(CloseReason::Overflow)]));
+        assert!(matches!(
+            out.iter().collect::<Vec<_>>()[..],
+            [Outbound::Close(CloseReason::Overflow)]
+        ));
         c.next_batch(&mut out).await;
         assert!(out.is_empty());
     }

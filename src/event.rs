@@ -26,7 +26,10 @@ impl EventId {
         if now_ms > self.ms {
             EventId { ms: now_ms, seq: 0 }
         } else {
-            EventId { ms: self.ms, seq: self.seq + 1 }
+            EventId {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
         }
     }
 }
@@ -82,17 +85,35 @@ pub struct Draft {
 impl Draft {
     /// An event for the subscribers of `topic`.
     pub fn topic(topic: &str, event: &str, data: Box<RawValue>) -> Self {
-        Draft { topic: Some(Arc::from(topic)), event: Arc::from(event), data, audience: Audience::Topic, ts: now_ms() }
+        Draft {
+            topic: Some(Arc::from(topic)),
+            event: Arc::from(event),
+            data,
+            audience: Audience::Topic,
+            ts: now_ms(),
+        }
     }
 
     /// An event for exactly these clients, whatever they subscribe to.
     pub fn clients(ids: &[Uuid], event: &str, data: Box<RawValue>) -> Self {
-        Draft { topic: None, event: Arc::from(event), data, audience: Audience::Clients(Arc::from(ids)), ts: now_ms() }
+        Draft {
+            topic: None,
+            event: Arc::from(event),
+            data,
+            audience: Audience::Clients(Arc::from(ids)),
+            ts: now_ms(),
+        }
     }
 
     /// An event for every connected client.
     pub fn broadcast(event: &str, data: Box<RawValue>) -> Self {
-        Draft { topic: None, event: Arc::from(event), data, audience: Audience::All, ts: now_ms() }
+        Draft {
+            topic: None,
+            event: Arc::from(event),
+            data,
+            audience: Audience::All,
+            ts: now_ms(),
+        }
     }
 }
 
@@ -186,7 +207,11 @@ pub fn sse_frame(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
         let end = rest.iter().position(|&b| b == b'\n' || b == b'\r');
         let (line, next) = match end {
             Some(i) => {
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 (&rest[..i], Some(&rest[i + skip..]))
             }
             None => (rest, None),

@@ -96,7 +96,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("broker", &self.shared.broker.name()).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("broker", &self.shared.broker.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +187,9 @@ where
 /// Whether a client with these subscriptions receives the event.
 fn receives(id: &Uuid, subs: &[Pattern], ev: &Event) -> bool {
     match &ev.draft.audience {
-        Audience::Topic => ev.topic().is_some_and(|t| subs.iter().any(|p| p.matches(t))),
+        Audience::Topic => ev
+            .topic()
+            .is_some_and(|t| subs.iter().any(|p| p.matches(t))),
         Audience::Clients(ids) => ids.contains(id),
         Audience::All => true,
     }
@@ -292,7 +296,10 @@ impl Hub {
                 shutdown: CancellationToken::new(),
             }),
         };
-        tokio::spawn(heartbeats(Arc::downgrade(&hub.shared), hub.shared.shutdown.clone()));
+        tokio::spawn(heartbeats(
+            Arc::downgrade(&hub.shared),
+            hub.shared.shutdown.clone(),
+        ));
         hub
     }
 
@@ -323,7 +330,13 @@ impl Hub {
         let id = client.id();
         {
             let mut st = lock(&self.shared.state);
-            st.clients.insert(id, Entry { client: client.clone(), subs: Vec::new() });
+            st.clients.insert(
+                id,
+                Entry {
+                    client: client.clone(),
+                    subs: Vec::new(),
+                },
+            );
             // Cannot fail: the client was just inserted.
             let _ = st.subscribe(&id, &subs);
         }
@@ -333,7 +346,10 @@ impl Hub {
         if self.shared.shutdown.is_cancelled() {
             client.close(CloseReason::Shutdown);
         }
-        Connection { hub: self.clone(), client }
+        Connection {
+            hub: self.clone(),
+            client,
+        }
     }
 
     fn remove(&self, id: Uuid) {
@@ -348,9 +364,18 @@ impl Hub {
     /// Where a client that last saw `last_event_id` (if any) starts. Call after [`Hub::connect`],
     /// so that nothing falls between the replay and the live events; live events the replay
     /// already holds are marked by [`Start::skip_through`].
-    pub async fn start(&self, conn: &Connection, last_event_id: Option<&str>) -> Result<Start, BrokerError> {
+    pub async fn start(
+        &self,
+        conn: &Connection,
+        last_event_id: Option<&str>,
+    ) -> Result<Start, BrokerError> {
         let Some(last) = last_event_id.filter(|s| !s.is_empty()) else {
-            return Ok(Start { missed: Vec::new(), reset: None, head: self.shared.broker.head(), skip_through: None });
+            return Ok(Start {
+                missed: Vec::new(),
+                reset: None,
+                head: self.shared.broker.head(),
+                skip_through: None,
+            });
         };
         let replay = self.shared.broker.replay(last).await?;
         let m = &self.shared.metrics;
@@ -358,17 +383,39 @@ impl Hub {
             Replay::Missed { events, head } => {
                 m.resumes.inc();
                 let id = conn.client.id();
-                let subs = lock(&self.shared.state).clients.get(&id).map(|e| e.subs.clone()).unwrap_or_default();
-                let missed = events.into_iter().filter(|ev| receives(&id, &subs, ev)).collect();
-                Start { missed, reset: None, head, skip_through: Some(head) }
+                let subs = lock(&self.shared.state)
+                    .clients
+                    .get(&id)
+                    .map(|e| e.subs.clone())
+                    .unwrap_or_default();
+                let missed = events
+                    .into_iter()
+                    .filter(|ev| receives(&id, &subs, ev))
+                    .collect();
+                Start {
+                    missed,
+                    reset: None,
+                    head,
+                    skip_through: Some(head),
+                }
             }
             Replay::Unknown { head } => {
                 m.resets.inc();
-                Start { missed: Vec::new(), reset: Some("unknown_event_id"), head, skip_through: None }
+                Start {
+                    missed: Vec::new(),
+                    reset: Some("unknown_event_id"),
+                    head,
+                    skip_through: None,
+                }
             }
             Replay::Expired { head } => {
                 m.resets.inc();
-                Start { missed: Vec::new(), reset: Some("history_expired"), head, skip_through: None }
+                Start {
+                    missed: Vec::new(),
+                    reset: Some("history_expired"),
+                    head,
+                    skip_through: None,
+                }
             }
         })
     }
@@ -392,11 +439,16 @@ impl Hub {
     }
 
     /// Removes subscriptions from a connected client; returns the ones it keeps.
-    pub fn unsubscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
+    pub fn unsubscribe(
+        &self,
+        id: &Uuid,
+        patterns: &[Pattern],
+    ) -> Result<Vec<String>, UnknownClient> {
         let mut st = lock(&self.shared.state);
         let entry = st.clients.get_mut(id).ok_or(UnknownClient)?;
-        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) =
-            std::mem::take(&mut entry.subs).into_iter().partition(|p| patterns.contains(p));
+        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) = std::mem::take(&mut entry.subs)
+            .into_iter()
+            .partition(|p| patterns.contains(p));
         entry.subs = kept;
         let topics = entry.subs.iter().map(ToString::to_string).collect();
         for p in &gone {
@@ -436,7 +488,11 @@ impl Hub {
         let patterns = st.patterns.iter().map(|(p, s)| (p.to_string(), s.len()));
         let mut list: Vec<TopicInfo> = exact
             .chain(patterns)
-            .map(|(topic, subscribers)| TopicInfo { topic, subscribers, version: None })
+            .map(|(topic, subscribers)| TopicInfo {
+                topic,
+                subscribers,
+                version: None,
+            })
             .collect();
         list.sort_by(|a, b| a.topic.cmp(&b.topic));
         list
@@ -445,7 +501,11 @@ impl Hub {
     /// Stops the hub: every client is told to come back later and its stream ends.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        let clients: Vec<Arc<Client>> = lock(&self.shared.state).clients.values().map(|e| e.client.clone()).collect();
+        let clients: Vec<Arc<Client>> = lock(&self.shared.state)
+            .clients
+            .values()
+            .map(|e| e.client.clone())
+            .collect();
         for c in clients {
             c.close(CloseReason::Shutdown);
         }
@@ -464,7 +524,10 @@ fn validate(d: &Draft) -> Result<(), String> {
         return Err("event must be 1-128 bytes with no control characters".into());
     }
     if RESERVED_EVENTS.contains(&&*d.event) {
-        return Err(format!("event name {:?} is reserved by the gateway", &*d.event));
+        return Err(format!(
+            "event name {:?} is reserved by the gateway",
+            &*d.event
+        ));
     }
     if let Audience::Clients(ids) = &d.audience {
         if ids.is_empty() {
@@ -477,7 +540,9 @@ fn validate(d: &Draft) -> Result<(), String> {
 /// Queues `: hb` for every client that has been silent for a heartbeat interval. One task for the
 /// whole hub, not a timer per connection.
 async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
-    let Some(every) = shared.upgrade().map(|s| s.config.heartbeat()) else { return };
+    let Some(every) = shared.upgrade().map(|s| s.config.heartbeat()) else {
+        return;
+    };
     let mut tick = tokio::time::interval((every / 4).max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -485,9 +550,15 @@ async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         let silent_since = now_ms().saturating_sub(every.as_millis() as u64);
-        let clients: Vec<Arc<Client>> = lock(&shared.state).clients.values().map(|e| e.client.clone()).collect();
+        let clients: Vec<Arc<Client>> = lock(&shared.state)
+            .clients
+            .values()
+            .map(|e| e.client.clone())
+            .collect();
         let mut sent = 0;
         for c in clients {
             if c.idle_since(silent_since) && c.push_heartbeat() {

@@ -103,7 +103,11 @@ pub enum RunError {
 }
 
 /// Runs the gateway on `listener` with `config` until `shutdown` completes, then drains.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
     let hub = Hub::new(config)?;
     let app = router(hub.clone());
     server::serve(listener, hub, app, shutdown).await?;

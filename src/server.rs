@@ -12,7 +12,7 @@ use axum::http::Request;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,7 +58,12 @@ impl Drop for Slot {
 /// Serves `app` on `listener` for `hub` until `shutdown` completes, then drains: clients are told
 /// to come back, idle connections close, and whatever is still open after the configured time
 /// is cut.
-pub async fn serve(listener: TcpListener, hub: Hub, app: Router, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     let draining = CancellationToken::new();
     let cut = CancellationToken::new();
@@ -86,7 +91,9 @@ pub async fn serve(listener: TcpListener, hub: Hub, app: Router, shutdown: impl 
         }
         let slot = Slot(open.clone());
         let _ = stream.set_nodelay(true);
-        let handle = ConnHandle { kill: cut.child_token() };
+        let handle = ConnHandle {
+            kill: cut.child_token(),
+        };
         let app = app.clone();
         let draining = draining.clone();
         tracker.spawn(async move {
@@ -123,12 +130,19 @@ pub async fn serve(listener: TcpListener, hub: Hub, app: Router, shutdown: impl 
 
     drop(listener);
     let limit = Duration::from_millis(hub.config().shutdown_timeout_ms);
-    tracing::info!(open = open.load(Ordering::Relaxed), ?limit, "shutting down: draining connections");
+    tracing::info!(
+        open = open.load(Ordering::Relaxed),
+        ?limit,
+        "shutting down: draining connections"
+    );
     hub.shutdown();
     draining.cancel();
     tracker.close();
     if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
-        tracing::warn!(open = open.load(Ordering::Relaxed), "drain time limit reached: cutting the remaining connections");
+        tracing::warn!(
+            open = open.load(Ordering::Relaxed),
+            "drain time limit reached: cutting the remaining connections"
+        );
         cut.cancel();
         tracker.wait().await;
     }
@@ -143,5 +157,18 @@ async fn refuse(mut stream: TcpStream) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(response.as_bytes())).await;
+    let answer = async {
+        // Read the request head first: a response before the request confuses clients.
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
 }

@@ -60,7 +60,13 @@ fn retry_line(hub: &Hub) -> Bytes {
 }
 
 /// The first chunk of the stream: `retry:`, `welcome`, then missed events or a `reset`.
-fn prelude(hub: &Hub, client_id: &uuid::Uuid, topics: &[String], start: &Start, envelope: bool) -> Bytes {
+fn prelude(
+    hub: &Hub,
+    client_id: &uuid::Uuid,
+    topics: &[String],
+    start: &Start,
+    envelope: bool,
+) -> Bytes {
     let mut out = BytesMut::new();
     out.extend_from_slice(format!("retry: {}\n", hub.config().retry_ms).as_bytes());
     let welcome = json!({ "client_id": client_id, "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
@@ -68,13 +74,21 @@ fn prelude(hub: &Hub, client_id: &uuid::Uuid, topics: &[String], start: &Start, 
     // The welcome carries the position the stream continues from, so a client that drops before
     // any event arrives still resumes without loss; missed events and resets carry their own.
     let welcome_id = (start.missed.is_empty() && start.reset.is_none()).then_some(head.as_str());
-    out.extend_from_slice(&sse_frame(welcome_id, "welcome", welcome.to_string().as_bytes()));
+    out.extend_from_slice(&sse_frame(
+        welcome_id,
+        "welcome",
+        welcome.to_string().as_bytes(),
+    ));
     for ev in &start.missed {
         out.extend_from_slice(ev.sse_frame(envelope));
     }
     if let Some(reason) = start.reset {
         let data = json!({ "reason": reason });
-        out.extend_from_slice(&sse_frame(Some(&head), "reset", data.to_string().as_bytes()));
+        out.extend_from_slice(&sse_frame(
+            Some(&head),
+            "reset",
+            data.to_string().as_bytes(),
+        ));
     }
     out.freeze()
 }
@@ -87,7 +101,10 @@ pub async fn stream(
     conn_handle: Option<axum::Extension<ConnHandle>>,
 ) -> Result<Response, ApiError> {
     if !hub.config().transports.sse {
-        return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
+        return Err(ApiError::not_found(
+            "transport_disabled",
+            "the sse transport is disabled on this server",
+        ));
     }
     let q = StreamQuery::parse(raw.as_deref());
     let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
@@ -162,7 +179,10 @@ pub async fn stream(
 
     let mut res = Response::new(Body::from_stream(body));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     // A stream's connection is not reused, so cutting it never cuts another request.

@@ -148,8 +148,14 @@ mod tests {
         assert_eq!(Pattern::parse(""), Err(TopicError::Empty));
         assert_eq!(Pattern::parse(&"x".repeat(257)), Err(TopicError::TooLong));
         assert_eq!(Pattern::parse("a\nb"), Err(TopicError::ControlCharacter));
-        assert!(matches!(Pattern::parse("a/*/b"), Err(TopicError::MisplacedWildcard(_))));
-        assert!(matches!(validate_topic("a/*"), Err(TopicError::Wildcard(_))));
+        assert!(matches!(
+            Pattern::parse("a/*/b"),
+            Err(TopicError::MisplacedWildcard(_))
+        ));
+        assert!(matches!(
+            validate_topic("a/*"),
+            Err(TopicError::Wildcard(_))
+        ));
         assert!(validate_topic(&"x".repeat(256)).is_ok());
     }
 }

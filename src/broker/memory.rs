@@ -43,7 +43,10 @@ impl History {
 impl MemoryBroker {
     /// A broker keeping at most `max_len` events, none older than `max_age`.
     pub fn new(max_len: usize, max_age: Duration) -> Self {
-        let start = EventId { ms: now_ms(), seq: 0 };
+        let start = EventId {
+            ms: now_ms(),
+            seq: 0,
+        };
         MemoryBroker {
             max_len,
             max_age,
@@ -67,7 +70,10 @@ impl MemoryBroker {
             return Replay::Unknown { head };
         };
         if after == head {
-            return Replay::Missed { events: Vec::new(), head };
+            return Replay::Missed {
+                events: Vec::new(),
+                head,
+            };
         }
         if after > head {
             return Replay::Unknown { head };
@@ -83,7 +89,10 @@ impl MemoryBroker {
                 Err(_) => return Replay::Unknown { head },
             }
         };
-        Replay::Missed { events: h.events.range(start..).cloned().collect(), head }
+        Replay::Missed {
+            events: h.events.range(start..).cloned().collect(),
+            head,
+        }
     }
 }
 
@@ -155,7 +164,10 @@ mod tests {
 
     fn missed(r: Replay) -> Vec<String> {
         match r {
-            Replay::Missed { events, .. } => events.iter().map(|e| e.draft.data.get().to_owned()).collect(),
+            Replay::Missed { events, .. } => events
+                .iter()
+                .map(|e| e.draft.data.get().to_owned())
+                .collect(),
             other => panic!("expected a replay, got {other:?}"),
         }
     }
@@ -167,12 +179,30 @@ mod tests {
         let ev = b.publish(drafts(5), &Nobody).await.unwrap();
         assert!(ev.windows(2).all(|w| w[0].id < w[1].id));
         // Kept: 2, 3, 4. A client that saw 1 has missed nothing that was dropped.
-        assert_eq!(missed(b.replay(&ev[1].id.to_string()).await.unwrap()), ["2", "3", "4"]);
-        assert_eq!(missed(b.replay(&ev[3].id.to_string()).await.unwrap()), ["4"]);
+        assert_eq!(
+            missed(b.replay(&ev[1].id.to_string()).await.unwrap()),
+            ["2", "3", "4"]
+        );
+        assert_eq!(
+            missed(b.replay(&ev[3].id.to_string()).await.unwrap()),
+            ["4"]
+        );
         assert!(missed(b.replay(&ev[4].id.to_string()).await.unwrap()).is_empty());
-        assert!(matches!(b.replay(&ev[0].id.to_string()).await.unwrap(), Replay::Expired { .. }));
-        assert!(matches!(b.replay(&start).await.unwrap(), Replay::Expired { .. }));
-        assert!(matches!(b.replay("junk").await.unwrap(), Replay::Unknown { .. }));
-        assert!(matches!(b.replay("99999999999999-0").await.unwrap(), Replay::Unknown { .. }));
+        assert!(matches!(
+            b.replay(&ev[0].id.to_string()).await.unwrap(),
+            Replay::Expired { .. }
+        ));
+        assert!(matches!(
+            b.replay(&start).await.unwrap(),
+            Replay::Expired { .. }
+        ));
+        assert!(matches!(
+            b.replay("junk").await.unwrap(),
+            Replay::Unknown { .. }
+        ));
+        assert!(matches!(
+            b.replay("99999999999999-0").await.unwrap(),
+            Replay::Unknown { .. }
+        ));
     }
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the tests need (skipping what is already there), then runs every test:
+# unit and integration tests, lints, and the contract smoke check against the release binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v jq >/dev/null || need+=(jq)
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+cargo fmt --check
+cargo clippy --release --all-targets --locked -- -D warnings
+cargo build --release --locked
+cargo test --release --locked
+
+shared="$(cd .. && pwd)/shared"
+if [[ -f $shared/checks/smoke.sh ]]; then
+  bash "$shared/checks/smoke.sh" target/release/ssegate
+fi
