@@ -270,7 +270,7 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.hub.remove(self.client.id());
+        self.hub.release(&self.client);
     }
 }
 
@@ -352,13 +352,11 @@ impl Hub {
         }
     }
 
-    fn remove(&self, id: Uuid) {
-        let entry = lock(&self.shared.state).remove(&id);
-        let transport = entry.map(|e| e.client.transport());
-        // Counted when the connection ends, whether the hub or the client ended it.
-        if let Some(t) = transport {
-            self.shared.metrics.clients.get_or_create(&t.into()).dec();
-        }
+    /// Unregisters a connection's client (the hub may have done so already, on overflow or
+    /// disconnect) and counts it gone.
+    fn release(&self, client: &Client) {
+        lock(&self.shared.state).remove(&client.id());
+        self.shared.metrics.clients.get_or_create(&client.transport().into()).dec();
     }
 
     /// Where a client that last saw `last_event_id` (if any) starts. Call after [`Hub::connect`],

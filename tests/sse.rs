@@ -141,6 +141,7 @@ async fn backend_refreshes_one_dashboard_and_subscribes_it_server_side() {
     assert_eq!(status, 200);
     assert!(within("B's stream to end", b.next()).await.is_none());
     assert_eq!(s.client_ids().await, [a.client_id.clone()]);
+    common::until("the gauge to count one client", || async { s.metric("ssegate_clients{transport=\"sse\"}").await == 1.0 }).await;
     a.expect("tick").await;
     s.stop().await;
 }
