@@ -220,7 +220,7 @@ pub async fn subscribe(
 ) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
     let patterns = patterns_in(&hub, &headers, body).await?;
-    let topics = hub.subscribe(&id, &patterns)?;
+    let topics = hub.subscribe(&id, &patterns)?.topics;
     Ok(Json(json!({ "client_id": id, "topics": topics })))
 }
 

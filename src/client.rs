@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -46,6 +47,10 @@ pub enum CloseReason {
     Kicked,
     /// The gateway is shutting down; the client should come back later.
     Shutdown,
+    /// The peer stopped answering pings, or its poll session expired.
+    Timeout,
+    /// The peer sent a frame over the size limit.
+    TooLarge,
 }
 
 /// What the hub asks a transport to send.
@@ -53,8 +58,12 @@ pub enum CloseReason {
 pub enum Outbound {
     /// A published event.
     Event(Arc<Event>),
-    /// Nothing was sent for a heartbeat interval.
+    /// Nothing was sent for a heartbeat interval (SSE comment), or the peer was not heard from
+    /// (WebSocket ping).
     Heartbeat,
+    /// A message already rendered for a frame-based transport (a WebSocket `ack`, `reply`, `error`
+    /// or `reset`), as JSON text.
+    Frame(Bytes),
     /// The last message: the stream ends after it.
     Close(CloseReason),
 }
@@ -74,6 +83,8 @@ pub enum Push {
 struct Queue {
     items: VecDeque<Outbound>,
     closed: bool,
+    /// A heartbeat is waiting in `items`.
+    heartbeat_queued: bool,
 }
 
 /// A connected client, shared by the hub (which pushes) and its transport (which drains).
@@ -90,6 +101,8 @@ pub struct Client {
     last_round: AtomicU64,
     /// When the transport last wrote anything, for heartbeats.
     last_write_ms: AtomicU64,
+    /// When the peer was last heard from (a frame or a poll), for liveness.
+    last_heard_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -103,20 +116,22 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A new client whose queue holds at most `capacity` items.
-    pub(crate) fn new(transport: Transport, capacity: usize) -> Self {
+    pub(crate) fn new(id: Uuid, transport: Transport, capacity: usize) -> Self {
         let now = now_ms();
         Client {
-            id: Uuid::new_v4(),
+            id,
             transport,
             connected_at_ms: now,
             capacity: capacity.max(1),
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 closed: false,
+                heartbeat_queued: false,
             }),
             ready: Notify::new(),
             last_round: AtomicU64::new(0),
             last_write_ms: AtomicU64::new(now),
+            last_heard_ms: AtomicU64::new(now),
         }
     }
 
@@ -156,6 +171,7 @@ impl Client {
         if q.items.len() >= self.capacity {
             q.items.clear();
             q.items.shrink_to(16);
+            q.heartbeat_queued = false;
             q.items.push_back(Outbound::Close(CloseReason::Overflow));
             q.closed = true;
             drop(q);
@@ -173,16 +189,36 @@ impl Client {
         Push::Queued
     }
 
-    /// Queues a heartbeat if nothing else is waiting; true if it did.
-    pub(crate) fn push_heartbeat(&self) -> bool {
+    /// Queues a heartbeat. Unless `always`, only when nothing else is waiting (an SSE comment is
+    /// needed only on a silent stream); a WebSocket ping goes even behind queued events. At most
+    /// one heartbeat waits at a time. True if one was queued.
+    pub(crate) fn push_heartbeat(&self, always: bool) -> bool {
         let mut q = self.lock();
-        if q.closed || !q.items.is_empty() {
+        if q.closed || q.heartbeat_queued || (!always && !q.items.is_empty()) {
             return false;
         }
+        let was_empty = q.items.is_empty();
         q.items.push_back(Outbound::Heartbeat);
+        q.heartbeat_queued = true;
+        drop(q);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Puts items before everything queued (missed events replayed on a new subscription, which
+    /// precede the live events queued since the subscription was made). Bounded by the history.
+    pub(crate) fn push_front(&self, items: Vec<Outbound>) {
+        let mut q = self.lock();
+        if q.closed || items.is_empty() {
+            return;
+        }
+        for item in items.into_iter().rev() {
+            q.items.push_front(item);
+        }
         drop(q);
         self.ready.notify_one();
-        true
     }
 
     /// Closes the client's stream: pending items are still sent, then the close.
@@ -204,6 +240,7 @@ impl Client {
                 let mut q = self.lock();
                 if !q.items.is_empty() {
                     std::mem::swap(&mut q.items, out);
+                    q.heartbeat_queued = false;
                     return;
                 }
                 if q.closed {
@@ -219,6 +256,16 @@ impl Client {
         self.last_write_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    /// Records that the peer was heard from now.
+    pub fn heard(&self, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the peer was last heard from, unix milliseconds.
+    pub(crate) fn last_heard_ms(&self) -> u64 {
+        self.last_heard_ms.load(Ordering::Relaxed)
+    }
+
     /// Whether nothing has been written since `since_ms`.
     pub(crate) fn idle_since(&self, since_ms: u64) -> bool {
         self.last_write_ms.load(Ordering::Relaxed) <= since_ms
@@ -231,7 +278,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_turns_into_one_close() {
-        let c = Client::new(Transport::Sse, 2);
+        let c = Client::new(Uuid::new_v4(), Transport::Sse, 2);
         assert_eq!(c.push(Outbound::Heartbeat), Push::Queued);
         assert_eq!(c.push(Outbound::Heartbeat), Push::Queued);
         assert_eq!(c.push(Outbound::Heartbeat), Push::Overflowed);

@@ -49,6 +49,23 @@ pub struct Config {
     /// Most open connections; more get `503` with `Retry-After`.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
+    /// A WebSocket peer not heard from for this long is dropped (it is pinged after a heartbeat
+    /// interval of silence); 0 means three heartbeat intervals.
+    #[arg(long, default_value_t = 0)]
+    pub ws_timeout_ms: u64,
+    /// A long-poll session not polled for this long expires, with the events kept for it.
+    #[arg(long, default_value_t = 30_000)]
+    pub poll_session_ttl_ms: u64,
+    /// Longest long-poll wait a client may ask for, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub poll_max_timeout_s: u64,
+    /// Polling interval suggested by `/snapshot` (`X-Poll-Interval`), in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub poll_interval_ms: u64,
+    /// Backend URL that WebSocket `rpc` requests are POSTed to (`{client_id, method, data}`);
+    /// its JSON answer becomes the `reply`.
+    #[arg(long)]
+    pub rpc_url: Option<String>,
     /// Time to drain connections on shutdown before they are cut, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
@@ -79,6 +96,14 @@ impl Config {
     /// The heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// How long a WebSocket peer may stay silent.
+    pub fn ws_timeout(&self) -> Duration {
+        match self.ws_timeout_ms {
+            0 => self.heartbeat() * 3,
+            ms => Duration::from_millis(ms),
+        }
     }
 
     /// The longest age of an event in history.

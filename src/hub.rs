@@ -75,17 +75,25 @@ pub struct TopicInfo {
     pub version: Option<u64>,
 }
 
-/// Where a (re)connecting client's stream starts.
+/// What a client that resumes after an id gets before live events.
 #[derive(Debug)]
 pub struct Start {
     /// Events it missed, already filtered to what it receives, oldest first.
     pub missed: Vec<Arc<Event>>,
     /// Set when it must reload state: the reason sent in the `reset` event.
     pub reset: Option<&'static str>,
-    /// The position the stream continues from: every later event will be delivered.
+    /// The position live events continue from: the last missed event or, when nothing relevant
+    /// was missed, the subscription's head.
     pub head: EventId,
-    /// Queued events at or below this id were replayed already and must be skipped.
-    pub skip_through: Option<EventId>,
+}
+
+/// A subscription made on a connected client.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// All of the client's subscriptions now.
+    pub topics: Vec<String>,
+    /// Events after this id reach the client live; earlier ones only through a replay.
+    pub head: EventId,
 }
 
 /// A cheap-to-clone handle on the gateway's fan-out fabric.
@@ -118,7 +126,6 @@ struct Entry {
 
 type Subscribers = IndexMap<Uuid, Arc<Client>>;
 
-#[derive(Default)]
 struct State {
     clients: HashMap<Uuid, Entry>,
     /// Subscribers of each exact topic.
@@ -128,6 +135,9 @@ struct State {
     /// Dispatch round counter, for delivering an event once to a client with overlapping
     /// subscriptions.
     round: u64,
+    /// The last event dispatched. Read under the same lock as a registration, it splits what a
+    /// new subscriber gets from history (up to it) from what it gets live (after it).
+    head: EventId,
 }
 
 impl State {
@@ -202,6 +212,7 @@ impl Dispatch for Shared {
         let mut delivered = 0u64;
         for ev in events {
             st.round += 1;
+            st.head = ev.id;
             let round = st.round;
             let mut deliver = |c: &Arc<Client>| {
                 if c.first_in_round(round) {
@@ -254,6 +265,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 pub struct Connection {
     hub: Hub,
     client: Arc<Client>,
+    head: EventId,
 }
 
 impl Connection {
@@ -265,6 +277,11 @@ impl Connection {
     /// The hub it is registered with.
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Where the client's live events start: every event after this id reaches it.
+    pub fn head(&self) -> EventId {
+        self.head
     }
 }
 
@@ -287,11 +304,18 @@ impl Hub {
 
     /// A hub over a given broker.
     pub fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
+        let head = broker.head();
         let hub = Hub {
             shared: Arc::new(Shared {
                 config,
                 broker,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    clients: HashMap::new(),
+                    exact: HashMap::new(),
+                    patterns: HashMap::new(),
+                    round: 0,
+                    head,
+                }),
                 metrics: Metrics::default(),
                 shutdown: CancellationToken::new(),
             }),
@@ -325,31 +349,35 @@ impl Hub {
 
     /// Registers a client subscribed to `subs`. Its subscriptions are in place when this returns.
     pub fn connect(&self, transport: Transport, subs: Vec<Pattern>) -> Connection {
+        self.register(Uuid::new_v4(), transport, subs).expect("a fresh UUID is free")
+    }
+
+    /// Registers a client under an id it had before (a long-poll session that expired), if no
+    /// connected client holds that id now.
+    pub fn reconnect(&self, id: Uuid, transport: Transport, subs: Vec<Pattern>) -> Option<Connection> {
+        self.register(id, transport, subs)
+    }
+
+    fn register(&self, id: Uuid, transport: Transport, subs: Vec<Pattern>) -> Option<Connection> {
         let queue = usize::try_from(self.shared.config.queue_size).unwrap_or(usize::MAX);
-        let client = Arc::new(Client::new(transport, queue));
-        let id = client.id();
-        {
+        let client = Arc::new(Client::new(id, transport, queue));
+        let head = {
             let mut st = lock(&self.shared.state);
-            st.clients.insert(
-                id,
-                Entry {
-                    client: client.clone(),
-                    subs: Vec::new(),
-                },
-            );
+            if st.clients.contains_key(&id) {
+                return None;
+            }
+            st.clients.insert(id, Entry { client: client.clone(), subs: Vec::new() });
             // Cannot fail: the client was just inserted.
             let _ = st.subscribe(&id, &subs);
-        }
+            st.head
+        };
         let label = TransportLabel::from(transport);
         self.shared.metrics.connections.get_or_create(&label).inc();
         self.shared.metrics.clients.get_or_create(&label).inc();
         if self.shared.shutdown.is_cancelled() {
             client.close(CloseReason::Shutdown);
         }
-        Connection {
-            hub: self.clone(),
-            client,
-        }
+        Some(Connection { hub: self.clone(), client, head })
     }
 
     /// Unregisters a connection's client (the hub may have done so already, on overflow or
@@ -359,62 +387,33 @@ impl Hub {
         self.shared.metrics.clients.get_or_create(&client.transport().into()).dec();
     }
 
-    /// Where a client that last saw `last_event_id` (if any) starts. Call after [`Hub::connect`],
-    /// so that nothing falls between the replay and the live events; live events the replay
-    /// already holds are marked by [`Start::skip_through`].
-    pub async fn start(
-        &self,
-        conn: &Connection,
-        last_event_id: Option<&str>,
-    ) -> Result<Start, BrokerError> {
-        let Some(last) = last_event_id.filter(|s| !s.is_empty()) else {
-            return Ok(Start {
-                missed: Vec::new(),
-                reset: None,
-                head: self.shared.broker.head(),
-                skip_through: None,
-            });
-        };
-        let replay = self.shared.broker.replay(last).await?;
+    /// What a client that last saw `after` missed up to `upto` (its [`Connection::head`] or a
+    /// [`Subscribed::head`]): the events it receives through `only` (those patterns alone) or,
+    /// with `None`, through all its subscriptions, its id and broadcasts.
+    pub async fn replay(&self, client_id: Uuid, only: Option<&[Pattern]>, after: &str, upto: EventId) -> Result<Start, BrokerError> {
+        let replay = self.shared.broker.replay(after, upto).await?;
         let m = &self.shared.metrics;
+        let reset = |reason| {
+            m.resets.inc();
+            Start { missed: Vec::new(), reset: Some(reason), head: upto }
+        };
         Ok(match replay {
-            Replay::Missed { events, head } => {
+            Replay::Missed(events) => {
                 m.resumes.inc();
-                let id = conn.client.id();
-                let subs = lock(&self.shared.state)
-                    .clients
-                    .get(&id)
-                    .map(|e| e.subs.clone())
-                    .unwrap_or_default();
-                let missed = events
-                    .into_iter()
-                    .filter(|ev| receives(&id, &subs, ev))
-                    .collect();
-                Start {
-                    missed,
-                    reset: None,
-                    head,
-                    skip_through: Some(head),
-                }
+                let missed: Vec<Arc<Event>> = match only {
+                    Some(patterns) => events
+                        .into_iter()
+                        .filter(|ev| ev.draft.audience == Audience::Topic && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t))))
+                        .collect(),
+                    None => {
+                        let subs = lock(&self.shared.state).clients.get(&client_id).map(|e| e.subs.clone()).unwrap_or_default();
+                        events.into_iter().filter(|ev| receives(&client_id, &subs, ev)).collect()
+                    }
+                };
+                Start { missed, reset: None, head: upto }
             }
-            Replay::Unknown { head } => {
-                m.resets.inc();
-                Start {
-                    missed: Vec::new(),
-                    reset: Some("unknown_event_id"),
-                    head,
-                    skip_through: None,
-                }
-            }
-            Replay::Expired { head } => {
-                m.resets.inc();
-                Start {
-                    missed: Vec::new(),
-                    reset: Some("history_expired"),
-                    head,
-                    skip_through: None,
-                }
-            }
+            Replay::Unknown => reset("unknown_event_id"),
+            Replay::Expired => reset("history_expired"),
         })
     }
 
@@ -431,9 +430,11 @@ impl Hub {
         Ok(events)
     }
 
-    /// Adds subscriptions to a connected client; returns all of its subscriptions.
-    pub fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
-        lock(&self.shared.state).subscribe(id, patterns)
+    /// Adds subscriptions to a connected client.
+    pub fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, UnknownClient> {
+        let mut st = lock(&self.shared.state);
+        let topics = st.subscribe(id, patterns)?;
+        Ok(Subscribed { topics, head: st.head })
     }
 
     /// Removes subscriptions from a connected client; returns the ones it keeps.
@@ -535,12 +536,12 @@ fn validate(d: &Draft) -> Result<(), String> {
     Ok(())
 }
 
-/// Queues `: hb` for every client that has been silent for a heartbeat interval. One task for the
-/// whole hub, not a timer per connection.
+/// Keeps connections alive and honest, from one task for the whole hub rather than a timer per
+/// connection: `: hb` to SSE clients silent for a heartbeat interval; a ping to WebSocket peers
+/// not heard from for one, and a close for those silent past the timeout; expiry of idle
+/// long-poll sessions.
 async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
-    let Some(every) = shared.upgrade().map(|s| s.config.heartbeat()) else {
-        return;
-    };
+    let Some(every) = shared.upgrade().map(|s| s.config.heartbeat()) else { return };
     let mut tick = tokio::time::interval((every / 4).max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -548,20 +549,24 @@ async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let silent_since = now_ms().saturating_sub(every.as_millis() as u64);
-        let clients: Vec<Arc<Client>> = lock(&shared.state)
-            .clients
-            .values()
-            .map(|e| e.client.clone())
-            .collect();
+        let Some(shared) = shared.upgrade() else { return };
+        let now = now_ms();
+        let quiet_since = now.saturating_sub(every.as_millis() as u64);
+        let dead_since = now.saturating_sub(shared.config.ws_timeout().as_millis() as u64);
+        let clients: Vec<Arc<Client>> = lock(&shared.state).clients.values().map(|e| e.client.clone()).collect();
         let mut sent = 0;
         for c in clients {
-            if c.idle_since(silent_since) && c.push_heartbeat() {
-                sent += 1;
-            }
+            let queued = match c.transport() {
+                Transport::Sse => c.idle_since(quiet_since) && c.push_heartbeat(false),
+                Transport::Ws if c.last_heard_ms() < dead_since => {
+                    tracing::info!(client_id = %c.id(), "websocket peer stopped answering: dropped");
+                    c.close(CloseReason::Timeout);
+                    false
+                }
+                Transport::Ws => c.last_heard_ms() <= quiet_since && c.push_heartbeat(true),
+                Transport::LongPoll => false,
+            };
+            sent += u64::from(queued);
         }
         shared.metrics.heartbeats.inc_by(sent);
     }

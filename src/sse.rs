@@ -16,8 +16,8 @@ use serde_json::json;
 use crate::api::parse_patterns;
 use crate::client::{CloseReason, Outbound, Transport};
 use crate::error::ApiError;
-use crate::event::{now_ms, sse_frame, EventId};
-use crate::hub::{Hub, Start};
+use crate::event::{now_ms, sse_frame};
+use crate::hub::{Connection, Hub, Start};
 use crate::server::ConnHandle;
 
 /// How long a client closed for a full queue may keep its socket before it is cut.
@@ -60,35 +60,23 @@ fn retry_line(hub: &Hub) -> Bytes {
 }
 
 /// The first chunk of the stream: `retry:`, `welcome`, then missed events or a `reset`.
-fn prelude(
-    hub: &Hub,
-    client_id: &uuid::Uuid,
-    topics: &[String],
-    start: &Start,
-    envelope: bool,
-) -> Bytes {
+fn prelude(hub: &Hub, conn: &Connection, topics: &[String], start: Option<&Start>, envelope: bool) -> Bytes {
     let mut out = BytesMut::new();
     out.extend_from_slice(format!("retry: {}\n", hub.config().retry_ms).as_bytes());
-    let welcome = json!({ "client_id": client_id, "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
-    let head = start.head.to_string();
+    let welcome = json!({ "client_id": conn.client().id(), "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
+    let head = conn.head().to_string();
     // The welcome carries the position the stream continues from, so a client that drops before
     // any event arrives still resumes without loss; missed events and resets carry their own.
-    let welcome_id = (start.missed.is_empty() && start.reset.is_none()).then_some(head.as_str());
-    out.extend_from_slice(&sse_frame(
-        welcome_id,
-        "welcome",
-        welcome.to_string().as_bytes(),
-    ));
-    for ev in &start.missed {
-        out.extend_from_slice(ev.sse_frame(envelope));
-    }
-    if let Some(reason) = start.reset {
-        let data = json!({ "reason": reason });
-        out.extend_from_slice(&sse_frame(
-            Some(&head),
-            "reset",
-            data.to_string().as_bytes(),
-        ));
+    let welcome_id = start.is_none_or(|s| s.missed.is_empty() && s.reset.is_none()).then_some(head.as_str());
+    out.extend_from_slice(&sse_frame(welcome_id, "welcome", welcome.to_string().as_bytes()));
+    if let Some(start) = start {
+        for ev in &start.missed {
+            out.extend_from_slice(ev.sse_frame(envelope));
+        }
+        if let Some(reason) = start.reset {
+            let data = json!({ "reason": reason });
+            out.extend_from_slice(&sse_frame(Some(&head), "reset", data.to_string().as_bytes()));
+        }
     }
     out.freeze()
 }
@@ -116,10 +104,12 @@ pub async fn stream(
         .or(q.last_event_id);
 
     let conn = hub.connect(Transport::Sse, patterns);
-    let start = hub.start(&conn, last_id.as_deref()).await?;
-    let first = prelude(&hub, &conn.client().id(), &topics, &start, q.envelope);
+    let start = match last_id.filter(|id| !id.is_empty()) {
+        Some(after) => Some(hub.replay(conn.client().id(), None, &after, conn.head()).await?),
+        None => None,
+    };
+    let first = prelude(&hub, &conn, &topics, start.as_ref(), q.envelope);
     let envelope = q.envelope;
-    let mut skip_through: Option<EventId> = start.skip_through;
     drop(start);
     let kill = conn_handle.map(|h| h.0);
 
@@ -140,12 +130,6 @@ pub async fn stream(
             for item in batch.drain(..) {
                 match item {
                     Outbound::Event(ev) => {
-                        if let Some(s) = skip_through {
-                            if ev.id <= s {
-                                continue;
-                            }
-                            skip_through = None;
-                        }
                         if n == 1 {
                             single = Some(ev.sse_frame(envelope).clone());
                         } else {
@@ -153,10 +137,12 @@ pub async fn stream(
                         }
                     }
                     Outbound::Heartbeat => buf.extend_from_slice(b": hb\n\n"),
+                    // Replies to frame-based requests never go to an SSE client.
+                    Outbound::Frame(_) => {}
                     Outbound::Close(reason) => end = Some(reason),
                 }
             }
-            if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown)) {
+            if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout)) {
                 buf.extend_from_slice(&retry_line(conn.hub()));
             }
             let chunk = single.unwrap_or_else(|| buf.split().freeze());

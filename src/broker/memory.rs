@@ -62,37 +62,28 @@ impl MemoryBroker {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn replay_now(&self, after: &str) -> Replay {
+    fn replay_now(&self, after: &str, upto: EventId) -> Replay {
         let mut h = self.lock();
         h.trim(self.max_len, self.max_age, now_ms());
-        let head = h.last;
         let Ok(after) = after.parse::<EventId>() else {
-            return Replay::Unknown { head };
+            return Replay::Unknown;
         };
-        if after == head {
-            return Replay::Missed {
-                events: Vec::new(),
-                head,
-            };
-        }
-        if after > head {
-            return Replay::Unknown { head };
+        if after > upto || after > h.last {
+            return Replay::Unknown;
         }
         if after < h.floor {
-            return Replay::Expired { head };
+            return Replay::Expired;
         }
         let start = if after == h.floor {
             0
         } else {
             match h.events.binary_search_by(|e| e.id.cmp(&after)) {
                 Ok(i) => i + 1,
-                Err(_) => return Replay::Unknown { head },
+                Err(_) => return Replay::Unknown,
             }
         };
-        Replay::Missed {
-            events: h.events.range(start..).cloned().collect(),
-            head,
-        }
+        let end = h.events.partition_point(|e| e.id <= upto);
+        Replay::Missed(h.events.range(start..end.max(start)).cloned().collect())
     }
 }
 
@@ -122,8 +113,8 @@ impl Broker for MemoryBroker {
         futures::future::ready(Ok(events)).boxed()
     }
 
-    fn replay<'a>(&'a self, after: &'a str) -> BoxFuture<'a, Result<Replay, BrokerError>> {
-        futures::future::ready(Ok(self.replay_now(after))).boxed()
+    fn replay<'a>(&'a self, after: &'a str, upto: EventId) -> BoxFuture<'a, Result<Replay, BrokerError>> {
+        futures::future::ready(Ok(self.replay_now(after, upto))).boxed()
     }
 
     fn head(&self) -> EventId {
@@ -164,10 +155,7 @@ mod tests {
 
     fn missed(r: Replay) -> Vec<String> {
         match r {
-            Replay::Missed { events, .. } => events
-                .iter()
-                .map(|e| e.draft.data.get().to_owned())
-                .collect(),
+            Replay::Missed(events) => events.iter().map(|e| e.draft.data.get().to_owned()).collect(),
             other => panic!("expected a replay, got {other:?}"),
         }
     }
@@ -178,31 +166,17 @@ mod tests {
         let start = b.head().to_string();
         let ev = b.publish(drafts(5), &Nobody).await.unwrap();
         assert!(ev.windows(2).all(|w| w[0].id < w[1].id));
+        let head = ev[4].id;
+        let replay = |after: String, upto| b.replay_now(&after, upto);
         // Kept: 2, 3, 4. A client that saw 1 has missed nothing that was dropped.
-        assert_eq!(
-            missed(b.replay(&ev[1].id.to_string()).await.unwrap()),
-            ["2", "3", "4"]
-        );
-        assert_eq!(
-            missed(b.replay(&ev[3].id.to_string()).await.unwrap()),
-            ["4"]
-        );
-        assert!(missed(b.replay(&ev[4].id.to_string()).await.unwrap()).is_empty());
-        assert!(matches!(
-            b.replay(&ev[0].id.to_string()).await.unwrap(),
-            Replay::Expired { .. }
-        ));
-        assert!(matches!(
-            b.replay(&start).await.unwrap(),
-            Replay::Expired { .. }
-        ));
-        assert!(matches!(
-            b.replay("junk").await.unwrap(),
-            Replay::Unknown { .. }
-        ));
-        assert!(matches!(
-            b.replay("99999999999999-0").await.unwrap(),
-            Replay::Unknown { .. }
-        ));
+        assert_eq!(missed(replay(ev[1].id.to_string(), head)), ["2", "3", "4"]);
+        assert_eq!(missed(replay(ev[1].id.to_string(), ev[3].id)), ["2", "3"]);
+        assert_eq!(missed(replay(ev[3].id.to_string(), head)), ["4"]);
+        assert!(missed(replay(ev[4].id.to_string(), head)).is_empty());
+        assert!(matches!(replay(ev[0].id.to_string(), head), Replay::Expired));
+        assert!(matches!(replay(start, head), Replay::Expired));
+        assert!(matches!(replay("junk".into(), head), Replay::Unknown));
+        assert!(matches!(replay(ev[4].id.to_string(), ev[3].id), Replay::Unknown));
+        assert!(matches!(replay("99999999999999-0".into(), head), Replay::Unknown));
     }
 }

@@ -29,23 +29,13 @@ pub enum BrokerError {
 /// What a client that resumes after an id has missed.
 #[derive(Debug)]
 pub enum Replay {
-    /// Every event after the id, in order, up to `head` (unfiltered: the hub filters them).
-    Missed {
-        /// The events after the id, oldest first.
-        events: Vec<Arc<Event>>,
-        /// The last id the broker had dispatched when the replay was taken.
-        head: EventId,
-    },
-    /// The id was never issued by this broker (or is malformed).
-    Unknown {
-        /// Where live events continue.
-        head: EventId,
-    },
+    /// Every event after the id up to the asked position, oldest first (unfiltered: the hub
+    /// filters them).
+    Missed(Vec<Arc<Event>>),
+    /// The id was never issued by this broker, is past the asked position, or is malformed.
+    Unknown,
     /// The id is older than the history kept.
-    Expired {
-        /// Where live events continue.
-        head: EventId,
-    },
+    Expired,
 }
 
 /// Orders, stores and replays events.
@@ -61,11 +51,11 @@ pub trait Broker: Send + Sync + 'static {
         sink: &'a dyn Dispatch,
     ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, BrokerError>>;
 
-    /// The events after `after` (an id as a client sent it).
-    fn replay<'a>(&'a self, after: &'a str) -> BoxFuture<'a, Result<Replay, BrokerError>>;
+    /// The events after `after` (an id as a client sent it) up to and including `upto` (the
+    /// position from which the client receives live events).
+    fn replay<'a>(&'a self, after: &'a str, upto: EventId) -> BoxFuture<'a, Result<Replay, BrokerError>>;
 
-    /// The id of the last event dispatched on this node: a client registered now receives every
-    /// event after it.
+    /// The id of the last event dispatched on this node (at start: where the history begins).
     fn head(&self) -> EventId;
 
     /// How many events the history holds now.
