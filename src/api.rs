@@ -42,10 +42,9 @@ struct Item<'a> {
 fn json_error(e: serde_json::Error, at: &str) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
-            "invalid_json",
-            format!("{at}the body is not valid JSON: {e}"),
-        ),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request("invalid_json", format!("{at}the body is not valid JSON: {e}"))
+        }
         Category::Data => ApiError::bad_request("invalid_request", format!("{at}{e}")),
     }
 }
@@ -54,9 +53,7 @@ fn json_error(e: serde_json::Error, at: &str) -> ApiError {
 /// events.
 fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String> {
     if item.retain || item.patch.is_some() || item.json_patch.is_some() {
-        return Err(
-            "retained state (retain, patch, json_patch) is not available in this version".into(),
-        );
+        return Err("retained state (retain, patch, json_patch) is not available in this version".into());
     }
     let topics = match (item.topic, item.topics) {
         (Some(_), Some(_)) => return Err("give topic or topics, not both".into()),
@@ -117,8 +114,7 @@ pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
             ));
         }
         let item: Item<'_> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
-        drafts_of(item, ts, &mut drafts)
-            .map_err(|m| ApiError::bad_request("invalid_request", m))?;
+        drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", m))?;
     }
     Ok(drafts)
 }
@@ -133,10 +129,8 @@ pub async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Byt
             format!("the body is larger than {limit} bytes"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -175,34 +169,23 @@ struct TopicsBody {
 }
 
 fn client_id(raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse().map_err(|_| {
-        ApiError::not_found(
-            "unknown_client",
-            "no client with this client_id is connected",
-        )
-    })
+    raw.parse().map_err(|_| ApiError::not_found("unknown_client", "no client with this client_id is connected"))
 }
 
 async fn patterns_in(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Vec<Pattern>, ApiError> {
     let body = read_body(hub, headers, body).await?;
     let req: TopicsBody = serde_json::from_slice(&body).map_err(|e| json_error(e, ""))?;
     if req.topics.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "topics must not be empty",
-        ));
+        return Err(ApiError::bad_request("invalid_request", "topics must not be empty"));
     }
     parse_patterns(req.topics.iter().map(String::as_str))
 }
 
 /// Parses subscription patterns, refusing the request on the first bad one.
-pub fn parse_patterns<'a>(
-    topics: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<Pattern>, ApiError> {
+pub fn parse_patterns<'a>(topics: impl IntoIterator<Item = &'a str>) -> Result<Vec<Pattern>, ApiError> {
     let mut out: Vec<Pattern> = Vec::new();
     for t in topics {
-        let p = Pattern::parse(t)
-            .map_err(|e| ApiError::bad_request("invalid_topic", format!("{t:?}: {e}")))?;
+        let p = Pattern::parse(t).map_err(|e| ApiError::bad_request("invalid_topic", format!("{t:?}: {e}")))?;
         if !out.contains(&p) {
             out.push(p);
         }
@@ -239,11 +222,7 @@ pub async fn unsubscribe(
 }
 
 /// `DELETE /clients/{client_id}`.
-pub async fn disconnect(
-    State(hub): State<Hub>,
-    _: Publisher,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn disconnect(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
     hub.disconnect(&id)?;
     Ok(Json(json!({ "client_id": id, "disconnected": true })))
@@ -268,31 +247,20 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(hub): State<Hub>) -> Response {
     let broker = hub.broker();
     if hub.shutdown_token().is_cancelled() {
-        return ApiError::unavailable("shutting_down", "the gateway is shutting down", 1)
-            .into_response();
+        return ApiError::unavailable("shutting_down", "the gateway is shutting down", 1).into_response();
     }
     if broker.ready() {
         Json(json!({ "status": "ready", "broker": broker.name() })).into_response()
     } else {
-        ApiError::unavailable(
-            "broker_unavailable",
-            format!("the {} broker is not reachable", broker.name()),
-            1,
-        )
-        .into_response()
+        ApiError::unavailable("broker_unavailable", format!("the {} broker is not reachable", broker.name()), 1)
+            .into_response()
     }
 }
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(hub): State<Hub>) -> Response {
     hub.metrics().history.set(hub.broker().history_len() as i64);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        hub.metrics().render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], hub.metrics().render())
         .into_response()
 }
 
@@ -303,11 +271,7 @@ pub async fn not_found() -> ApiError {
 
 /// Answers a known path called with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
 }
 
 #[cfg(test)]

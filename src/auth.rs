@@ -20,52 +20,54 @@ fn presented_key(parts: &Parts) -> Option<&str> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    bearer
-        .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    bearer.or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+}
+
+/// Whether a request may publish: it carries a configured API key (header, or `token` in the
+/// query for WebSocket clients that cannot set headers) or, with no key configured, comes from a
+/// loopback peer.
+pub fn check(hub: &Hub, presented: Option<&str>, peer: Option<SocketAddr>) -> Result<Publisher, ApiError> {
+    let keys = &hub.config().api_key;
+    if !keys.is_empty() {
+        let Some(given) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "an API key is required (Authorization: Bearer <key>)",
+            ));
+        };
+        let known = keys.iter().any(|k| bool::from(k.as_bytes().ct_eq(given.as_bytes())));
+        return if known {
+            Ok(Publisher)
+        } else {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is not valid"))
+        };
+    }
+    match peer {
+        Some(addr) if addr.ip().to_canonical().is_loopback() => Ok(Publisher),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "publishing is allowed from loopback only unless API keys are configured",
+        )),
+    }
+}
+
+/// The key a request presents, if any.
+pub fn presented(parts: &Parts) -> Option<&str> {
+    presented_key(parts)
+}
+
+/// The peer address the server recorded for the request.
+pub fn peer(parts: &Parts) -> Option<SocketAddr> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 
 impl FromRequestParts<Hub> for Publisher {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, Self::Rejection> {
-        let keys = &hub.config().api_key;
-        if !keys.is_empty() {
-            let Some(given) = presented_key(parts) else {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "an API key is required (Authorization: Bearer <key>)",
-                ));
-            };
-            let known = keys
-                .iter()
-                .any(|k| bool::from(k.as_bytes().ct_eq(given.as_bytes())));
-            return if known {
-                Ok(Publisher)
-            } else {
-                Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the API key is not valid",
-                ))
-            };
-        }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
-        match peer {
-            Some(addr) if addr.ip().to_canonical().is_loopback() => Ok(Publisher),
-            _ => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "publishing is allowed from loopback only unless API keys are configured",
-            )),
-        }
+        check(hub, presented_key(parts), peer(parts))
     }
 }

@@ -5,7 +5,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -63,7 +62,7 @@ pub enum Outbound {
     Heartbeat,
     /// A message already rendered for a frame-based transport (a WebSocket `ack`, `reply`, `error`
     /// or `reset`), as JSON text.
-    Frame(Bytes),
+    Frame(String),
     /// The last message: the stream ends after it.
     Close(CloseReason),
 }
@@ -107,10 +106,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("id", &self.id)
-            .field("transport", &self.transport)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("id", &self.id).field("transport", &self.transport).finish_non_exhaustive()
     }
 }
 
@@ -123,11 +119,7 @@ impl Client {
             transport,
             connected_at_ms: now,
             capacity: capacity.max(1),
-            queue: Mutex::new(Queue {
-                items: VecDeque::new(),
-                closed: false,
-                heartbeat_queued: false,
-            }),
+            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false, heartbeat_queued: false }),
             ready: Notify::new(),
             last_round: AtomicU64::new(0),
             last_write_ms: AtomicU64::new(now),
@@ -251,6 +243,13 @@ impl Client {
         }
     }
 
+    /// Moves everything queued now to the end of `out`, without waiting.
+    pub fn drain_into(&self, out: &mut VecDeque<Outbound>) {
+        let mut q = self.lock();
+        out.extend(q.items.drain(..));
+        q.heartbeat_queued = false;
+    }
+
     /// Records that the transport wrote to the client now.
     pub fn wrote(&self, now_ms: u64) {
         self.last_write_ms.store(now_ms, Ordering::Relaxed);
@@ -285,10 +284,7 @@ mod tests {
         assert_eq!(c.push(Outbound::Heartbeat), Push::Closed);
         let mut out = VecDeque::new();
         c.next_batch(&mut out).await;
-        assert!(matches!(
-            out.iter().collect::<Vec<_>>()[..],
-            [Outbound::Close(CloseReason::Overflow)]
-        ));
+        assert!(matches!(out.iter().collect::<Vec<_>>()[..], [Outbound::Close(CloseReason::Overflow)]));
         c.next_batch(&mut out).await;
         assert!(out.is_empty());
     }

@@ -85,8 +85,7 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let argv = std::iter::once(std::ffi::OsString::from("ssegate"))
-            .chain(args.into_iter().map(Into::into));
+        let argv = std::iter::once(std::ffi::OsString::from("ssegate")).chain(args.into_iter().map(Into::into));
         let matches = cli_command(env).try_get_matches_from(argv)?;
         match Cli::from_arg_matches(&matches)?.command {
             Command::Serve(config) => Ok(config),
@@ -114,11 +113,7 @@ impl Config {
 
 /// The command line: `ssegate serve [FLAGS]`.
 #[derive(Debug, Parser)]
-#[command(
-    name = "ssegate",
-    version,
-    about = "A real-time push gateway: SSE, WebSocket and long-polling"
-)]
+#[command(name = "ssegate", version, about = "A real-time push gateway: SSE, WebSocket and long-polling")]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -140,27 +135,19 @@ pub fn env_name(flag_id: &str) -> String {
 /// The clap command with environment values as defaults and named in the help.
 pub fn cli_command(env: &HashMap<String, String>) -> clap::Command {
     Cli::command().mut_subcommand("serve", |serve| {
-        let ids: Vec<String> = serve
-            .get_arguments()
-            .map(|a| a.get_id().to_string())
-            .collect();
-        ids.into_iter()
-            .filter(|id| id != "help")
-            .fold(serve, |serve, id| {
-                let var = env_name(&id);
-                let value = env.get(&var).cloned();
-                serve.mut_arg(id.as_str(), move |arg| {
-                    let help = format!(
-                        "{} [env: {var}]",
-                        arg.get_help().map(|h| h.to_string()).unwrap_or_default()
-                    );
-                    let arg = arg.help(help);
-                    match value {
-                        Some(v) => arg.default_value(v),
-                        None => arg,
-                    }
-                })
+        let ids: Vec<String> = serve.get_arguments().map(|a| a.get_id().to_string()).collect();
+        ids.into_iter().filter(|id| id != "help").fold(serve, |serve, id| {
+            let var = env_name(&id);
+            let value = env.get(&var).cloned();
+            serve.mut_arg(id.as_str(), move |arg| {
+                let help = format!("{} [env: {var}]", arg.get_help().map(|h| h.to_string()).unwrap_or_default());
+                let arg = arg.help(help);
+                match value {
+                    Some(v) => arg.default_value(v),
+                    None => arg,
+                }
             })
+        })
     })
 }
 
@@ -189,23 +176,14 @@ impl Transports {
 }
 
 fn parse_transports(s: &str) -> Result<Transports, String> {
-    let mut t = Transports {
-        sse: false,
-        ws: false,
-        long_poll: false,
-        poll: false,
-    };
+    let mut t = Transports { sse: false, ws: false, long_poll: false, poll: false };
     for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
             "sse" => t.sse = true,
             "ws" => t.ws = true,
             "long-poll" => t.long_poll = true,
             "poll" => t.poll = true,
-            other => {
-                return Err(format!(
-                    "unknown transport {other:?} (use sse, ws, long-poll, poll)"
-                ))
-            }
+            other => return Err(format!("unknown transport {other:?} (use sse, ws, long-poll, poll)")),
         }
     }
     Ok(t)
@@ -231,9 +209,7 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let env = HashMap::new();
-        assert!(
-            Config::from_sources(["serve", "--transports", "sse,carrier-pigeon"], &env).is_err()
-        );
+        assert!(Config::from_sources(["serve", "--transports", "sse,carrier-pigeon"], &env).is_err());
         assert!(Config::from_sources(["serve", "--listen", "nowhere"], &env).is_err());
         let env = HashMap::from([("SSEGATE_QUEUE_SIZE".to_owned(), "0".to_owned())]);
         assert!(Config::from_sources(["serve"], &env).is_err());

@@ -25,12 +25,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     /// `400` for a request whose fields are wrong.
@@ -45,10 +40,7 @@ impl ApiError {
 
     /// `503` with `Retry-After`.
     pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
-        ApiError {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
+        ApiError { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
     }
 }
 
@@ -57,8 +49,7 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut res = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
@@ -67,11 +58,7 @@ impl IntoResponse for ApiError {
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         tracing::warn!(error = %e, "broker error");
-        ApiError::unavailable(
-            "broker_unavailable",
-            "the event broker is unavailable; retry later",
-            1,
-        )
+        ApiError::unavailable("broker_unavailable", "the event broker is unavailable; retry later", 1)
     }
 }
 
@@ -86,9 +73,6 @@ impl From<PublishError> for ApiError {
 
 impl From<UnknownClient> for ApiError {
     fn from(_: UnknownClient) -> Self {
-        ApiError::not_found(
-            "unknown_client",
-            "no client with this client_id is connected",
-        )
+        ApiError::not_found("unknown_client", "no client with this client_id is connected")
     }
 }

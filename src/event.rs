@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -26,10 +27,7 @@ impl EventId {
         if now_ms > self.ms {
             EventId { ms: now_ms, seq: 0 }
         } else {
-            EventId {
-                ms: self.ms,
-                seq: self.seq + 1,
-            }
+            EventId { ms: self.ms, seq: self.seq + 1 }
         }
     }
 }
@@ -49,10 +47,7 @@ impl FromStr for EventId {
     type Err = BadEventId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (ms, seq) = s.trim().split_once('-').ok_or(BadEventId)?;
-        Ok(EventId {
-            ms: ms.parse().map_err(|_| BadEventId)?,
-            seq: seq.parse().map_err(|_| BadEventId)?,
-        })
+        Ok(EventId { ms: ms.parse().map_err(|_| BadEventId)?, seq: seq.parse().map_err(|_| BadEventId)? })
     }
 }
 
@@ -85,35 +80,17 @@ pub struct Draft {
 impl Draft {
     /// An event for the subscribers of `topic`.
     pub fn topic(topic: &str, event: &str, data: Box<RawValue>) -> Self {
-        Draft {
-            topic: Some(Arc::from(topic)),
-            event: Arc::from(event),
-            data,
-            audience: Audience::Topic,
-            ts: now_ms(),
-        }
+        Draft { topic: Some(Arc::from(topic)), event: Arc::from(event), data, audience: Audience::Topic, ts: now_ms() }
     }
 
     /// An event for exactly these clients, whatever they subscribe to.
     pub fn clients(ids: &[Uuid], event: &str, data: Box<RawValue>) -> Self {
-        Draft {
-            topic: None,
-            event: Arc::from(event),
-            data,
-            audience: Audience::Clients(Arc::from(ids)),
-            ts: now_ms(),
-        }
+        Draft { topic: None, event: Arc::from(event), data, audience: Audience::Clients(Arc::from(ids)), ts: now_ms() }
     }
 
     /// An event for every connected client.
     pub fn broadcast(event: &str, data: Box<RawValue>) -> Self {
-        Draft {
-            topic: None,
-            event: Arc::from(event),
-            data,
-            audience: Audience::All,
-            ts: now_ms(),
-        }
+        Draft { topic: None, event: Arc::from(event), data, audience: Audience::All, ts: now_ms() }
     }
 }
 
@@ -129,6 +106,7 @@ pub struct Event {
     sse: OnceLock<Bytes>,
     sse_envelope: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
+    ws: OnceLock<Utf8Bytes>,
 }
 
 impl Event {
@@ -141,6 +119,7 @@ impl Event {
             sse: OnceLock::new(),
             sse_envelope: OnceLock::new(),
             json: OnceLock::new(),
+            ws: OnceLock::new(),
         }
     }
 
@@ -151,24 +130,35 @@ impl Event {
 
     /// The envelope `{id, topic, event, data, ts}` as compact JSON text (data kept as published).
     pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| {
-            let mut out = Vec::with_capacity(64 + self.draft.data.get().len());
-            out.extend_from_slice(b"{\"id\":");
-            push_json_str(&mut out, &self.id_text);
-            out.extend_from_slice(b",\"topic\":");
-            match &self.draft.topic {
-                Some(t) => push_json_str(&mut out, t),
-                None => out.extend_from_slice(b"null"),
-            }
-            out.extend_from_slice(b",\"event\":");
-            push_json_str(&mut out, &self.draft.event);
-            out.extend_from_slice(b",\"data\":");
-            out.extend_from_slice(self.draft.data.get().as_bytes());
-            out.extend_from_slice(b",\"ts\":");
-            out.extend_from_slice(self.draft.ts.to_string().as_bytes());
-            out.push(b'}');
-            Bytes::from(out)
+        self.json.get_or_init(|| Bytes::from(self.encode_json(b"{\"id\":")))
+    }
+
+    /// The WebSocket frame `{"type":"event", id, topic, event, data, ts}`.
+    pub fn ws_text(&self) -> &Utf8Bytes {
+        self.ws.get_or_init(|| {
+            let json = self.encode_json(b"{\"type\":\"event\",\"id\":");
+            // Built from JSON text only, so always UTF-8.
+            Utf8Bytes::from(String::from_utf8(json).unwrap_or_default())
         })
+    }
+
+    fn encode_json(&self, opening: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(80 + self.draft.data.get().len());
+        out.extend_from_slice(opening);
+        push_json_str(&mut out, &self.id_text);
+        out.extend_from_slice(b",\"topic\":");
+        match &self.draft.topic {
+            Some(t) => push_json_str(&mut out, t),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"event\":");
+        push_json_str(&mut out, &self.draft.event);
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(self.draft.data.get().as_bytes());
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(self.draft.ts.to_string().as_bytes());
+        out.push(b'}');
+        out
     }
 
     /// The Server-Sent Events frame: `id:`, `event:` and the data, or with `envelope` the whole
@@ -180,13 +170,7 @@ impl Event {
                 sse_frame(Some(&self.id_text), &self.draft.event, json)
             })
         } else {
-            self.sse.get_or_init(|| {
-                sse_frame(
-                    Some(&self.id_text),
-                    &self.draft.event,
-                    self.draft.data.get().as_bytes(),
-                )
-            })
+            self.sse.get_or_init(|| sse_frame(Some(&self.id_text), &self.draft.event, self.draft.data.get().as_bytes()))
         }
     }
 }
@@ -207,11 +191,7 @@ pub fn sse_frame(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
         let end = rest.iter().position(|&b| b == b'\n' || b == b'\r');
         let (line, next) = match end {
             Some(i) => {
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
                 (&rest[..i], Some(&rest[i + skip..]))
             }
             None => (rest, None),
@@ -236,10 +216,7 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// The current time in unix milliseconds.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -268,10 +245,7 @@ mod tests {
     #[test]
     fn frames_split_lines_and_carry_the_id() {
         let ev = Event::new(EventId { ms: 1, seq: 2 }, draft("{\n\"a\": 1\r\n}"));
-        assert_eq!(
-            &ev.sse_frame(false)[..],
-            b"id: 1-2\nevent: tick\ndata: {\ndata: \"a\": 1\ndata: }\n\n"
-        );
+        assert_eq!(&ev.sse_frame(false)[..], b"id: 1-2\nevent: tick\ndata: {\ndata: \"a\": 1\ndata: }\n\n");
         let env: serde_json::Value = serde_json::from_slice(ev.json()).unwrap();
         assert_eq!(env["id"], "1-2");
         assert_eq!(env["topic"], "a/b");

@@ -4,7 +4,7 @@
 //! `Arc<Event>` into each receiving client's bounded queue without waiting on any client.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -17,6 +17,7 @@ use crate::client::{Client, CloseReason, Outbound, Push, Transport};
 use crate::config::Config;
 use crate::event::{now_ms, Audience, Draft, Event, EventId};
 use crate::metrics::{Metrics, TransportLabel};
+use crate::rpc::{HttpRpc, RpcHandler};
 use crate::topic::{validate_topic, Pattern};
 
 /// Event names the gateway itself sends; publishers may not use them.
@@ -44,6 +45,9 @@ pub enum HubError {
     /// The broker URL names something this build cannot use.
     #[error("unsupported broker {0:?}: use \"memory\"")]
     UnsupportedBroker(String),
+    /// A setting cannot be used.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A client id that is not connected.
@@ -104,9 +108,7 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub")
-            .field("broker", &self.shared.broker.name())
-            .finish_non_exhaustive()
+        f.debug_struct("Hub").field("broker", &self.shared.broker.name()).finish_non_exhaustive()
     }
 }
 
@@ -117,6 +119,10 @@ struct Shared {
     metrics: Metrics,
     /// Cancelled once, when the gateway shuts down.
     shutdown: CancellationToken,
+    /// Long-poll sessions, kept between polls.
+    polls: crate::poll::Sessions,
+    /// Answers WebSocket `rpc` requests, if the backend set one up.
+    rpc: RwLock<Option<Arc<dyn RpcHandler>>>,
 }
 
 struct Entry {
@@ -197,9 +203,7 @@ where
 /// Whether a client with these subscriptions receives the event.
 fn receives(id: &Uuid, subs: &[Pattern], ev: &Event) -> bool {
     match &ev.draft.audience {
-        Audience::Topic => ev
-            .topic()
-            .is_some_and(|t| subs.iter().any(|p| p.matches(t))),
+        Audience::Topic => ev.topic().is_some_and(|t| subs.iter().any(|p| p.matches(t))),
         Audience::Clients(ids) => ids.contains(id),
         Audience::All => true,
     }
@@ -299,7 +303,12 @@ impl Hub {
             "memory" | "" => Box::new(MemoryBroker::new(config.history_size, config.history_age())),
             other => return Err(HubError::UnsupportedBroker(other.to_owned())),
         };
-        Ok(Hub::with_broker(config, broker))
+        let rpc = config.rpc_url.as_deref().map(HttpRpc::new).transpose().map_err(HubError::Config)?;
+        let hub = Hub::with_broker(config, broker);
+        if let Some(rpc) = rpc {
+            hub.set_rpc_handler(rpc);
+        }
+        Ok(hub)
     }
 
     /// A hub over a given broker.
@@ -318,12 +327,11 @@ impl Hub {
                 }),
                 metrics: Metrics::default(),
                 shutdown: CancellationToken::new(),
+                rpc: RwLock::new(None),
+                polls: crate::poll::Sessions::default(),
             }),
         };
-        tokio::spawn(heartbeats(
-            Arc::downgrade(&hub.shared),
-            hub.shared.shutdown.clone(),
-        ));
+        tokio::spawn(heartbeats(Arc::downgrade(&hub.shared), hub.shared.shutdown.clone()));
         hub
     }
 
@@ -340,6 +348,26 @@ impl Hub {
     /// The broker.
     pub fn broker(&self) -> &dyn Broker {
         &*self.shared.broker
+    }
+
+    /// The last event dispatched: every event up to it has been queued to its receivers.
+    pub fn head(&self) -> EventId {
+        lock(&self.shared.state).head
+    }
+
+    /// The long-poll sessions.
+    pub(crate) fn polls(&self) -> &crate::poll::Sessions {
+        &self.shared.polls
+    }
+
+    /// Answers clients' `rpc` requests with `handler` from now on.
+    pub fn set_rpc_handler(&self, handler: impl RpcHandler) {
+        *self.shared.rpc.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(handler));
+    }
+
+    /// The handler of `rpc` requests, if any.
+    pub fn rpc_handler(&self) -> Option<Arc<dyn RpcHandler>> {
+        self.shared.rpc.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Cancelled when the gateway shuts down.
@@ -390,7 +418,13 @@ impl Hub {
     /// What a client that last saw `after` missed up to `upto` (its [`Connection::head`] or a
     /// [`Subscribed::head`]): the events it receives through `only` (those patterns alone) or,
     /// with `None`, through all its subscriptions, its id and broadcasts.
-    pub async fn replay(&self, client_id: Uuid, only: Option<&[Pattern]>, after: &str, upto: EventId) -> Result<Start, BrokerError> {
+    pub async fn replay(
+        &self,
+        client_id: Uuid,
+        only: Option<&[Pattern]>,
+        after: &str,
+        upto: EventId,
+    ) -> Result<Start, BrokerError> {
         let replay = self.shared.broker.replay(after, upto).await?;
         let m = &self.shared.metrics;
         let reset = |reason| {
@@ -403,10 +437,17 @@ impl Hub {
                 let missed: Vec<Arc<Event>> = match only {
                     Some(patterns) => events
                         .into_iter()
-                        .filter(|ev| ev.draft.audience == Audience::Topic && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t))))
+                        .filter(|ev| {
+                            ev.draft.audience == Audience::Topic
+                                && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
+                        })
                         .collect(),
                     None => {
-                        let subs = lock(&self.shared.state).clients.get(&client_id).map(|e| e.subs.clone()).unwrap_or_default();
+                        let subs = lock(&self.shared.state)
+                            .clients
+                            .get(&client_id)
+                            .map(|e| e.subs.clone())
+                            .unwrap_or_default();
                         events.into_iter().filter(|ev| receives(&client_id, &subs, ev)).collect()
                     }
                 };
@@ -438,16 +479,11 @@ impl Hub {
     }
 
     /// Removes subscriptions from a connected client; returns the ones it keeps.
-    pub fn unsubscribe(
-        &self,
-        id: &Uuid,
-        patterns: &[Pattern],
-    ) -> Result<Vec<String>, UnknownClient> {
+    pub fn unsubscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
         let mut st = lock(&self.shared.state);
         let entry = st.clients.get_mut(id).ok_or(UnknownClient)?;
-        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) = std::mem::take(&mut entry.subs)
-            .into_iter()
-            .partition(|p| patterns.contains(p));
+        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) =
+            std::mem::take(&mut entry.subs).into_iter().partition(|p| patterns.contains(p));
         entry.subs = kept;
         let topics = entry.subs.iter().map(ToString::to_string).collect();
         for p in &gone {
@@ -485,14 +521,8 @@ impl Hub {
         let st = lock(&self.shared.state);
         let exact = st.exact.iter().map(|(t, s)| (t.to_string(), s.len()));
         let patterns = st.patterns.iter().map(|(p, s)| (p.to_string(), s.len()));
-        let mut list: Vec<TopicInfo> = exact
-            .chain(patterns)
-            .map(|(topic, subscribers)| TopicInfo {
-                topic,
-                subscribers,
-                version: None,
-            })
-            .collect();
+        let mut list: Vec<TopicInfo> =
+            exact.chain(patterns).map(|(topic, subscribers)| TopicInfo { topic, subscribers, version: None }).collect();
         list.sort_by(|a, b| a.topic.cmp(&b.topic));
         list
     }
@@ -500,11 +530,7 @@ impl Hub {
     /// Stops the hub: every client is told to come back later and its stream ends.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        let clients: Vec<Arc<Client>> = lock(&self.shared.state)
-            .clients
-            .values()
-            .map(|e| e.client.clone())
-            .collect();
+        let clients: Vec<Arc<Client>> = lock(&self.shared.state).clients.values().map(|e| e.client.clone()).collect();
         for c in clients {
             c.close(CloseReason::Shutdown);
         }
@@ -523,10 +549,7 @@ fn validate(d: &Draft) -> Result<(), String> {
         return Err("event must be 1-128 bytes with no control characters".into());
     }
     if RESERVED_EVENTS.contains(&&*d.event) {
-        return Err(format!(
-            "event name {:?} is reserved by the gateway",
-            &*d.event
-        ));
+        return Err(format!("event name {:?} is reserved by the gateway", &*d.event));
     }
     if let Audience::Clients(ids) = &d.audience {
         if ids.is_empty() {
@@ -569,5 +592,7 @@ async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
             sent += u64::from(queued);
         }
         shared.metrics.heartbeats.inc_by(sent);
+        let ttl = shared.config.poll_session_ttl_ms;
+        shared.polls.expire(now.saturating_sub(ttl));
     }
 }

@@ -8,7 +8,10 @@
 //! - [`broker`]: gives events ids and order and keeps history ([`broker::MemoryBroker`] by default).
 //! - [`client`]: one connected client and its bounded outbound queue.
 //! - [`hub`]: the registry of clients and the topic index; fans events out to client queues.
-//! - [`sse`]: `GET /stream`, the Server-Sent Events transport.
+//! - [`sse`], [`ws`], [`poll`], [`snapshot`]: the transports (`/stream`, `/ws`, `/poll`,
+//!   `/snapshot`); each renders the same per-client queue in its own wire format.
+//! - [`negotiate`]: `GET /negotiate`, the transport decision matrix.
+//! - [`rpc`]: WebSocket clients' requests to the backend.
 //! - [`api`]: `POST /publish`, client and topic administration, health checks, metrics.
 //! - [`auth`]: publisher rights. [`error`]: the JSON errors of the HTTP edge.
 //! - [`metrics`]: Prometheus counters. [`config`]: flags and environment.
@@ -42,9 +45,14 @@ pub mod error;
 pub mod event;
 pub mod hub;
 pub mod metrics;
+pub mod negotiate;
+pub mod poll;
+pub mod rpc;
 pub mod server;
+pub mod snapshot;
 pub mod sse;
 pub mod topic;
+pub mod ws;
 
 use std::future::Future;
 
@@ -62,6 +70,10 @@ pub use hub::Hub;
 pub fn router(hub: Hub) -> Router {
     Router::new()
         .route("/stream", get(sse::stream))
+        .route("/ws", get(ws::upgrade))
+        .route("/poll", get(poll::poll))
+        .route("/snapshot", get(snapshot::snapshot))
+        .route("/negotiate", get(negotiate::negotiate))
         .route("/publish", post(api::publish))
         .route("/clients", get(api::clients))
         .route("/clients/{client_id}", delete(api::disconnect))
@@ -84,11 +96,7 @@ fn cors(origins: &str) -> CorsLayer {
     } else {
         AllowOrigin::list(origins.split(',').filter_map(|o| o.trim().parse().ok()))
     };
-    CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods(Any)
-        .allow_headers(Any)
-        .expose_headers(Any)
+    CorsLayer::new().allow_origin(allow).allow_methods(Any).allow_headers(Any).expose_headers(Any)
 }
 
 /// Why the gateway could not run.

@@ -17,9 +17,7 @@ pub struct TransportLabel {
 
 impl From<Transport> for TransportLabel {
     fn from(t: Transport) -> Self {
-        TransportLabel {
-            transport: t.as_str(),
-        }
+        TransportLabel { transport: t.as_str() }
     }
 }
 
@@ -65,36 +63,16 @@ impl Default for Metrics {
             history: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "events_published",
-            "Events accepted from publishers",
-            m.published.clone(),
-        );
-        registry.register(
-            "deliveries",
-            "Events queued to clients",
-            m.delivered.clone(),
-        );
-        registry.register(
-            "publish_rejected",
-            "Publish requests refused",
-            m.rejected.clone(),
-        );
-        registry.register(
-            "queue_overflows",
-            "Clients closed because their queue filled",
-            m.overflows.clone(),
-        );
+        registry.register("events_published", "Events accepted from publishers", m.published.clone());
+        registry.register("deliveries", "Events queued to clients", m.delivered.clone());
+        registry.register("publish_rejected", "Publish requests refused", m.rejected.clone());
+        registry.register("queue_overflows", "Clients closed because their queue filled", m.overflows.clone());
         registry.register("resumes", "Clients resumed from history", m.resumes.clone());
         registry.register("resets", "Clients told to reload state", m.resets.clone());
         registry.register("heartbeats", "Heartbeats queued", m.heartbeats.clone());
         registry.register("connections", "Connections accepted", m.connections.clone());
         registry.register("clients", "Clients connected now", m.clients.clone());
-        registry.register(
-            "history_events",
-            "Events held in history",
-            m.history.clone(),
-        );
+        registry.register("history_events", "Events held in history", m.history.clone());
         Metrics { registry, ..m }
     }
 }

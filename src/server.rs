@@ -14,23 +14,32 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::hub::Hub;
 
-/// A handle on one TCP connection, put in each request's extensions: it can cut the connection.
+/// A handle on one TCP connection, put in each request's extensions. It can cut the connection,
+/// and it holds the connection's slot in the open-connection count: a WebSocket session keeps its
+/// handle, so an upgraded connection stays counted (and drained) until the session ends.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     /// Cancelling it drops the connection. A child of the server's "cut everything" token.
     kill: CancellationToken,
+    _slot: Arc<Slot>,
 }
 
 impl ConnHandle {
     /// Drops the connection now.
     pub fn kill(&self) {
         self.kill.cancel();
+    }
+
+    /// Completes when the connection is to be dropped (cut by the server or by [`Self::kill`]).
+    pub async fn killed(&self) {
+        self.kill.cancelled().await
     }
 
     /// Drops the connection after `grace` unless it ended before.
@@ -46,12 +55,36 @@ impl ConnHandle {
     }
 }
 
-/// Counts open connections; dropping it gives the slot back.
-struct Slot(Arc<AtomicUsize>);
+/// The number of open connections, and a signal when it reaches zero.
+#[derive(Debug, Default)]
+struct Open {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+impl Open {
+    async fn until_none(&self) {
+        loop {
+            let none = self.none.notified();
+            tokio::pin!(none);
+            none.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            none.await;
+        }
+    }
+}
+
+/// One open connection; dropping it gives the slot back.
+#[derive(Debug)]
+struct Slot(Arc<Open>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
     }
 }
 
@@ -67,7 +100,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let draining = CancellationToken::new();
     let cut = CancellationToken::new();
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     let max = hub.config().max_connections;
     tokio::pin!(shutdown);
 
@@ -84,20 +117,17 @@ pub async fn serve(
                 }
             },
         };
-        if open.fetch_add(1, Ordering::Relaxed) >= max {
-            open.fetch_sub(1, Ordering::Relaxed);
+        if open.count.fetch_add(1, Ordering::AcqRel) >= max {
+            open.count.fetch_sub(1, Ordering::AcqRel);
             tracker.spawn(refuse(stream));
             continue;
         }
-        let slot = Slot(open.clone());
+        let slot = Arc::new(Slot(open.clone()));
         let _ = stream.set_nodelay(true);
-        let handle = ConnHandle {
-            kill: cut.child_token(),
-        };
+        let handle = ConnHandle { kill: cut.child_token(), _slot: slot };
         let app = app.clone();
         let draining = draining.clone();
         tracker.spawn(async move {
-            let _slot = slot;
             let kill = handle.kill.clone();
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
@@ -130,21 +160,22 @@ pub async fn serve(
 
     drop(listener);
     let limit = Duration::from_millis(hub.config().shutdown_timeout_ms);
-    tracing::info!(
-        open = open.load(Ordering::Relaxed),
-        ?limit,
-        "shutting down: draining connections"
-    );
+    tracing::info!(open = open.count.load(Ordering::Relaxed), ?limit, "shutting down: draining connections");
     hub.shutdown();
     draining.cancel();
     tracker.close();
-    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+    let drained = async {
+        tracker.wait().await;
+        open.until_none().await;
+    };
+    if tokio::time::timeout(limit, drained).await.is_err() {
         tracing::warn!(
-            open = open.load(Ordering::Relaxed),
+            open = open.count.load(Ordering::Relaxed),
             "drain time limit reached: cutting the remaining connections"
         );
         cut.cancel();
         tracker.wait().await;
+        open.until_none().await;
     }
     tracing::info!("shut down");
     Ok(())
@@ -152,7 +183,8 @@ pub async fn serve(
 
 /// Answers a connection over the limit with `503` and `Retry-After`, then closes it.
 async fn refuse(mut stream: TcpStream) {
-    let body = r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#;
+    let body =
+        r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()

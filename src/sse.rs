@@ -32,6 +32,8 @@ pub struct StreamQuery {
     pub last_event_id: Option<String>,
     /// `envelope=1`: data is the whole event JSON.
     pub envelope: bool,
+    /// `token`: an API key, for WebSocket clients that cannot set headers.
+    pub token: Option<String>,
 }
 
 /// Reads a flag value the way the contract allows (`1`, `true`, or bare).
@@ -48,6 +50,7 @@ impl StreamQuery {
                 "topic" => q.topics.push(v.into_owned()),
                 "lastEventId" | "last_event_id" => q.last_event_id = Some(v.into_owned()),
                 "envelope" => q.envelope = truthy(&v),
+                "token" => q.token = Some(v.into_owned()),
                 _ => {}
             }
         }
@@ -63,7 +66,8 @@ fn retry_line(hub: &Hub) -> Bytes {
 fn prelude(hub: &Hub, conn: &Connection, topics: &[String], start: Option<&Start>, envelope: bool) -> Bytes {
     let mut out = BytesMut::new();
     out.extend_from_slice(format!("retry: {}\n", hub.config().retry_ms).as_bytes());
-    let welcome = json!({ "client_id": conn.client().id(), "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
+    let welcome =
+        json!({ "client_id": conn.client().id(), "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
     let head = conn.head().to_string();
     // The welcome carries the position the stream continues from, so a client that drops before
     // any event arrives still resumes without loss; missed events and resets carry their own.
@@ -89,19 +93,12 @@ pub async fn stream(
     conn_handle: Option<axum::Extension<ConnHandle>>,
 ) -> Result<Response, ApiError> {
     if !hub.config().transports.sse {
-        return Err(ApiError::not_found(
-            "transport_disabled",
-            "the sse transport is disabled on this server",
-        ));
+        return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
     }
     let q = StreamQuery::parse(raw.as_deref());
     let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
     let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
-    let last_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(q.last_event_id);
+    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(q.last_event_id);
 
     let conn = hub.connect(Transport::Sse, patterns);
     let start = match last_id.filter(|id| !id.is_empty()) {
@@ -165,10 +162,7 @@ pub async fn stream(
 
     let mut res = Response::new(Body::from_stream(body));
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     // A stream's connection is not reused, so cutting it never cuts another request.

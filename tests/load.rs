@@ -15,12 +15,7 @@ use tokio::io::AsyncWriteExt;
 /// Reads `n` events numbered 0..n from `topic` like a browser's EventSource would: when the
 /// gateway closes the stream it reconnects with `Last-Event-ID`. Returns the numbers in arrival
 /// order and how many times it reconnected.
-async fn read_all(
-    api: Api,
-    topic: &str,
-    n: usize,
-    progress: Arc<AtomicUsize>,
-) -> (Vec<u64>, usize) {
+async fn read_all(api: Api, topic: &str, n: usize, progress: Arc<AtomicUsize>) -> (Vec<u64>, usize) {
     let mut got = Vec::with_capacity(n);
     let mut reconnects = 0;
     let mut last: Option<String> = None;
@@ -29,11 +24,7 @@ async fn read_all(
         while got.len() < n {
             match sse.next().await {
                 Some(ev) if ev.event == "n" => {
-                    got.push(
-                        serde_json::from_str::<serde_json::Value>(&ev.data).unwrap()["n"]
-                            .as_u64()
-                            .unwrap(),
-                    );
+                    got.push(serde_json::from_str::<serde_json::Value>(&ev.data).unwrap()["n"].as_u64().unwrap());
                     progress.store(got.len(), Ordering::Relaxed);
                 }
                 Some(ev) => assert_ne!(ev.event, "reset", "the reader fell out of history"),
@@ -55,25 +46,14 @@ async fn a_client_that_never_reads_does_not_hold_up_others_or_memory() {
     let s = ChildServer::start(&["--history-size", "5000", "--queue-size", "1024"]).await;
 
     // A client that subscribes and then never reads a byte.
-    let mut stalled = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    stalled
-        .write_all(b"GET /stream?topic=load HTTP/1.1\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
-    common::until("the stalled client to register", || async {
-        s.client_ids().await.len() == 1
-    })
-    .await;
+    let mut stalled = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+    stalled.write_all(b"GET /stream?topic=load HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    common::until("the stalled client to register", || async { s.client_ids().await.len() == 1 }).await;
     let stalled_id = s.client_ids().await.remove(0);
 
     let progress = Arc::new(AtomicUsize::new(0));
     let reader = tokio::spawn(read_all(s.api.clone(), "load", EVENTS, progress.clone()));
-    common::until("the reader to register", || async {
-        s.client_ids().await.len() == 2
-    })
-    .await;
+    common::until("the reader to register", || async { s.client_ids().await.len() == 2 }).await;
     let rss_before = s.rss_kib();
 
     let pad = "x".repeat(900);
@@ -82,29 +62,20 @@ async fn a_client_that_never_reads_does_not_hold_up_others_or_memory() {
         // The reader must be able to keep up for any bounded gateway to deliver everything, so the
         // publisher stays at most two batches ahead of it; the stalled client gets no such favour.
         let behind = (b * BATCH).saturating_sub(2 * BATCH);
-        common::until("the reader to keep up", || async {
-            progress.load(Ordering::Relaxed) >= behind
-        })
-        .await;
-        let batch: Vec<_> = (0..BATCH).map(|i| json!({"topic": "load", "event": "n", "data": {"n": b * BATCH + i, "pad": pad}})).collect();
+        common::until("the reader to keep up", || async { progress.load(Ordering::Relaxed) >= behind }).await;
+        let batch: Vec<_> = (0..BATCH)
+            .map(|i| json!({"topic": "load", "event": "n", "data": {"n": b * BATCH + i, "pad": pad}}))
+            .collect();
         s.publish_ok(json!(batch)).await;
     }
     let publish_secs = started.elapsed().as_secs_f64();
-    let (got, reconnects) = tokio::time::timeout(Duration::from_secs(120), reader)
-        .await
-        .expect("the reader finishes")
-        .unwrap();
+    let (got, reconnects) =
+        tokio::time::timeout(Duration::from_secs(120), reader).await.expect("the reader finishes").unwrap();
     let rss_after = s.rss_kib();
 
     assert_eq!(got.len(), EVENTS);
-    assert!(
-        got.iter().enumerate().all(|(i, &n)| i as u64 == n),
-        "every event exactly once, in order"
-    );
-    common::until("the stalled client to be dropped", || async {
-        !s.client_ids().await.contains(&stalled_id)
-    })
-    .await;
+    assert!(got.iter().enumerate().all(|(i, &n)| i as u64 == n), "every event exactly once, in order");
+    common::until("the stalled client to be dropped", || async { !s.client_ids().await.contains(&stalled_id) }).await;
     assert!(s.metric("ssegate_queue_overflows_total").await >= 1.0);
     let grown_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
     println!(
@@ -126,10 +97,7 @@ async fn two_thousand_sse_clients_all_receive_all_events() {
     let api = s.api.clone();
     let clients: Vec<Sse> = within(
         "2,000 clients to connect",
-        futures::stream::iter(0..CLIENTS)
-            .map(|_| Sse::connect(&api, "topic=fan"))
-            .buffer_unordered(100)
-            .collect(),
+        futures::stream::iter(0..CLIENTS).map(|_| Sse::connect(&api, "topic=fan")).buffer_unordered(100).collect(),
     )
     .await;
     assert_eq!(s.client_ids().await.len(), CLIENTS);
@@ -149,15 +117,11 @@ async fn two_thousand_sse_clients_all_receive_all_events() {
         })
         .collect();
     for n in 0..EVENTS {
-        s.publish_ok(json!({"topic": "fan", "event": "n", "data": n}))
-            .await;
+        s.publish_ok(json!({"topic": "fan", "event": "n", "data": n})).await;
     }
     let want: Vec<u64> = (0..EVENTS).collect();
     for r in readers {
         assert_eq!(within("a client's events", r).await.unwrap(), want);
     }
-    assert_eq!(
-        s.metric("ssegate_deliveries_total").await,
-        (CLIENTS as u64 * EVENTS) as f64
-    );
+    assert_eq!(s.metric("ssegate_deliveries_total").await, (CLIENTS as u64 * EVENTS) as f64);
 }

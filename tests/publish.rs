@@ -15,12 +15,7 @@ use tower::ServiceExt;
 fn assert_error(status: reqwest::StatusCode, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status.as_u16(), want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
 #[tokio::test]
@@ -34,72 +29,17 @@ async fn every_bad_request_is_refused_and_publishes_nothing() {
         ("not an object", "42".into(), 400, "invalid_request"),
         ("empty body", "".into(), 400, "invalid_json"),
         ("no target", r#"{"data":1}"#.into(), 400, "invalid_request"),
-        (
-            "topic and topics",
-            r#"{"topic":"a","topics":["b"],"data":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "empty topics",
-            r#"{"topics":[],"data":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "empty topic",
-            r#"{"topic":"","data":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "topic too long",
-            json!({"topic": "x".repeat(257), "data": 1}).to_string(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "control character",
-            json!({"topic": "a\u{7}b", "data": 1}).to_string(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "wildcard topic",
-            r#"{"topic":"a/*","data":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "topic not a string",
-            r#"{"topic":5,"data":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "event with a newline",
-            json!({"topic": "a", "event": "x\ny", "data": 1}).to_string(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "reserved event name",
-            r#"{"topic":"a","event":"welcome","data":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "unknown field",
-            r#"{"topic":"a","dta":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
-        (
-            "bad client id",
-            r#"{"clients":["not-a-uuid"],"data":1}"#.into(),
-            400,
-            "invalid_request",
-        ),
+        ("topic and topics", r#"{"topic":"a","topics":["b"],"data":1}"#.into(), 400, "invalid_request"),
+        ("empty topics", r#"{"topics":[],"data":1}"#.into(), 400, "invalid_request"),
+        ("empty topic", r#"{"topic":"","data":1}"#.into(), 400, "invalid_request"),
+        ("topic too long", json!({"topic": "x".repeat(257), "data": 1}).to_string(), 400, "invalid_request"),
+        ("control character", json!({"topic": "a\u{7}b", "data": 1}).to_string(), 400, "invalid_request"),
+        ("wildcard topic", r#"{"topic":"a/*","data":1}"#.into(), 400, "invalid_request"),
+        ("topic not a string", r#"{"topic":5,"data":1}"#.into(), 400, "invalid_request"),
+        ("event with a newline", json!({"topic": "a", "event": "x\ny", "data": 1}).to_string(), 400, "invalid_request"),
+        ("reserved event name", r#"{"topic":"a","event":"welcome","data":1}"#.into(), 400, "invalid_request"),
+        ("unknown field", r#"{"topic":"a","dta":1}"#.into(), 400, "invalid_request"),
+        ("bad client id", r#"{"clients":["not-a-uuid"],"data":1}"#.into(), 400, "invalid_request"),
         (
             "clients and broadcast",
             format!(r#"{{"clients":["{target}"],"broadcast":true,"data":1}}"#),
@@ -108,39 +48,23 @@ async fn every_bad_request_is_refused_and_publishes_nothing() {
         ),
         (
             "one bad item in a batch",
-            format!(
-                r#"[{{"topic":"a","data":1}},{{"clients":["{target}"],"data":2}},{{"data":3}}]"#
-            ),
+            format!(r#"[{{"topic":"a","data":1}},{{"clients":["{target}"],"data":2}},{{"data":3}}]"#),
             400,
             "invalid_request",
         ),
-        (
-            "body over the limit",
-            json!({"topic": "a", "data": "x".repeat(5000)}).to_string(),
-            413,
-            "payload_too_large",
-        ),
+        ("body over the limit", json!({"topic": "a", "data": "x".repeat(5000)}).to_string(), 413, "payload_too_large"),
     ];
     for (what, body, status, code) in &cases {
         let (got, res) = s.post_raw("/publish", body.clone()).await;
         assert_error(got, &res, *status, code);
         println!("ok: {what} -> {status} {code}: {}", res["error"]["message"]);
     }
-    let (got, res) = s
-        .post_raw("/publish", r#"[{"topic":"a"},{"data":2}]"#)
-        .await;
+    let (got, res) = s.post_raw("/publish", r#"[{"topic":"a"},{"data":2}]"#).await;
     assert_error(got, &res, 400, "invalid_request");
-    assert!(
-        res["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("item 1:"),
-        "the error names the bad item: {res}"
-    );
+    assert!(res["error"]["message"].as_str().unwrap().starts_with("item 1:"), "the error names the bad item: {res}");
 
     // Nothing above reached the watcher, which is still connected: the next thing it sees is this.
-    s.publish_ok(json!({"topic": "a", "event": "good", "data": 1}))
-        .await;
+    s.publish_ok(json!({"topic": "a", "event": "good", "data": 1})).await;
     assert_eq!(watcher.next().await.expect("still connected").event, "good");
     assert_eq!(s.metric("ssegate_events_published_total").await, 1.0);
     assert!(s.metric("ssegate_publish_rejected_total").await >= cases.len() as f64);
@@ -180,29 +104,17 @@ async fn unknown_clients_get_404() {
     let ghost = uuid::Uuid::new_v4();
     let sub = json!({"topics": ["a"]}).to_string();
     for (status, res) in [
-        s.post_raw(&format!("/clients/{ghost}/subscribe"), sub.clone())
-            .await,
-        s.post_raw(&format!("/clients/{ghost}/unsubscribe"), sub.clone())
-            .await,
+        s.post_raw(&format!("/clients/{ghost}/subscribe"), sub.clone()).await,
+        s.post_raw(&format!("/clients/{ghost}/unsubscribe"), sub.clone()).await,
         s.delete(&format!("/clients/{ghost}")).await,
         s.delete("/clients/not-a-uuid").await,
     ] {
         assert_error(status, &res, 404, "unknown_client");
     }
     let sse = Sse::connect(&s, "").await;
-    let (status, res) = s
-        .post_raw(
-            &format!("/clients/{}/subscribe", sse.client_id),
-            r#"{"topics":["a/*/b"]}"#,
-        )
-        .await;
+    let (status, res) = s.post_raw(&format!("/clients/{}/subscribe", sse.client_id), r#"{"topics":["a/*/b"]}"#).await;
     assert_error(status, &res, 400, "invalid_topic");
-    let (status, res) = s
-        .post_raw(
-            &format!("/clients/{}/subscribe", sse.client_id),
-            r#"{"topics":"a"}"#,
-        )
-        .await;
+    let (status, res) = s.post_raw(&format!("/clients/{}/subscribe", sse.client_id), r#"{"topics":"a"}"#).await;
     assert_error(status, &res, 400, "invalid_request");
     s.stop().await;
 }
@@ -210,24 +122,14 @@ async fn unknown_clients_get_404() {
 #[tokio::test]
 async fn bad_subscriptions_and_unknown_paths_get_json_errors() {
     let s = TestServer::start().await;
-    let res = s
-        .http
-        .get(s.url("/stream?topic=a/**/b"))
-        .send()
-        .await
-        .unwrap();
+    let res = s.http.get(s.url("/stream?topic=a/**/b")).send().await.unwrap();
     let status = res.status();
     assert_error(status, &res.json().await.unwrap(), 400, "invalid_topic");
     let (status, res) = s.get_json("/nope").await;
     assert_error(status, &res, 404, "not_found");
     let res = s.http.get(s.url("/publish")).send().await.unwrap();
     let status = res.status();
-    assert_error(
-        status,
-        &res.json().await.unwrap(),
-        405,
-        "method_not_allowed",
-    );
+    assert_error(status, &res.json().await.unwrap(), 405, "method_not_allowed");
     s.stop().await;
 }
 
@@ -237,31 +139,11 @@ async fn api_keys_guard_publishing_and_admin() {
     let body = json!({"topic": "a", "data": 1}).to_string();
     let (status, res) = s.post_raw("/publish", body.clone()).await;
     assert_error(status, &res, 401, "unauthorized");
-    let res = s
-        .http
-        .post(s.url("/publish"))
-        .bearer_auth("wrong")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let res = s.http.post(s.url("/publish")).bearer_auth("wrong").body(body.clone()).send().await.unwrap();
     assert_eq!(res.status(), 401);
-    let res = s
-        .http
-        .post(s.url("/publish"))
-        .bearer_auth("k2")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let res = s.http.post(s.url("/publish")).bearer_auth("k2").body(body.clone()).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    let res = s
-        .http
-        .get(s.url("/clients"))
-        .header("x-api-key", "k1")
-        .send()
-        .await
-        .unwrap();
+    let res = s.http.get(s.url("/clients")).header("x-api-key", "k1").send().await.unwrap();
     assert_eq!(res.status(), 200);
     let res = s.http.get(s.url("/topics")).send().await.unwrap();
     assert_eq!(res.status(), 401);
@@ -275,33 +157,18 @@ async fn without_keys_only_loopback_peers_may_publish() {
     let hub = ssegate::Hub::new(ssegate::Config::default()).unwrap();
     let app = ssegate::router(hub);
     let call = |peer: &str, method: &str, path: &str| {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Body::from(r#"{"topic":"a","data":1}"#))
-            .unwrap();
-        req.extensions_mut()
-            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        let mut req =
+            Request::builder().method(method).uri(path).body(Body::from(r#"{"topic":"a","data":1}"#)).unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
         app.clone().oneshot(req)
     };
-    for (method, path) in [
-        ("POST", "/publish"),
-        ("GET", "/clients"),
-        ("GET", "/topics"),
-    ] {
+    for (method, path) in [("POST", "/publish"), ("GET", "/clients"), ("GET", "/topics")] {
         let res = call("203.0.113.9:5000", method, path).await.unwrap();
         assert_eq!(res.status(), 403, "{method} {path} from afar");
         let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
-            "forbidden"
-        );
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"], "forbidden");
         for near in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
-            assert_eq!(
-                call(near, method, path).await.unwrap().status(),
-                200,
-                "{method} {path} from {near}"
-            );
+            assert_eq!(call(near, method, path).await.unwrap().status(), 200, "{method} {path} from {near}");
         }
     }
 }
@@ -318,11 +185,7 @@ async fn too_many_connections_get_503_with_retry_after() {
     assert_eq!(body["error"]["code"], "too_many_connections");
     drop(_a);
     common::until("a slot to free up", || async {
-        s.http
-            .get(s.url("/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
+        s.http.get(s.url("/healthz")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
     s.stop().await;
@@ -334,21 +197,10 @@ async fn health_readiness_and_metrics() {
     let (status, v) = s.get_json("/healthz").await;
     assert_eq!((status.as_u16(), v["status"].as_str()), (200, Some("ok")));
     let (status, v) = s.get_json("/readyz").await;
-    assert_eq!(
-        (status.as_u16(), v["broker"].as_str()),
-        (200, Some("memory"))
-    );
+    assert_eq!((status.as_u16(), v["broker"].as_str()), (200, Some("memory")));
     let _sse = Sse::connect(&s, "topic=a").await;
     s.publish_ok(json!({"topic": "a", "data": 1})).await;
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for name in [
         "ssegate_events_published_total 1",
         "ssegate_clients{transport=\"sse\"} 1",

@@ -43,18 +43,11 @@ impl History {
 impl MemoryBroker {
     /// A broker keeping at most `max_len` events, none older than `max_age`.
     pub fn new(max_len: usize, max_age: Duration) -> Self {
-        let start = EventId {
-            ms: now_ms(),
-            seq: 0,
-        };
+        let start = EventId { ms: now_ms(), seq: 0 };
         MemoryBroker {
             max_len,
             max_age,
-            history: Mutex::new(History {
-                events: VecDeque::new(),
-                floor: start,
-                last: start,
-            }),
+            history: Mutex::new(History { events: VecDeque::new(), floor: start, last: start }),
         }
     }
 

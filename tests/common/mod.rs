@@ -20,9 +20,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Waits for `fut` at most [`PATIENCE`], failing the test with `what` otherwise.
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    tokio::time::timeout(PATIENCE, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// Polls `check` until it returns true, at most [`PATIENCE`].
@@ -40,10 +38,7 @@ where
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("an HTTP client")
+    reqwest::Client::builder().no_proxy().build().expect("an HTTP client")
 }
 
 /// What both kinds of test server offer.
@@ -62,11 +57,7 @@ impl Api {
         self.post_raw("/publish", body.to_string()).await
     }
 
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, Value) {
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
         let res = self
             .http
             .post(self.url(path))
@@ -86,12 +77,7 @@ impl Api {
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        let res = self
-            .http
-            .delete(self.url(path))
-            .send()
-            .await
-            .expect("DELETE");
+        let res = self.http.delete(self.url(path)).send().await.expect("DELETE");
         let status = res.status();
         (status, res.json().await.unwrap_or(Value::Null))
     }
@@ -100,40 +86,20 @@ impl Api {
     pub async fn publish_ok(&self, body: Value) -> Vec<String> {
         let (status, res) = self.publish(&body).await;
         assert_eq!(status, StatusCode::OK, "publish {body} answered {res}");
-        res["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_str().unwrap().to_owned())
-            .collect()
+        res["ids"].as_array().expect("ids").iter().map(|v| v.as_str().unwrap().to_owned()).collect()
     }
 
     pub async fn client_ids(&self) -> Vec<String> {
         let (_, v) = self.get_json("/clients").await;
         v["clients"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| c["client_id"].as_str().unwrap().to_owned())
-                    .collect()
-            })
+            .map(|a| a.iter().map(|c| c["client_id"].as_str().unwrap().to_owned()).collect())
             .unwrap_or_default()
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 }
 
@@ -160,9 +126,7 @@ impl TestServer {
     pub async fn with(tweak: impl FnOnce(&mut ssegate::Config)) -> Self {
         let mut config = ssegate::Config::default();
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -174,10 +138,7 @@ impl TestServer {
         });
         TestServer {
             addr,
-            api: Api {
-                base: format!("http://{addr}"),
-                http: http(),
-            },
+            api: Api { base: format!("http://{addr}"), http: http() },
             stop: Some(stop),
             task: Some(task),
         }
@@ -221,21 +182,14 @@ impl ChildServer {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let base = within("the binary to print its address", async {
             loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("the binary exited before listening");
+                let line = lines.next_line().await.unwrap().expect("the binary exited before listening");
                 if let Some(url) = line.strip_prefix("listening on ") {
                     return url.trim().to_owned();
                 }
             }
         })
         .await;
-        ChildServer {
-            api: Api { base, http: http() },
-            child,
-        }
+        ChildServer { api: Api { base, http: http() }, child }
     }
 
     pub fn pid(&self) -> u32 {
@@ -276,9 +230,7 @@ impl Sse {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let res = within("the stream to open", req.send())
-            .await
-            .expect("GET /stream");
+        let res = within("the stream to open", req.send()).await.expect("GET /stream");
         assert_eq!(res.status(), StatusCode::OK, "GET /stream?{query}");
         assert_eq!(res.headers()["content-type"], "text/event-stream");
         let mut sse = Sse {
@@ -306,10 +258,7 @@ impl Sse {
 
     /// The next event, which must be named `name`.
     pub async fn expect(&mut self, name: &str) -> Event {
-        let ev = self
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("stream ended while waiting for {name}"));
+        let ev = self.next().await.unwrap_or_else(|| panic!("stream ended while waiting for {name}"));
         assert_eq!(ev.event, name, "expected {name}, got {ev:?}");
         ev
     }
@@ -318,10 +267,7 @@ impl Sse {
     pub async fn collect_until(&mut self, until: &str) -> Vec<Event> {
         let mut out = Vec::new();
         loop {
-            let ev = self
-                .next()
-                .await
-                .unwrap_or_else(|| panic!("stream ended before {until}"));
+            let ev = self.next().await.unwrap_or_else(|| panic!("stream ended before {until}"));
             let done = ev.event == until;
             out.push(ev);
             if done {
@@ -332,18 +278,11 @@ impl Sse {
 
     /// Whether an event arrives within `wait` (for asserting that nothing does).
     pub async fn quiet_for(&mut self, wait: Duration) -> Option<Event> {
-        tokio::time::timeout(wait, self.events.next())
-            .await
-            .ok()
-            .flatten()
-            .and_then(Result::ok)
+        tokio::time::timeout(wait, self.events.next()).await.ok().flatten().and_then(Result::ok)
     }
 }
 
 /// The `data` of each event, parsed as JSON.
 pub fn datas(events: &[Event]) -> Vec<Value> {
-    events
-        .iter()
-        .map(|e| serde_json::from_str(&e.data).expect("JSON data"))
-        .collect()
+    events.iter().map(|e| serde_json::from_str(&e.data).expect("JSON data")).collect()
 }

@@ -1,0 +1,178 @@
+//! `GET /negotiate`: picks a transport for a client from what it needs and supports, by the
+//! contract's decision matrix, skipping transports the server has disabled.
+
+use axum::extract::{OriginalUri, RawQuery, State};
+use axum::Json;
+use serde::Serialize;
+
+use crate::config::Transports;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::sse::truthy;
+
+/// A transport a client can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Choice {
+    /// Server-Sent Events, `/stream`.
+    #[serde(rename = "sse")]
+    Sse,
+    /// WebSocket, `/ws`.
+    #[serde(rename = "ws")]
+    Ws,
+    /// Long-polling, `/poll`.
+    #[serde(rename = "long-poll")]
+    LongPoll,
+    /// Plain polling with ETags, `/snapshot`.
+    #[serde(rename = "poll")]
+    Poll,
+}
+
+impl Choice {
+    /// The contract's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Choice::Sse => "sse",
+            Choice::Ws => "ws",
+            Choice::LongPoll => "long-poll",
+            Choice::Poll => "poll",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Choice::Sse, Choice::Ws, Choice::LongPoll, Choice::Poll].into_iter().find(|c| c.name() == name)
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Choice::Sse => "/stream",
+            Choice::Ws => "/ws",
+            Choice::LongPoll => "/poll",
+            Choice::Poll => "/snapshot",
+        }
+    }
+
+    fn enabled(self, t: &Transports) -> bool {
+        match self {
+            Choice::Sse => t.sse,
+            Choice::Ws => t.ws,
+            Choice::LongPoll => t.long_poll,
+            Choice::Poll => t.poll,
+        }
+    }
+}
+
+/// What a client says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// It sends as well as receives.
+    pub bidirectional: bool,
+    /// It wants events as they happen.
+    pub realtime: bool,
+    /// It wants them with little delay.
+    pub low_latency: bool,
+    /// Server push alone suffices (the default unless the client says `server_push=false`).
+    pub server_push: bool,
+    /// An old browser or a locked-down network.
+    pub legacy: bool,
+    /// Transports it supports; `None` means all.
+    pub supports: Option<Vec<Choice>>,
+}
+
+/// The transports to try, best first, by the decision matrix: bidirectional → ws; real-time and
+/// low latency → sse when server push suffices, else ws; legacy → long-poll then poll;
+/// otherwise sse. Each preference is followed by the next best fallbacks.
+pub fn preference(n: &Needs) -> &'static [Choice] {
+    use Choice::*;
+    if n.bidirectional {
+        &[Ws, Sse, LongPoll, Poll]
+    } else if n.realtime && n.low_latency && !n.server_push {
+        &[Ws, Sse, LongPoll, Poll]
+    } else if n.realtime && n.low_latency {
+        &[Sse, Ws, LongPoll, Poll]
+    } else if n.legacy {
+        &[LongPoll, Poll]
+    } else {
+        &[Sse, Ws, LongPoll, Poll]
+    }
+}
+
+/// The usable transports for a client, best first: the matrix's order, less what the client
+/// does not support and what the server disabled.
+pub fn choose(n: &Needs, enabled: &Transports) -> Vec<Choice> {
+    preference(n)
+        .iter()
+        .copied()
+        .filter(|c| c.enabled(enabled))
+        .filter(|c| n.supports.as_ref().is_none_or(|s| s.contains(c)))
+        .collect()
+}
+
+/// The answer of `/negotiate`.
+#[derive(Debug, Serialize)]
+pub struct Negotiated {
+    /// The transport to use.
+    pub transport: Choice,
+    /// Where to connect (a path on this gateway, with the client's topics).
+    pub url: String,
+    /// What to try next, in order, if it fails.
+    pub fallbacks: Vec<Choice>,
+}
+
+fn flag(v: &str) -> Result<bool, ApiError> {
+    match v {
+        "0" | "false" | "no" | "off" => Ok(false),
+        v if truthy(v) => Ok(true),
+        other => Err(ApiError::bad_request("invalid_request", format!("flag value {other:?} is not true/false/1/0"))),
+    }
+}
+
+/// `GET /negotiate`.
+pub async fn negotiate(
+    State(hub): State<Hub>,
+    OriginalUri(uri): OriginalUri,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Negotiated>, ApiError> {
+    let mut needs = Needs { server_push: true, ..Needs::default() };
+    let mut topics = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "bidirectional" => needs.bidirectional = flag(&v)?,
+            "realtime" => needs.realtime = flag(&v)?,
+            "low_latency" => needs.low_latency = flag(&v)?,
+            "server_push" => needs.server_push = flag(&v)?,
+            "legacy" => needs.legacy = flag(&v)?,
+            "transports" => {
+                let list = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| {
+                        Choice::parse(t).ok_or_else(|| {
+                            ApiError::bad_request(
+                                "invalid_request",
+                                format!("unknown transport {t:?} (sse, ws, long-poll, poll)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                needs.supports = Some(list);
+            }
+            "topic" => topics.push(v.into_owned()),
+            _ => {}
+        }
+    }
+    let mut usable = choose(&needs, &hub.config().transports).into_iter();
+    let Some(transport) = usable.next() else {
+        return Err(ApiError::bad_request("no_transport", "none of the client's transports is enabled on this server"));
+    };
+    // Paths relative to where the gateway is mounted, so a nested router answers correctly.
+    let prefix = uri.path().strip_suffix("/negotiate").unwrap_or("");
+    let mut url = format!("{prefix}{}", transport.path());
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(topics.iter().map(|t| ("topic", t.as_str())))
+        .finish();
+    if !query.is_empty() {
+        url = format!("{url}?{query}");
+    }
+    Ok(Json(Negotiated { transport, url, fallbacks: usable.collect() }))
+}

@@ -1,0 +1,255 @@
+//! `GET /poll`: long-polling. A poll session is a client kept between polls under its
+//! `client_id`, so targeted events wait for it; the cursor says what the client has, so a lost
+//! response or an expired session is made good from history.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use serde_json::json;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::api::parse_patterns;
+use crate::client::{CloseReason, Outbound, Transport};
+use crate::error::ApiError;
+use crate::event::{now_ms, push_json_str, EventId};
+use crate::hub::{Connection, Hub};
+use crate::topic::Pattern;
+
+/// Default wait of a long poll, in seconds.
+pub const DEFAULT_TIMEOUT_S: f64 = 25.0;
+
+/// One long-poll client, kept between its polls.
+struct Session {
+    conn: Connection,
+    patterns: Vec<Pattern>,
+    /// The cursor last handed out; one poll at a time holds it.
+    cursor: tokio::sync::Mutex<EventId>,
+    /// Wakes a waiting poll when a newer poll of the same session arrives.
+    superseded: Notify,
+    polling: AtomicBool,
+    last_poll_ms: AtomicU64,
+}
+
+/// The open long-poll sessions, by client id.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<Uuid, Arc<Session>>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops sessions not polled since `idle_since` (unix ms) and sessions the hub closed; their
+    /// clients unregister and what was kept for them goes.
+    pub(crate) fn expire(&self, idle_since: u64) {
+        self.lock().retain(|_, s| {
+            s.polling.load(Ordering::Relaxed)
+                || (s.last_poll_ms.load(Ordering::Relaxed) >= idle_since && !s.conn.client().is_closed())
+        });
+    }
+
+    fn remove(&self, id: &Uuid) {
+        self.lock().remove(id);
+    }
+}
+
+/// What `/poll` reads from its query string.
+#[derive(Debug, Default)]
+struct PollQuery {
+    topics: Vec<String>,
+    cursor: Option<String>,
+    client_id: Option<String>,
+    timeout_s: Option<String>,
+}
+
+impl PollQuery {
+    fn parse(raw: Option<&str>) -> Self {
+        let mut q = PollQuery::default();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match &*k {
+                "topic" => q.topics.push(v.into_owned()),
+                "cursor" => q.cursor = Some(v.into_owned()).filter(|c| !c.is_empty()),
+                "client_id" => q.client_id = Some(v.into_owned()).filter(|c| !c.is_empty()),
+                "timeout" => q.timeout_s = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+fn wait_time(hub: &Hub, q: &PollQuery, headers: &HeaderMap) -> Result<Duration, ApiError> {
+    let bad = || {
+        ApiError::bad_request("invalid_request", "timeout is a number of seconds (X-Long-Poll-Timeout: milliseconds)")
+    };
+    let secs = match (&q.timeout_s, headers.get("x-long-poll-timeout")) {
+        (Some(t), _) => t.parse::<f64>().map_err(|_| bad())?,
+        (None, Some(h)) => h.to_str().ok().and_then(|v| v.trim().parse::<f64>().ok()).ok_or_else(bad)? / 1000.0,
+        (None, None) => DEFAULT_TIMEOUT_S,
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs.min(hub.config().poll_max_timeout_s as f64)))
+}
+
+/// Finds the session a poll belongs to, or opens one (under the client's old id if it gives
+/// one that no connected client holds).
+fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> (Arc<Session>, bool) {
+    let sessions = hub.polls();
+    if let Some(id) = id {
+        let found = sessions.lock().get(&id).cloned();
+        if let Some(s) = found.filter(|s| !s.conn.client().is_closed()) {
+            if s.patterns == patterns {
+                return (s, false);
+            }
+            // The client changed its topics: a new session under the same id.
+            sessions.remove(&id);
+        }
+    }
+    let conn = id
+        .and_then(|id| hub.reconnect(id, Transport::LongPoll, patterns.clone()))
+        .unwrap_or_else(|| hub.connect(Transport::LongPoll, patterns.clone()));
+    let head = conn.head();
+    let session = Arc::new(Session {
+        conn,
+        patterns,
+        cursor: tokio::sync::Mutex::new(head),
+        superseded: Notify::new(),
+        polling: AtomicBool::new(false),
+        last_poll_ms: AtomicU64::new(now_ms()),
+    });
+    sessions.lock().insert(session.conn.client().id(), session.clone());
+    (session, true)
+}
+
+/// The answer of one poll, encoded as `{"client_id","cursor","events":[…]}`.
+struct Answer {
+    events: Vec<bytes::Bytes>,
+    cursor: EventId,
+}
+
+fn reset_event(cursor: EventId, reason: &str) -> bytes::Bytes {
+    let v = json!({ "id": cursor.to_string(), "topic": null, "event": "reset", "data": { "reason": reason }, "ts": now_ms() });
+    bytes::Bytes::from(v.to_string())
+}
+
+fn respond(client_id: Uuid, answer: Answer) -> Response {
+    let mut out = Vec::with_capacity(64 + answer.events.iter().map(|e| e.len() + 1).sum::<usize>());
+    out.extend_from_slice(b"{\"client_id\":\"");
+    out.extend_from_slice(client_id.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"cursor\":");
+    push_json_str(&mut out, &answer.cursor.to_string());
+    out.extend_from_slice(b",\"events\":[");
+    for (i, ev) in answer.events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(ev);
+    }
+    out.extend_from_slice(b"]}");
+    let mut res = Response::new(Body::from(out));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// `GET /poll`.
+pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !hub.config().transports.long_poll {
+        return Err(ApiError::not_found("transport_disabled", "the long-poll transport is disabled on this server"));
+    }
+    let q = PollQuery::parse(raw.as_deref());
+    let wait = wait_time(&hub, &q, &headers)?;
+    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+    let id = match &q.client_id {
+        Some(c) => {
+            Some(c.parse::<Uuid>().map_err(|_| ApiError::bad_request("invalid_request", "client_id is not a UUID"))?)
+        }
+        None => None,
+    };
+    let (session, fresh) = session_for(&hub, id, patterns);
+    let client = session.conn.client().clone();
+    let client_id = client.id();
+
+    // A newer poll of the same session takes over from a waiting one.
+    session.superseded.notify_waiters();
+    let mut cursor = session.cursor.lock().await;
+    session.polling.store(true, Ordering::Relaxed);
+    client.heard(now_ms());
+    let answer = answer(&hub, &session, &mut cursor, q.cursor.as_deref(), fresh, wait).await;
+    session.polling.store(false, Ordering::Relaxed);
+    session.last_poll_ms.store(now_ms(), Ordering::Relaxed);
+    drop(cursor);
+    let answer = answer?;
+    if client.is_closed() {
+        // Overflowed, kicked or shut down: the next poll opens a new session and resumes from
+        // its cursor.
+        hub.polls().remove(&client_id);
+    }
+    Ok(respond(client_id, answer))
+}
+
+async fn answer(
+    hub: &Hub,
+    session: &Session,
+    cursor: &mut EventId,
+    asked: Option<&str>,
+    fresh: bool,
+    wait: Duration,
+) -> Result<Answer, ApiError> {
+    let client = session.conn.client();
+    let Some(asked) = asked else {
+        // A first poll: the current position at once (and, with retained state, the snapshots).
+        return Ok(Answer { events: Vec::new(), cursor: *cursor });
+    };
+    if fresh || asked != cursor.to_string() {
+        // A new session resuming, or a poll whose last answer was lost: make good from history
+        // what lies between the client's cursor and what this session has handed out.
+        let start = hub.replay(client.id(), None, asked, *cursor).await?;
+        if let Some(reason) = start.reset {
+            return Ok(Answer { events: vec![reset_event(*cursor, reason)], cursor: *cursor });
+        }
+        if !start.missed.is_empty() {
+            return Ok(Answer { events: start.missed.iter().map(|e| e.json().clone()).collect(), cursor: *cursor });
+        }
+    }
+    let mut batch = VecDeque::new();
+    tokio::select! {
+        _ = client.next_batch(&mut batch) => {}
+        _ = tokio::time::sleep(wait) => {}
+        _ = session.superseded.notified() => {}
+    }
+    // Everything up to the head is in the queue by now: take it, and the cursor may move there.
+    let head = hub.head();
+    client.drain_into(&mut batch);
+    let mut events = Vec::with_capacity(batch.len());
+    let mut last = (*cursor).max(head);
+    for item in batch {
+        match item {
+            Outbound::Event(ev) => {
+                last = last.max(ev.id);
+                events.push(ev.json().clone());
+            }
+            Outbound::Close(CloseReason::Overflow) => {
+                // Its queue was dropped: the cursor stays where the client is, and the next poll
+                // resumes from history in a new session.
+                tracing::info!(client_id = %client.id(), "long-poll session overflowed: it resumes from its cursor");
+                last = *cursor;
+            }
+            Outbound::Heartbeat | Outbound::Frame(_) | Outbound::Close(_) => {}
+        }
+    }
+    *cursor = last;
+    Ok(Answer { events, cursor: last })
+}

@@ -1,0 +1,421 @@
+//! `GET /ws`: renders a client's event stream as JSON text frames and takes the client's own
+//! frames (`subscribe`, `unsubscribe`, `publish`, `rpc`, `ping`). The session is written over
+//! `Sink`/`Stream` so it runs the same on a socket or on channels in a unit test.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::api::parse_patterns;
+use crate::auth;
+use crate::client::{Client, CloseReason, Outbound, Transport};
+use crate::error::ApiError;
+use crate::event::{now_ms, Audience, Draft, Event};
+use crate::hub::{Connection, Hub, Start};
+use crate::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
+use crate::server::ConnHandle;
+use crate::sse::StreamQuery;
+use crate::topic::Pattern;
+
+/// Close codes (RFC 6455 §7.4.1).
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// `rpc` requests one connection may have waiting on the backend at once.
+const RPC_IN_FLIGHT: usize = 16;
+
+/// What a session starts with, read from the upgrade request.
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// Subscriptions from the `topic` query parameters.
+    pub patterns: Vec<Pattern>,
+    /// `lastEventId` in the query: resume every subscription after it.
+    pub last_event_id: Option<String>,
+    /// Whether `publish` frames are allowed.
+    pub can_publish: bool,
+}
+
+/// `GET /ws`.
+pub async fn upgrade(
+    State(hub): State<Hub>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    handle: Option<axum::Extension<ConnHandle>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if !hub.config().transports.ws {
+        return Err(ApiError::not_found("transport_disabled", "the ws transport is disabled on this server"));
+    }
+    let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
+    let q = StreamQuery::parse(raw.as_deref());
+    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(q.token.as_deref());
+    let can_publish = auth::check(&hub, bearer, peer.map(|p| p.0 .0)).is_ok();
+    let setup = Setup { patterns, last_event_id: q.last_event_id, can_publish };
+    let limit = hub.config().max_body_bytes;
+    let handle = handle.map(|h| h.0);
+    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+        let (sink, stream) = socket.split();
+        session(hub, sink, stream, setup, handle).await;
+    }))
+}
+
+fn text(value: Value) -> Outbound {
+    Outbound::Frame(value.to_string())
+}
+
+fn error_frame(reference: Option<&Value>, code: &str, message: impl Into<String>) -> Outbound {
+    let mut v = json!({ "type": "error", "code": code, "message": message.into() });
+    if let Some(r) = reference {
+        v["ref"] = r.clone();
+    }
+    text(v)
+}
+
+fn ack(reference: &Value) -> Outbound {
+    text(json!({ "type": "ack", "ref": reference }))
+}
+
+fn reset_frame(reason: &str) -> Outbound {
+    text(json!({ "type": "reset", "reason": reason }))
+}
+
+/// The frames that open a resumed stream: missed events, or a reset.
+fn replayed(start: Start) -> Vec<Outbound> {
+    match start.reset {
+        Some(reason) => vec![reset_frame(reason)],
+        None => start.missed.into_iter().map(Outbound::Event).collect(),
+    }
+}
+
+/// Runs one WebSocket client until it leaves, the hub closes it, or the server cuts it.
+pub async fn session<S, R>(hub: Hub, mut sink: S, mut stream: R, setup: Setup, handle: Option<ConnHandle>)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let topics: Vec<String> = setup.patterns.iter().map(ToString::to_string).collect();
+    let conn = hub.connect(Transport::Ws, setup.patterns);
+    let client = conn.client().clone();
+    let welcome = json!({
+        "type": "welcome",
+        "client_id": client.id(),
+        "topics": topics,
+        "heartbeat_ms": hub.config().heartbeat_ms,
+    });
+    let mut first = vec![text(welcome)];
+    if let Some(after) = setup.last_event_id.filter(|id| !id.is_empty()) {
+        match hub.replay(client.id(), None, &after, conn.head()).await {
+            Ok(start) => first.extend(replayed(start)),
+            Err(e) => first.push(error_frame(None, "broker_unavailable", e.to_string())),
+        }
+    }
+    client.push_front(first);
+
+    let rpc_slots = Arc::new(Semaphore::new(RPC_IN_FLIGHT));
+    let killed = async {
+        match &handle {
+            Some(h) => h.killed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        res = write_loop(&client, &mut sink) => {
+            if let Err(e) = res {
+                tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");
+            }
+        }
+        _ = read_loop(&conn, &mut stream, setup.can_publish, &rpc_slots) => {}
+        _ = killed => {}
+    }
+}
+
+fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
+    let (code, why) = match reason {
+        CloseReason::Shutdown => (close::GOING_AWAY, "the gateway is shutting down; reconnect later"),
+        CloseReason::Overflow => (close::TRY_AGAIN_LATER, "too slow: reconnect and resume from your last event id"),
+        CloseReason::Kicked => (close::NORMAL, "disconnected by the backend"),
+        CloseReason::TooLarge => (close::TOO_BIG, "frame over the size limit"),
+        // The peer is gone: nothing would read a close frame.
+        CloseReason::Timeout => return None,
+    };
+    Some(CloseFrame { code, reason: Utf8Bytes::from_static(why) })
+}
+
+/// Sends everything queued for the client, one flush (one write) per batch.
+async fn write_loop<S>(client: &Client, sink: &mut S) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut batch = VecDeque::new();
+    loop {
+        client.next_batch(&mut batch).await;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Event(ev) => sink.feed(Message::Text(ev.ws_text().clone())).await?,
+                Outbound::Heartbeat => sink.feed(Message::Ping(Default::default())).await?,
+                Outbound::Frame(t) => sink.feed(Message::Text(Utf8Bytes::from(t))).await?,
+                Outbound::Close(reason) => {
+                    if let Some(frame) = close_frame(reason) {
+                        sink.send(Message::Close(Some(frame))).await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        sink.flush().await?;
+        client.wrote(now_ms());
+    }
+}
+
+/// Whether a receive error is a frame over the size limit.
+fn too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Takes the client's frames until it leaves.
+async fn read_loop<R>(conn: &Connection, stream: &mut R, can_publish: bool, rpc_slots: &Arc<Semaphore>)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let client = conn.client();
+    while let Some(msg) = stream.next().await {
+        client.heard(now_ms());
+        match msg {
+            Ok(Message::Text(t)) => on_text(conn, t.as_str(), can_publish, rpc_slots).await,
+            Ok(Message::Binary(_)) => {
+                client.push(error_frame(None, "invalid_frame", "binary frames are not supported: send JSON text"));
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(Message::Close(_)) => return,
+            Err(e) if too_large(&e) => {
+                client.close(CloseReason::TooLarge);
+                // The writer sends the close frame and ends the session.
+                return std::future::pending().await;
+            }
+            Err(e) => {
+                tracing::debug!(client_id = %client.id(), error = %e, "websocket read failed");
+                return;
+            }
+        }
+    }
+}
+
+/// The fields every client frame may have.
+#[derive(Debug, Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeFrame {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "ref")]
+    _reference: Option<Value>,
+    topics: Vec<String>,
+    last_event_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeFrame {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "ref")]
+    _reference: Option<Value>,
+    topics: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFrame<'a> {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "ref")]
+    _reference: Option<Value>,
+    topic: String,
+    event: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RpcFrame {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "ref")]
+    _reference: Option<Value>,
+    method: String,
+    #[serde(default)]
+    data: Value,
+}
+
+async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpc_slots: &Arc<Semaphore>) {
+    let client = conn.client();
+    let head: Head = match serde_json::from_str(text) {
+        Ok(h) => h,
+        Err(e) if e.is_data() => {
+            client.push(error_frame(None, "invalid_request", "a frame is a JSON object with a \"type\""));
+            return;
+        }
+        Err(e) => {
+            client.push(error_frame(None, "invalid_json", format!("the frame is not valid JSON: {e}")));
+            return;
+        }
+    };
+    let r = head.reference.as_ref();
+    let bad = |e: serde_json::Error| error_frame(r, "invalid_request", e.to_string());
+    let outcome: Result<(), Outbound> = match head.kind.as_deref() {
+        Some("subscribe") => match serde_json::from_str::<SubscribeFrame>(text) {
+            Ok(f) => subscribe(conn, f, r).await,
+            Err(e) => Err(bad(e)),
+        },
+        Some("unsubscribe") => match serde_json::from_str::<UnsubscribeFrame>(text) {
+            Ok(f) => unsubscribe(conn, f, r),
+            Err(e) => Err(bad(e)),
+        },
+        Some("publish") => match serde_json::from_str::<PublishFrame<'_>>(text) {
+            Ok(_) if !can_publish => Err(error_frame(r, "forbidden", "this connection may not publish")),
+            Ok(f) => publish(conn, f, r).await,
+            Err(e) => Err(bad(e)),
+        },
+        Some("rpc") => match serde_json::from_str::<RpcFrame>(text) {
+            Ok(f) => rpc(conn, f, r, rpc_slots),
+            Err(e) => Err(bad(e)),
+        },
+        Some("ping") => {
+            if let Some(r) = r {
+                client.push(ack(r));
+            }
+            Ok(())
+        }
+        Some(other) => Err(error_frame(r, "unknown_type", format!("unknown frame type {other:?}"))),
+        None => Err(error_frame(r, "invalid_request", "a frame is a JSON object with a \"type\"")),
+    };
+    if let Err(frame) = outcome {
+        client.push(frame);
+    }
+}
+
+fn patterns_of(topics: &[String], r: Option<&Value>) -> Result<Vec<Pattern>, Outbound> {
+    if topics.is_empty() {
+        return Err(error_frame(r, "invalid_request", "topics must not be empty"));
+    }
+    parse_patterns(topics.iter().map(String::as_str)).map_err(|e| error_frame(r, e.code, e.message))
+}
+
+async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> Result<(), Outbound> {
+    let patterns = patterns_of(&f.topics, r)?;
+    let client = conn.client();
+    let hub = conn.hub();
+    let subscribed =
+        hub.subscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
+    // The ack and what the new subscription missed go before any live event queued since it was
+    // made, so each topic's events stay in order.
+    let mut first: Vec<Outbound> = r.map(ack).into_iter().collect();
+    if let Some(after) = f.last_event_id.filter(|id| !id.is_empty()) {
+        match hub.replay(client.id(), Some(&patterns), &after, subscribed.head).await {
+            Ok(start) => first.extend(replayed(start)),
+            Err(e) => first.push(error_frame(r, "broker_unavailable", e.to_string())),
+        }
+    }
+    client.push_front(first);
+    Ok(())
+}
+
+fn unsubscribe(conn: &Connection, f: UnsubscribeFrame, r: Option<&Value>) -> Result<(), Outbound> {
+    let patterns = patterns_of(&f.topics, r)?;
+    let client = conn.client();
+    conn.hub().unsubscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
+    if let Some(r) = r {
+        client.push(ack(r));
+    }
+    Ok(())
+}
+
+async fn publish(conn: &Connection, f: PublishFrame<'_>, r: Option<&Value>) -> Result<(), Outbound> {
+    let data = match f.data {
+        Some(raw) => raw.to_owned(),
+        None => RawValue::from_string("null".into()).map_err(|e| error_frame(r, "invalid_request", e.to_string()))?,
+    };
+    let draft = Draft {
+        topic: Some(Arc::from(f.topic)),
+        event: Arc::from(f.event.as_deref().unwrap_or("message")),
+        data,
+        audience: Audience::Topic,
+        ts: now_ms(),
+    };
+    let events: Vec<Arc<Event>> = conn.hub().publish(vec![draft]).await.map_err(|e| {
+        let api = ApiError::from(e);
+        error_frame(r, api.code, api.message)
+    })?;
+    if let Some(r) = r {
+        let mut a = json!({ "type": "ack", "ref": r });
+        a["ids"] = json!(events.iter().map(|e| &*e.id_text).collect::<Vec<_>>());
+        conn.client().push(text(a));
+    }
+    Ok(())
+}
+
+fn rpc(conn: &Connection, f: RpcFrame, r: Option<&Value>, slots: &Arc<Semaphore>) -> Result<(), Outbound> {
+    let Some(reference) = r.cloned() else {
+        return Err(error_frame(None, "invalid_request", "an rpc needs a ref to answer to"));
+    };
+    let Some(handler) = conn.hub().rpc_handler() else {
+        return Err(error_frame(r, "rpc_unavailable", "no backend answers rpc on this gateway"));
+    };
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        return Err(error_frame(r, "too_many_requests", format!("at most {RPC_IN_FLIGHT} rpc at a time")));
+    };
+    let client = conn.client().clone();
+    let request = RpcRequest { client_id: client.id(), method: f.method, data: f.data };
+    // Ends by itself: the backend answers or the timeout does.
+    tokio::spawn(async move {
+        let _permit = permit;
+        let answer = match tokio::time::timeout(RPC_TIMEOUT, handler.call(request)).await {
+            Ok(a) => a,
+            Err(_) => Err(RpcError::new("rpc_timeout", "the backend did not answer in time")),
+        };
+        client.push(match answer {
+            Ok(data) => text(json!({ "type": "reply", "ref": reference, "data": data })),
+            Err(e) => error_frame(Some(&reference), &e.code, e.message),
+        });
+    });
+    Ok(())
+}
