@@ -83,9 +83,8 @@ pub struct Needs {
 /// otherwise sse. Each preference is followed by the next best fallbacks.
 pub fn preference(n: &Needs) -> &'static [Choice] {
     use Choice::*;
-    if n.bidirectional {
-        &[Ws, Sse, LongPoll, Poll]
-    } else if n.realtime && n.low_latency && !n.server_push {
+    let needs_ws = n.bidirectional || (n.realtime && n.low_latency && !n.server_push);
+    if needs_ws {
         &[Ws, Sse, LongPoll, Poll]
     } else if n.realtime && n.low_latency {
         &[Sse, Ws, LongPoll, Poll]

@@ -74,7 +74,11 @@ async fn a_targeted_event_and_a_broadcast() {
         s.publish_ok(json!({"clients": [me.client_id], "event": "refresh", "data": {"only": "me"}})).await;
         s.publish_ok(json!({"broadcast": true, "event": "announce", "data": "all"})).await;
         s.publish_ok(json!({"topic": "dash", "event": "tick", "data": 1})).await;
-        let want_me = [t(None, "refresh", json!({"only": "me"})), t(None, "announce", json!("all")), t(Some("dash"), "tick", json!(1))];
+        let want_me = [
+            t(None, "refresh", json!({"only": "me"})),
+            t(None, "announce", json!("all")),
+            t(Some("dash"), "tick", json!(1)),
+        ];
         assert_eq!(seen(&take(&mut me, 3).await), want_me, "{kind:?}");
         assert_eq!(seen(&take(&mut other, 2).await), want_me[1..], "{kind:?}");
     }
@@ -123,7 +127,11 @@ async fn an_unknown_position_gets_a_reset_then_live_events() {
         for position in ["bogus", "99999999999999-0"] {
             let mut c = AnyClient::connect(&s, kind, &["r"], Some(position)).await;
             let reset = c.next().await;
-            assert_eq!((reset.event.as_str(), &reset.data["reason"]), ("reset", &json!("unknown_event_id")), "{kind:?}");
+            assert_eq!(
+                (reset.event.as_str(), &reset.data["reason"]),
+                ("reset", &json!("unknown_event_id")),
+                "{kind:?}"
+            );
             s.publish_ok(json!({"topic": "r", "event": "after", "data": 1})).await;
             assert_eq!(seen(&take(&mut c, 1).await), [t(Some("r"), "after", json!(1))], "{kind:?}");
         }

@@ -125,3 +125,49 @@ async fn two_thousand_sse_clients_all_receive_all_events() {
     }
     assert_eq!(s.metric("ssegate_deliveries_total").await, (CLIENTS as u64 * EVENTS) as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_websocket_clients_all_receive_all_events() {
+    const CLIENTS: usize = 2_000;
+    const EVENTS: u64 = 100;
+    let s = ChildServer::start(&[]).await;
+    let api = s.api.clone();
+    let clients: Vec<_> = within(
+        "2,000 websockets to connect",
+        futures::stream::iter(0..CLIENTS)
+            .map(|_| {
+                let api = api.clone();
+                async move {
+                    let mut ws = common::ws_connect(&api, "/ws?topic=fan").await;
+                    assert_eq!(common::ws_next(&mut ws).await.expect("welcome")["type"], "welcome");
+                    ws
+                }
+            })
+            .buffer_unordered(100)
+            .collect(),
+    )
+    .await;
+    assert_eq!(s.client_ids().await.len(), CLIENTS);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < EVENTS as usize {
+                    let frame = common::ws_next(&mut ws).await.expect("open");
+                    if frame["type"] == "event" {
+                        got.push(frame["data"].as_u64().unwrap());
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for n in 0..EVENTS {
+        s.publish_ok(json!({"topic": "fan", "event": "n", "data": n})).await;
+    }
+    let want: Vec<u64> = (0..EVENTS).collect();
+    for r in readers {
+        assert_eq!(within("a client's events", r).await.unwrap(), want);
+    }
+}

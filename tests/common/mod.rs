@@ -308,6 +308,7 @@ pub const KINDS: [Kind; 3] = [Kind::Sse, Kind::Ws, Kind::LongPoll];
 
 type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+#[allow(clippy::large_enum_variant)] // a handful per test
 enum Inner {
     Sse(Sse),
     Ws(WsStream),
@@ -433,7 +434,14 @@ impl AnyClient {
                             self.position = got.id.clone();
                             return got;
                         }
-                        "reset" => return Got { id: String::new(), topic: None, event: "reset".into(), data: json_reason(&frame) },
+                        "reset" => {
+                            return Got {
+                                id: String::new(),
+                                topic: None,
+                                event: "reset".into(),
+                                data: json_reason(&frame),
+                            }
+                        }
                         _ => continue,
                     }
                 }
@@ -444,7 +452,8 @@ impl AnyClient {
                         return got;
                     }
                     let q = topic_query(&topics.iter().map(String::as_str).collect::<Vec<_>>());
-                    let path = format!("/poll?{q}&client_id={}&cursor={}&timeout=10", self.client_id, urlencode(cursor));
+                    let path =
+                        format!("/poll?{q}&client_id={}&cursor={}&timeout=10", self.client_id, urlencode(cursor));
                     let (status, v) = within("a long poll", self.api.get_json(&path)).await;
                     assert_eq!(status, StatusCode::OK, "{v}");
                     *cursor = v["cursor"].as_str().unwrap().to_owned();
