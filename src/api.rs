@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::Publisher;
 use crate::error::ApiError;
-use crate::event::{now_ms, Audience, Draft};
+use crate::event::{now_ms, null_data, Audience, Draft, StateChange};
 use crate::hub::Hub;
 use crate::topic::Pattern;
 
@@ -52,9 +52,6 @@ fn json_error(e: serde_json::Error, at: &str) -> ApiError {
 /// Turns one item into drafts: one per topic, or one with no topic for targeted and broadcast
 /// events.
 fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String> {
-    if item.retain || item.patch.is_some() || item.json_patch.is_some() {
-        return Err("retained state (retain, patch, json_patch) is not available in this version".into());
-    }
     let topics = match (item.topic, item.topics) {
         (Some(_), Some(_)) => return Err("give topic or topics, not both".into()),
         (Some(t), None) => vec![t],
@@ -62,6 +59,16 @@ fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String
         (None, Some(ts)) => ts,
         (None, None) => Vec::new(),
     };
+    if let Some(change) = state_change(&item.retain, item.data, item.patch, item.json_patch)? {
+        if topics.is_empty() || item.clients.is_some() || item.broadcast {
+            return Err("retain, patch and json_patch change a topic's state: give topic or topics, not clients or broadcast".into());
+        }
+        if item.event.is_some() {
+            return Err("state changes go out as snapshot and patch events: leave out event".into());
+        }
+        out.extend(topics.iter().map(|t| Draft { ts, ..Draft::state_change(t, change.clone()) }));
+        return Ok(());
+    }
     let audience = match (item.clients, item.broadcast) {
         (Some(_), true) => return Err("give clients or broadcast, not both".into()),
         (Some(ids), false) => Audience::Clients(Arc::from(ids)),
@@ -71,24 +78,40 @@ fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String
         }
         (None, false) => Audience::Topic,
     };
-    let event: Arc<str> = Arc::from(item.event.as_deref().unwrap_or("message"));
-    let data = match item.data {
-        Some(raw) => raw.to_owned(),
-        None => RawValue::from_string("null".into()).map_err(|e| e.to_string())?,
-    };
-    let draft = |topic: Option<Arc<str>>| Draft {
-        topic,
-        event: event.clone(),
-        data: data.clone(),
-        audience: audience.clone(),
-        ts,
-    };
+    let event = item.event.as_deref().unwrap_or("message");
+    let data = item.data.map(|raw| raw.to_owned()).unwrap_or_else(null_data);
+    let draft = |topic: Option<Arc<str>>| Draft { ts, ..Draft::new(topic, event, data.clone(), audience.clone()) };
     if topics.is_empty() {
         out.push(draft(None));
     } else {
         out.extend(topics.into_iter().map(|t| draft(Some(Arc::from(t)))));
     }
     Ok(())
+}
+
+/// The state change an item asks for, if any: `retain` with `data`, `patch` or `json_patch`.
+fn state_change(
+    retain: &bool,
+    data: Option<&RawValue>,
+    patch: Option<&RawValue>,
+    json_patch: Option<&RawValue>,
+) -> Result<Option<StateChange>, String> {
+    let value = |raw: &RawValue, what: &str| {
+        serde_json::from_str::<Value>(raw.get()).map_err(|e| format!("{what} is not valid JSON: {e}"))
+    };
+    match (*retain, patch, json_patch) {
+        (false, None, None) => Ok(None),
+        (true, None, None) => match data {
+            Some(d) => Ok(Some(StateChange::Set(value(d, "data")?))),
+            None => Err("retain: true needs data (the new state)".into()),
+        },
+        (false, Some(p), None) if data.is_none() => Ok(Some(StateChange::Merge(value(p, "patch")?))),
+        (false, None, Some(ops)) if data.is_none() => serde_json::from_str::<json_patch::Patch>(ops.get())
+            .map(|p| Some(StateChange::JsonPatch(p)))
+            .map_err(|e| format!("json_patch is not an RFC 6902 patch: {e}")),
+        (false, _, _) if data.is_some() => Err("a patch carries no data: the patch is the change".into()),
+        _ => Err("give one of retain, patch and json_patch".into()),
+    }
 }
 
 /// Parses a publish body: one item or an array of items.

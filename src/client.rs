@@ -2,14 +2,17 @@
 //! without waiting; the client's transport drains everything that is waiting in one go.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::event::{now_ms, Event};
+use crate::retained::Snapshot;
+use crate::topic::Pattern;
 
 /// How a client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -63,8 +66,25 @@ pub enum Outbound {
     /// A message already rendered for a frame-based transport (a WebSocket `ack`, `reply`, `error`
     /// or `reset`), as JSON text.
     Frame(String),
+    /// A topic's retained state, sent when the client subscribes.
+    Snapshot(Arc<Snapshot>),
+    /// Updates of this retained topic were dropped from a full queue: send its current state
+    /// instead (see [`crate::conflate`]).
+    Resync(Arc<str>),
     /// The last message: the stream ends after it.
     Close(CloseReason),
+}
+
+impl Outbound {
+    /// The retained topic a state update is about: conflatable into a fresh snapshot.
+    fn state_topic(&self) -> Option<&Arc<str>> {
+        match self {
+            Outbound::Event(ev) if ev.draft.version.is_some() => ev.draft.topic.as_ref(),
+            Outbound::Snapshot(s) => Some(&s.topic),
+            Outbound::Resync(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// Result of offering an item to a client's queue.
@@ -72,6 +92,8 @@ pub enum Outbound {
 pub enum Push {
     /// Queued.
     Queued,
+    /// The queue was full of state updates: they were replaced by one resync per topic.
+    Conflated,
     /// The queue was full: it was emptied and the client is now closed with
     /// [`CloseReason::Overflow`].
     Overflowed,
@@ -102,6 +124,10 @@ pub struct Client {
     last_write_ms: AtomicU64,
     /// When the peer was last heard from (a frame or a poll), for liveness.
     last_heard_ms: AtomicU64,
+    /// Subscriptions with `throttle_ms`: at most one update per topic per interval.
+    throttles: Mutex<Vec<(Pattern, Duration)>>,
+    /// Whether `throttles` is non-empty, read on every batch without the lock.
+    throttled: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -124,6 +150,8 @@ impl Client {
             last_round: AtomicU64::new(0),
             last_write_ms: AtomicU64::new(now),
             last_heard_ms: AtomicU64::new(now),
+            throttles: Mutex::new(Vec::new()),
+            throttled: AtomicBool::new(false),
         }
     }
 
@@ -161,6 +189,15 @@ impl Client {
         }
         let was_empty = q.items.is_empty();
         if q.items.len() >= self.capacity {
+            if let Some(topics) = conflatable(&q.items, &item, self.capacity) {
+                // Only state updates wait: one fresh snapshot per topic replaces them all.
+                q.items.clear();
+                q.items.extend(topics.into_iter().map(Outbound::Resync));
+                q.heartbeat_queued = false;
+                drop(q);
+                self.ready.notify_one();
+                return Push::Conflated;
+            }
             q.items.clear();
             q.items.shrink_to(16);
             q.heartbeat_queued = false;
@@ -224,8 +261,9 @@ impl Client {
     }
 
     /// Waits until something is queued, then moves everything queued into `out` (which it
-    /// clears first). After a close has been taken, it returns with `out` empty for ever.
-    pub async fn next_batch(&self, out: &mut VecDeque<Outbound>) {
+    /// clears first) and returns true. Once the close has been taken, returns false at once.
+    /// Cancel-safe: items are taken only in the poll that returns.
+    pub async fn next_batch(&self, out: &mut VecDeque<Outbound>) -> bool {
         out.clear();
         loop {
             {
@@ -233,14 +271,35 @@ impl Client {
                 if !q.items.is_empty() {
                     std::mem::swap(&mut q.items, out);
                     q.heartbeat_queued = false;
-                    return;
+                    return true;
                 }
                 if q.closed {
-                    return;
+                    return false;
                 }
             }
             self.ready.notified().await;
         }
+    }
+
+    /// Adds `throttle` to these subscriptions (`None` removes it).
+    pub fn set_throttle(&self, patterns: &[Pattern], throttle: Option<Duration>) {
+        let mut t = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
+        t.retain(|(p, _)| !patterns.contains(p));
+        if let Some(every) = throttle.filter(|d| !d.is_zero()) {
+            t.extend(patterns.iter().map(|p| (p.clone(), every)));
+        }
+        self.throttled.store(!t.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Whether any subscription is throttled.
+    pub fn is_throttled(&self) -> bool {
+        self.throttled.load(Ordering::Relaxed)
+    }
+
+    /// The throttle of the first throttled subscription matching `topic`.
+    pub fn throttle_for(&self, topic: &str) -> Option<Duration> {
+        let t = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().find(|(p, _)| p.matches(topic)).map(|(_, d)| *d)
     }
 
     /// Moves everything queued now to the end of `out`, without waiting.
@@ -271,6 +330,23 @@ impl Client {
     }
 }
 
+/// The topics of a full queue plus `item`, if all of them are retained-state updates (and there
+/// are fewer topics than the queue holds).
+fn conflatable(items: &VecDeque<Outbound>, item: &Outbound, capacity: usize) -> Option<Vec<Arc<str>>> {
+    item.state_topic()?;
+    let mut topics: Vec<Arc<str>> = Vec::new();
+    for i in items.iter().chain(std::iter::once(item)) {
+        match i.state_topic() {
+            Some(t) if topics.contains(t) => {}
+            Some(t) if topics.len() + 1 < capacity => topics.push(t.clone()),
+            Some(_) => return None,
+            None if matches!(i, Outbound::Heartbeat) => {}
+            None => return None,
+        }
+    }
+    Some(topics)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,9 +359,9 @@ mod tests {
         assert_eq!(c.push(Outbound::Heartbeat), Push::Overflowed);
         assert_eq!(c.push(Outbound::Heartbeat), Push::Closed);
         let mut out = VecDeque::new();
-        c.next_batch(&mut out).await;
+        assert!(c.next_batch(&mut out).await);
         assert!(matches!(out.iter().collect::<Vec<_>>()[..], [Outbound::Close(CloseReason::Overflow)]));
-        c.next_batch(&mut out).await;
+        assert!(!c.next_batch(&mut out).await);
         assert!(out.is_empty());
     }
 }

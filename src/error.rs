@@ -66,6 +66,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::Invalid { .. } => ApiError::bad_request("invalid_request", e.to_string()),
+            PublishError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "patch_failed", e.to_string()),
             PublishError::Broker(b) => b.into(),
         }
     }

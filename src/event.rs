@@ -75,22 +75,54 @@ pub struct Draft {
     pub audience: Audience,
     /// Publish time in unix milliseconds.
     pub ts: u64,
+    /// A change to the topic's retained state, applied by the hub when the event is published
+    /// (which then sets `event`, `data` and `version`).
+    pub state: Option<StateChange>,
+    /// For a state change: the state's version after it.
+    pub version: Option<u64>,
+}
+
+/// A change to a topic's retained state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateChange {
+    /// The state becomes this value (`retain: true`); sent as a `snapshot` event.
+    Set(serde_json::Value),
+    /// A JSON Merge Patch (RFC 7386); sent as a `patch` event with `patch`.
+    Merge(serde_json::Value),
+    /// JSON Patch operations (RFC 6902), applied all or none; sent as a `patch` event with
+    /// `json_patch`.
+    JsonPatch(json_patch::Patch),
+}
+
+/// A JSON `null`, the payload of an event published without data.
+pub fn null_data() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!("null is JSON"))
 }
 
 impl Draft {
+    /// An event on `topic` (any audience), with the defaults for the rest.
+    pub fn new(topic: Option<Arc<str>>, event: &str, data: Box<RawValue>, audience: Audience) -> Self {
+        Draft { topic, event: Arc::from(event), data, audience, ts: now_ms(), state: None, version: None }
+    }
+
+    /// A change to the retained state of `topic`.
+    pub fn state_change(topic: &str, change: StateChange) -> Self {
+        Draft { state: Some(change), ..Draft::new(Some(Arc::from(topic)), "patch", null_data(), Audience::Topic) }
+    }
+
     /// An event for the subscribers of `topic`.
     pub fn topic(topic: &str, event: &str, data: Box<RawValue>) -> Self {
-        Draft { topic: Some(Arc::from(topic)), event: Arc::from(event), data, audience: Audience::Topic, ts: now_ms() }
+        Draft::new(Some(Arc::from(topic)), event, data, Audience::Topic)
     }
 
     /// An event for exactly these clients, whatever they subscribe to.
     pub fn clients(ids: &[Uuid], event: &str, data: Box<RawValue>) -> Self {
-        Draft { topic: None, event: Arc::from(event), data, audience: Audience::Clients(Arc::from(ids)), ts: now_ms() }
+        Draft::new(None, event, data, Audience::Clients(Arc::from(ids)))
     }
 
     /// An event for every connected client.
     pub fn broadcast(event: &str, data: Box<RawValue>) -> Self {
-        Draft { topic: None, event: Arc::from(event), data, audience: Audience::All, ts: now_ms() }
+        Draft::new(None, event, data, Audience::All)
     }
 }
 
@@ -230,6 +262,8 @@ mod tests {
             data: RawValue::from_string(data.to_owned()).unwrap(),
             audience: Audience::Topic,
             ts: 7,
+            state: None,
+            version: None,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::client::{Client, CloseReason, Outbound, Push, Transport};
 use crate::config::Config;
 use crate::event::{now_ms, Audience, Draft, Event, EventId};
 use crate::metrics::{Metrics, TransportLabel};
+use crate::retained::{Snapshot, Store};
 use crate::rpc::{HttpRpc, RpcHandler};
 use crate::topic::{validate_topic, Pattern};
 
@@ -32,6 +33,14 @@ pub enum PublishError {
         /// Position of the bad item in the request.
         index: usize,
         /// What is wrong with it.
+        message: String,
+    },
+    /// A `json_patch` of item `index` does not apply to the topic's state; nothing was published.
+    #[error("item {index}: {message}")]
+    Conflict {
+        /// Position of the item in the request.
+        index: usize,
+        /// What failed.
         message: String,
     },
     /// The broker could not take the events.
@@ -84,8 +93,11 @@ pub struct TopicInfo {
 pub struct Start {
     /// Events it missed, already filtered to what it receives, oldest first.
     pub missed: Vec<Arc<Event>>,
-    /// Set when it must reload state: the reason sent in the `reset` event.
+    /// Set when it must reload state: the reason sent in the `reset` event. Not set when every
+    /// subscription is a retained topic, whose snapshot is the reload.
     pub reset: Option<&'static str>,
+    /// Its position could not be resumed: send it the snapshots of its retained topics.
+    pub reload: bool,
     /// The position live events continue from: the last missed event or, when nothing relevant
     /// was missed, the subscription's head.
     pub head: EventId,
@@ -98,6 +110,8 @@ pub struct Subscribed {
     pub topics: Vec<String>,
     /// Events after this id reach the client live; earlier ones only through a replay.
     pub head: EventId,
+    /// The state, as of `head`, of the retained topics the new subscriptions match.
+    pub snapshots: Vec<Arc<Snapshot>>,
 }
 
 /// A cheap-to-clone handle on the gateway's fan-out fabric.
@@ -144,6 +158,8 @@ struct State {
     /// The last event dispatched. Read under the same lock as a registration, it splits what a
     /// new subscriber gets from history (up to it) from what it gets live (after it).
     head: EventId,
+    /// Retained topic state, changed in the same step as the fan-out of the change.
+    retained: Store,
 }
 
 impl State {
@@ -210,19 +226,49 @@ fn receives(id: &Uuid, subs: &[Pattern], ev: &Event) -> bool {
 }
 
 impl Dispatch for Shared {
-    fn dispatch(&self, events: &[Arc<Event>]) {
+    fn publish(
+        &self,
+        mut drafts: Vec<Draft>,
+        store: &mut dyn FnMut(Vec<Draft>) -> Vec<Arc<Event>>,
+    ) -> Result<Vec<Arc<Event>>, PublishError> {
         let mut st = lock(&self.state);
-        let mut overflowed = Vec::new();
-        let mut delivered = 0u64;
+        st.retained.apply(&mut drafts).map_err(|(index, message)| PublishError::Conflict { index, message })?;
+        let events = store(drafts);
+        let done = st.fan_out(&events);
+        drop(st);
+        for (id, transport) in &done.overflowed {
+            tracing::warn!(client_id = %id, transport = transport.as_str(), "client queue full: closed, it may resume from history");
+        }
+        self.metrics.delivered.inc_by(done.delivered);
+        self.metrics.overflows.inc_by(done.overflowed.len() as u64);
+        self.metrics.conflations.inc_by(done.conflated);
+        Ok(events)
+    }
+}
+
+/// What one fan-out did.
+#[derive(Default)]
+struct FanOut {
+    delivered: u64,
+    conflated: u64,
+    overflowed: Vec<(Uuid, Transport)>,
+}
+
+impl State {
+    /// Pushes each event into the queue of every client that receives it. Never waits on a
+    /// client: a full queue conflates (state updates only) or closes that client.
+    fn fan_out(&mut self, events: &[Arc<Event>]) -> FanOut {
+        let mut done = FanOut::default();
         for ev in events {
-            st.round += 1;
-            st.head = ev.id;
-            let round = st.round;
+            self.round += 1;
+            self.head = ev.id;
+            let round = self.round;
             let mut deliver = |c: &Arc<Client>| {
                 if c.first_in_round(round) {
                     match c.push(Outbound::Event(ev.clone())) {
-                        Push::Queued => delivered += 1,
-                        Push::Overflowed => overflowed.push(c.id()),
+                        Push::Queued => done.delivered += 1,
+                        Push::Conflated => done.conflated += 1,
+                        Push::Overflowed => done.overflowed.push((c.id(), c.transport())),
                         Push::Closed => {}
                     }
                 }
@@ -230,10 +276,10 @@ impl Dispatch for Shared {
             match &ev.draft.audience {
                 Audience::Topic => {
                     let Some(topic) = ev.topic() else { continue };
-                    if let Some(set) = st.exact.get(topic) {
+                    if let Some(set) = self.exact.get(topic) {
                         set.values().for_each(&mut deliver);
                     }
-                    for (pattern, set) in &st.patterns {
+                    for (pattern, set) in &self.patterns {
                         if pattern.matches(topic) {
                             set.values().for_each(&mut deliver);
                         }
@@ -241,22 +287,18 @@ impl Dispatch for Shared {
                 }
                 Audience::Clients(ids) => {
                     for id in ids.iter() {
-                        if let Some(e) = st.clients.get(id) {
+                        if let Some(e) = self.clients.get(id) {
                             deliver(&e.client);
                         }
                     }
                 }
-                Audience::All => st.clients.values().for_each(|e| deliver(&e.client)),
+                Audience::All => self.clients.values().for_each(|e| deliver(&e.client)),
             }
         }
-        for id in &overflowed {
-            if let Some(entry) = st.remove(id) {
-                tracing::warn!(client_id = %id, transport = entry.client.transport().as_str(), "client queue full: closed, it may resume from history");
-            }
+        for (id, _) in &done.overflowed {
+            self.remove(id);
         }
-        drop(st);
-        self.metrics.delivered.inc_by(delivered);
-        self.metrics.overflows.inc_by(overflowed.len() as u64);
+        done
     }
 }
 
@@ -270,6 +312,7 @@ pub struct Connection {
     hub: Hub,
     client: Arc<Client>,
     head: EventId,
+    snapshots: Vec<Arc<Snapshot>>,
 }
 
 impl Connection {
@@ -286,6 +329,12 @@ impl Connection {
     /// Where the client's live events start: every event after this id reaches it.
     pub fn head(&self) -> EventId {
         self.head
+    }
+
+    /// The state, as of [`Self::head`], of the retained topics the client subscribes to: what it
+    /// gets first unless it resumes.
+    pub fn snapshots(&self) -> &[Arc<Snapshot>] {
+        &self.snapshots
     }
 }
 
@@ -324,6 +373,7 @@ impl Hub {
                     patterns: HashMap::new(),
                     round: 0,
                     head,
+                    retained: Store::default(),
                 }),
                 metrics: Metrics::default(),
                 shutdown: CancellationToken::new(),
@@ -348,6 +398,23 @@ impl Hub {
     /// The broker.
     pub fn broker(&self) -> &dyn Broker {
         &*self.shared.broker
+    }
+
+    /// The current retained state of every topic `patterns` match.
+    pub fn snapshots(&self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
+        lock(&self.shared.state).retained.matching(patterns)
+    }
+
+    /// The current retained state of `topic` and the event position it is current at.
+    pub fn snapshot_at(&self, topic: &str) -> Option<(Arc<Snapshot>, EventId)> {
+        let mut st = lock(&self.shared.state);
+        let head = st.head;
+        st.retained.snapshot(topic).map(|s| (s, head))
+    }
+
+    /// The current retained state of `topic`, if it has one.
+    pub fn snapshot(&self, topic: &str) -> Option<Arc<Snapshot>> {
+        lock(&self.shared.state).retained.snapshot(topic)
     }
 
     /// The last event dispatched: every event up to it has been queued to its receivers.
@@ -389,7 +456,7 @@ impl Hub {
     fn register(&self, id: Uuid, transport: Transport, subs: Vec<Pattern>) -> Option<Connection> {
         let queue = usize::try_from(self.shared.config.queue_size).unwrap_or(usize::MAX);
         let client = Arc::new(Client::new(id, transport, queue));
-        let head = {
+        let (head, snapshots) = {
             let mut st = lock(&self.shared.state);
             if st.clients.contains_key(&id) {
                 return None;
@@ -397,7 +464,7 @@ impl Hub {
             st.clients.insert(id, Entry { client: client.clone(), subs: Vec::new() });
             // Cannot fail: the client was just inserted.
             let _ = st.subscribe(&id, &subs);
-            st.head
+            (st.head, st.retained.matching(&subs))
         };
         let label = TransportLabel::from(transport);
         self.shared.metrics.connections.get_or_create(&label).inc();
@@ -405,7 +472,7 @@ impl Hub {
         if self.shared.shutdown.is_cancelled() {
             client.close(CloseReason::Shutdown);
         }
-        Some(Connection { hub: self.clone(), client, head })
+        Some(Connection { hub: self.clone(), client, head, snapshots })
     }
 
     /// Unregisters a connection's client (the hub may have done so already, on overflow or
@@ -427,9 +494,16 @@ impl Hub {
     ) -> Result<Start, BrokerError> {
         let replay = self.shared.broker.replay(after, upto).await?;
         let m = &self.shared.metrics;
+        let subs = match only {
+            Some(patterns) => patterns.to_vec(),
+            None => lock(&self.shared.state).clients.get(&client_id).map(|e| e.subs.clone()).unwrap_or_default(),
+        };
         let reset = |reason| {
             m.resets.inc();
-            Start { missed: Vec::new(), reset: Some(reason), head: upto }
+            // Retained topics reload from their snapshots; anything else needs a reset.
+            let st = lock(&self.shared.state);
+            let all_retained = !subs.is_empty() && subs.iter().all(|p| matches!(p, Pattern::Exact(t) if st.retained.contains(t)));
+            Start { missed: Vec::new(), reset: (!all_retained).then_some(reason), head: upto, reload: true }
         };
         Ok(match replay {
             Replay::Missed(events) => {
@@ -438,20 +512,12 @@ impl Hub {
                     Some(patterns) => events
                         .into_iter()
                         .filter(|ev| {
-                            ev.draft.audience == Audience::Topic
-                                && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
+                            ev.draft.audience == Audience::Topic && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
                         })
                         .collect(),
-                    None => {
-                        let subs = lock(&self.shared.state)
-                            .clients
-                            .get(&client_id)
-                            .map(|e| e.subs.clone())
-                            .unwrap_or_default();
-                        events.into_iter().filter(|ev| receives(&client_id, &subs, ev)).collect()
-                    }
+                    None => events.into_iter().filter(|ev| receives(&client_id, &subs, ev)).collect(),
                 };
-                Start { missed, reset: None, head: upto }
+                Start { missed, reset: None, head: upto, reload: false }
             }
             Replay::Unknown => reset("unknown_event_id"),
             Replay::Expired => reset("history_expired"),
@@ -475,7 +541,8 @@ impl Hub {
     pub fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, UnknownClient> {
         let mut st = lock(&self.shared.state);
         let topics = st.subscribe(id, patterns)?;
-        Ok(Subscribed { topics, head: st.head })
+        let snapshots = st.retained.matching(patterns);
+        Ok(Subscribed { topics, head: st.head, snapshots })
     }
 
     /// Removes subscriptions from a connected client; returns the ones it keeps.
@@ -516,15 +583,20 @@ impl Hub {
         list
     }
 
-    /// Every topic and pattern that has subscribers, with their counts.
+    /// Every topic and pattern that has subscribers or retained state, with subscriber counts and
+    /// state versions.
     pub fn topics(&self) -> Vec<TopicInfo> {
         let st = lock(&self.shared.state);
-        let exact = st.exact.iter().map(|(t, s)| (t.to_string(), s.len()));
-        let patterns = st.patterns.iter().map(|(p, s)| (p.to_string(), s.len()));
-        let mut list: Vec<TopicInfo> =
-            exact.chain(patterns).map(|(topic, subscribers)| TopicInfo { topic, subscribers, version: None }).collect();
-        list.sort_by(|a, b| a.topic.cmp(&b.topic));
-        list
+        let mut map: std::collections::BTreeMap<String, TopicInfo> = std::collections::BTreeMap::new();
+        let subscribed = st.exact.iter().map(|(t, s)| (t.to_string(), s.len())).chain(st.patterns.iter().map(|(p, s)| (p.to_string(), s.len())));
+        for (topic, subscribers) in subscribed {
+            map.insert(topic.clone(), TopicInfo { topic, subscribers, version: None });
+        }
+        for (topic, version) in st.retained.versions() {
+            map.entry(topic.to_string()).or_insert_with(|| TopicInfo { topic: topic.to_string(), subscribers: 0, version: None }).version =
+                Some(version);
+        }
+        map.into_values().collect()
     }
 
     /// Stops the hub: every client is told to come back later and its stream ends.
@@ -548,7 +620,11 @@ fn validate(d: &Draft) -> Result<(), String> {
     if d.event.is_empty() || d.event.len() > 128 || d.event.chars().any(char::is_control) {
         return Err("event must be 1-128 bytes with no control characters".into());
     }
-    if RESERVED_EVENTS.contains(&&*d.event) {
+    if d.state.is_some() {
+        if d.topic.is_none() || d.audience != Audience::Topic {
+            return Err("retain, patch and json_patch need a topic and go to its subscribers".into());
+        }
+    } else if RESERVED_EVENTS.contains(&&*d.event) {
         return Err(format!("event name {:?} is reserved by the gateway", &*d.event));
     }
     if let Audience::Clients(ids) = &d.audience {

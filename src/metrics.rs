@@ -33,6 +33,8 @@ pub struct Metrics {
     pub rejected: Counter,
     /// Clients closed because their queue filled (slow or stalled readers).
     pub overflows: Counter,
+    /// Full queues of state updates collapsed into one fresh snapshot per topic.
+    pub conflations: Counter,
     /// Clients that resumed from history after an id.
     pub resumes: Counter,
     /// Clients told to reload (`reset`) because their id was unknown or too old.
@@ -55,6 +57,7 @@ impl Default for Metrics {
             delivered: Counter::default(),
             rejected: Counter::default(),
             overflows: Counter::default(),
+            conflations: Counter::default(),
             resumes: Counter::default(),
             resets: Counter::default(),
             heartbeats: Counter::default(),
@@ -67,6 +70,7 @@ impl Default for Metrics {
         registry.register("deliveries", "Events queued to clients", m.delivered.clone());
         registry.register("publish_rejected", "Publish requests refused", m.rejected.clone());
         registry.register("queue_overflows", "Clients closed because their queue filled", m.overflows.clone());
+        registry.register("conflations", "Full queues of state updates collapsed into snapshots", m.conflations.clone());
         registry.register("resumes", "Clients resumed from history", m.resumes.clone());
         registry.register("resets", "Clients told to reload state", m.resets.clone());
         registry.register("heartbeats", "Heartbeats queued", m.heartbeats.clone());

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::api::parse_patterns;
 use crate::client::{CloseReason, Outbound, Transport};
+use crate::conflate::{self, Shaper};
 use crate::error::ApiError;
 use crate::event::{now_ms, push_json_str, EventId};
 use crate::hub::{Connection, Hub};
@@ -29,12 +30,18 @@ pub const DEFAULT_TIMEOUT_S: f64 = 25.0;
 struct Session {
     conn: Connection,
     patterns: Vec<Pattern>,
-    /// The cursor last handed out; one poll at a time holds it.
-    cursor: tokio::sync::Mutex<EventId>,
+    /// The cursor last handed out and the conflation state; one poll at a time holds them.
+    state: tokio::sync::Mutex<PollState>,
     /// Wakes a waiting poll when a newer poll of the same session arrives.
     superseded: Notify,
     polling: AtomicBool,
     last_poll_ms: AtomicU64,
+}
+
+/// What a poll works on, held by one poll at a time.
+struct PollState {
+    cursor: EventId,
+    shaper: Shaper,
 }
 
 /// The open long-poll sessions, by client id.
@@ -69,10 +76,11 @@ struct PollQuery {
     cursor: Option<String>,
     client_id: Option<String>,
     timeout_s: Option<String>,
+    throttle_ms: Option<u64>,
 }
 
 impl PollQuery {
-    fn parse(raw: Option<&str>) -> Self {
+    fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut q = PollQuery::default();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             match &*k {
@@ -80,10 +88,14 @@ impl PollQuery {
                 "cursor" => q.cursor = Some(v.into_owned()).filter(|c| !c.is_empty()),
                 "client_id" => q.client_id = Some(v.into_owned()).filter(|c| !c.is_empty()),
                 "timeout" => q.timeout_s = Some(v.into_owned()),
+                "throttle_ms" => {
+                    let ms = v.parse().map_err(|_| ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds"))?;
+                    q.throttle_ms = Some(ms);
+                }
                 _ => {}
             }
         }
-        q
+        Ok(q)
     }
 }
 
@@ -123,7 +135,7 @@ fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> (Arc<Sess
     let session = Arc::new(Session {
         conn,
         patterns,
-        cursor: tokio::sync::Mutex::new(head),
+        state: tokio::sync::Mutex::new(PollState { cursor: head, shaper: Shaper::default() }),
         superseded: Notify::new(),
         polling: AtomicBool::new(false),
         last_poll_ms: AtomicU64::new(now_ms()),
@@ -169,7 +181,7 @@ pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: Head
     if !hub.config().transports.long_poll {
         return Err(ApiError::not_found("transport_disabled", "the long-poll transport is disabled on this server"));
     }
-    let q = PollQuery::parse(raw.as_deref());
+    let q = PollQuery::parse(raw.as_deref())?;
     let wait = wait_time(&hub, &q, &headers)?;
     let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
     let id = match &q.client_id {
@@ -184,13 +196,14 @@ pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: Head
 
     // A newer poll of the same session takes over from a waiting one.
     session.superseded.notify_waiters();
-    let mut cursor = session.cursor.lock().await;
+    let mut state = session.state.lock().await;
     session.polling.store(true, Ordering::Relaxed);
     client.heard(now_ms());
-    let answer = answer(&hub, &session, &mut cursor, q.cursor.as_deref(), fresh, wait).await;
+    client.set_throttle(&session.patterns, conflate::throttle(q.throttle_ms));
+    let answer = answer(&hub, &session, &mut state, q.cursor.as_deref(), fresh, wait).await;
     session.polling.store(false, Ordering::Relaxed);
     session.last_poll_ms.store(now_ms(), Ordering::Relaxed);
-    drop(cursor);
+    drop(state);
     let answer = answer?;
     if client.is_closed() {
         // Overflowed, kicked or shut down: the next poll opens a new session and resumes from
@@ -200,56 +213,89 @@ pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: Head
     Ok(respond(client_id, answer))
 }
 
+/// The snapshots that open a session's stream: those taken when it registered if it is new;
+/// otherwise the current ones, after which the queued changes they include are skipped.
+fn snapshots(hub: &Hub, session: &Session, state: &mut PollState, fresh: bool) -> Vec<bytes::Bytes> {
+    let cursor = state.cursor.to_string();
+    let list = if fresh { session.conn.snapshots().to_vec() } else { hub.snapshots(&session.patterns) };
+    list.iter()
+        .map(|s| {
+            if !fresh {
+                state.shaper.note_sent(s);
+            }
+            s.poll_event(&cursor)
+        })
+        .collect()
+}
+
 async fn answer(
     hub: &Hub,
     session: &Session,
-    cursor: &mut EventId,
+    state: &mut PollState,
     asked: Option<&str>,
     fresh: bool,
     wait: Duration,
 ) -> Result<Answer, ApiError> {
     let client = session.conn.client();
     let Some(asked) = asked else {
-        // A first poll: the current position at once (and, with retained state, the snapshots).
-        return Ok(Answer { events: Vec::new(), cursor: *cursor });
+        // A first poll: the current position and the snapshots, at once.
+        return Ok(Answer { events: snapshots(hub, session, state, fresh), cursor: state.cursor });
     };
-    if fresh || asked != cursor.to_string() {
+    if fresh || asked != state.cursor.to_string() {
         // A new session resuming, or a poll whose last answer was lost: make good from history
         // what lies between the client's cursor and what this session has handed out.
-        let start = hub.replay(client.id(), None, asked, *cursor).await?;
-        if let Some(reason) = start.reset {
-            return Ok(Answer { events: vec![reset_event(*cursor, reason)], cursor: *cursor });
+        let start = hub.replay(client.id(), None, asked, state.cursor).await?;
+        let mut events: Vec<bytes::Bytes> = start.missed.iter().map(|e| e.json().clone()).collect();
+        events.extend(start.reset.map(|reason| reset_event(state.cursor, reason)));
+        if start.reload {
+            events.extend(snapshots(hub, session, state, fresh));
         }
-        if !start.missed.is_empty() {
-            return Ok(Answer { events: start.missed.iter().map(|e| e.json().clone()).collect(), cursor: *cursor });
+        if !events.is_empty() {
+            return Ok(Answer { events, cursor: state.cursor });
         }
     }
+    let deadline = tokio::time::Instant::now() + wait;
     let mut batch = VecDeque::new();
-    tokio::select! {
-        _ = client.next_batch(&mut batch) => {}
-        _ = tokio::time::sleep(wait) => {}
-        _ = session.superseded.notified() => {}
-    }
-    // Everything up to the head is in the queue by now: take it, and the cursor may move there.
-    let head = hub.head();
-    client.drain_into(&mut batch);
-    let mut events = Vec::with_capacity(batch.len());
-    let mut last = (*cursor).max(head);
-    for item in batch {
-        match item {
-            Outbound::Event(ev) => {
-                last = last.max(ev.id);
-                events.push(ev.json().clone());
+    let mut items = Vec::new();
+    loop {
+        // Whether this poll is over even if nothing is to be sent.
+        let over = tokio::select! {
+            _ = client.next_batch(&mut batch) => false,
+            _ = conflate::until(state.shaper.next_due()) => false,
+            _ = tokio::time::sleep_until(deadline) => true,
+            _ = session.superseded.notified() => true,
+        };
+        // Everything up to the head is in the queue by now: take it all, and the cursor may move
+        // there.
+        let head = hub.head();
+        client.drain_into(&mut batch);
+        let mut overflowed = false;
+        for item in &batch {
+            overflowed |= matches!(item, Outbound::Close(CloseReason::Overflow));
+        }
+        state.shaper.shape(hub, client, &mut batch, &mut items);
+        let mut events = Vec::with_capacity(items.len());
+        let mut last = state.cursor.max(head);
+        for item in items.drain(..) {
+            match item {
+                Outbound::Event(ev) => {
+                    last = last.max(ev.id);
+                    events.push(ev.json().clone());
+                }
+                Outbound::Snapshot(s) => events.push(s.poll_event(&head.to_string())),
+                Outbound::Heartbeat | Outbound::Frame(_) | Outbound::Resync(_) | Outbound::Close(_) => {}
             }
-            Outbound::Close(CloseReason::Overflow) => {
-                // Its queue was dropped: the cursor stays where the client is, and the next poll
-                // resumes from history in a new session.
-                tracing::info!(client_id = %client.id(), "long-poll session overflowed: it resumes from its cursor");
-                last = *cursor;
-            }
-            Outbound::Heartbeat | Outbound::Frame(_) | Outbound::Close(_) => {}
+        }
+        if overflowed {
+            // Its queue was dropped: the cursor stays where the client is, and the next poll
+            // resumes from history in a new session.
+            tracing::info!(client_id = %client.id(), "long-poll session overflowed: it resumes from its cursor");
+            last = state.cursor;
+        }
+        let finished = over || !events.is_empty() || overflowed || client.is_closed();
+        state.cursor = last;
+        if finished {
+            return Ok(Answer { events, cursor: last });
         }
     }
-    *cursor = last;
-    Ok(Answer { events, cursor: last })
 }

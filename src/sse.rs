@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::api::parse_patterns;
 use crate::client::{CloseReason, Outbound, Transport};
+use crate::conflate::{self, Shaper};
 use crate::error::ApiError;
 use crate::event::{now_ms, sse_frame};
 use crate::hub::{Connection, Hub, Start};
@@ -34,6 +35,8 @@ pub struct StreamQuery {
     pub envelope: bool,
     /// `token`: an API key, for WebSocket clients that cannot set headers.
     pub token: Option<String>,
+    /// `throttle_ms`: at most one update per topic per interval.
+    pub throttle_ms: Option<u64>,
 }
 
 /// Reads a flag value the way the contract allows (`1`, `true`, or bare).
@@ -43,7 +46,7 @@ pub fn truthy(v: &str) -> bool {
 
 impl StreamQuery {
     /// Parses the query string.
-    pub fn parse(raw: Option<&str>) -> Self {
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut q = StreamQuery::default();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             match &*k {
@@ -51,10 +54,14 @@ impl StreamQuery {
                 "lastEventId" | "last_event_id" => q.last_event_id = Some(v.into_owned()),
                 "envelope" => q.envelope = truthy(&v),
                 "token" => q.token = Some(v.into_owned()),
+                "throttle_ms" => {
+                    let ms = v.parse().map_err(|_| ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds"))?;
+                    q.throttle_ms = Some(ms);
+                }
                 _ => {}
             }
         }
-        q
+        Ok(q)
     }
 }
 
@@ -62,12 +69,12 @@ fn retry_line(hub: &Hub) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", hub.config().retry_ms))
 }
 
-/// The first chunk of the stream: `retry:`, `welcome`, then missed events or a `reset`.
+/// The first chunk of the stream: `retry:`, `welcome`, then missed events or a `reset`, then the
+/// snapshots of retained topics (unless resuming, when the missed changes bring them up to date).
 fn prelude(hub: &Hub, conn: &Connection, topics: &[String], start: Option<&Start>, envelope: bool) -> Bytes {
     let mut out = BytesMut::new();
     out.extend_from_slice(format!("retry: {}\n", hub.config().retry_ms).as_bytes());
-    let welcome =
-        json!({ "client_id": conn.client().id(), "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
+    let welcome = json!({ "client_id": conn.client().id(), "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
     let head = conn.head().to_string();
     // The welcome carries the position the stream continues from, so a client that drops before
     // any event arrives still resumes without loss; missed events and resets carry their own.
@@ -80,6 +87,11 @@ fn prelude(hub: &Hub, conn: &Connection, topics: &[String], start: Option<&Start
         if let Some(reason) = start.reset {
             let data = json!({ "reason": reason });
             out.extend_from_slice(&sse_frame(Some(&head), "reset", data.to_string().as_bytes()));
+        }
+    }
+    if start.is_none_or(|s| s.reload) {
+        for snapshot in conn.snapshots() {
+            out.extend_from_slice(snapshot.sse_frame());
         }
     }
     out.freeze()
@@ -95,12 +107,13 @@ pub async fn stream(
     if !hub.config().transports.sse {
         return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
     }
-    let q = StreamQuery::parse(raw.as_deref());
+    let q = StreamQuery::parse(raw.as_deref())?;
     let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
     let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
     let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(q.last_event_id);
 
-    let conn = hub.connect(Transport::Sse, patterns);
+    let conn = hub.connect(Transport::Sse, patterns.clone());
+    conn.client().set_throttle(&patterns, conflate::throttle(q.throttle_ms));
     let start = match last_id.filter(|id| !id.is_empty()) {
         Some(after) => Some(hub.replay(conn.client().id(), None, &after, conn.head()).await?),
         None => None,
@@ -112,40 +125,40 @@ pub async fn stream(
 
     let body = async_stream::stream! {
         let client = conn.client().clone();
+        let hub = conn.hub().clone();
         client.wrote(now_ms());
         yield Ok::<_, Infallible>(first);
         let mut batch = VecDeque::new();
+        let mut items = Vec::new();
+        let mut shaper = Shaper::default();
         let mut buf = BytesMut::new();
         loop {
-            client.next_batch(&mut batch).await;
-            if batch.is_empty() {
+            let open = tokio::select! {
+                open = client.next_batch(&mut batch) => open,
+                _ = conflate::until(shaper.next_due()) => true,
+            };
+            if !open {
                 break;
             }
+            shaper.shape(&hub, &client, &mut batch, &mut items);
             let mut end = None;
-            let mut single = None;
-            let n = batch.len();
-            for item in batch.drain(..) {
+            for item in items.drain(..) {
                 match item {
-                    Outbound::Event(ev) => {
-                        if n == 1 {
-                            single = Some(ev.sse_frame(envelope).clone());
-                        } else {
-                            buf.extend_from_slice(ev.sse_frame(envelope));
-                        }
-                    }
+                    Outbound::Event(ev) => buf.extend_from_slice(ev.sse_frame(envelope)),
+                    Outbound::Snapshot(s) => buf.extend_from_slice(s.sse_frame()),
                     Outbound::Heartbeat => buf.extend_from_slice(b": hb\n\n"),
-                    // Replies to frame-based requests never go to an SSE client.
-                    Outbound::Frame(_) => {}
+                    // Replies to frame-based requests never go to an SSE client; the shaper has
+                    // turned resyncs into snapshots.
+                    Outbound::Frame(_) | Outbound::Resync(_) => {}
                     Outbound::Close(reason) => end = Some(reason),
                 }
             }
             if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout)) {
-                buf.extend_from_slice(&retry_line(conn.hub()));
+                buf.extend_from_slice(&retry_line(&hub));
             }
-            let chunk = single.unwrap_or_else(|| buf.split().freeze());
-            if !chunk.is_empty() {
+            if !buf.is_empty() {
                 client.wrote(now_ms());
-                yield Ok(chunk);
+                yield Ok(buf.split().freeze());
             }
             if let Some(reason) = end {
                 if reason == CloseReason::Overflow {

@@ -21,7 +21,9 @@ use crate::api::parse_patterns;
 use crate::auth;
 use crate::client::{Client, CloseReason, Outbound, Transport};
 use crate::error::ApiError;
-use crate::event::{now_ms, Audience, Draft, Event};
+use crate::conflate::{self, Shaper};
+use crate::event::{now_ms, null_data, Audience, Draft, Event};
+use crate::retained::Snapshot;
 use crate::hub::{Connection, Hub, Start};
 use crate::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
 use crate::server::ConnHandle;
@@ -48,6 +50,8 @@ pub struct Setup {
     pub last_event_id: Option<String>,
     /// Whether `publish` frames are allowed.
     pub can_publish: bool,
+    /// `throttle_ms` in the query, for the query's subscriptions.
+    pub throttle: Option<std::time::Duration>,
 }
 
 /// `GET /ws`.
@@ -63,7 +67,7 @@ pub async fn upgrade(
         return Err(ApiError::not_found("transport_disabled", "the ws transport is disabled on this server"));
     }
     let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
-    let q = StreamQuery::parse(raw.as_deref());
+    let q = StreamQuery::parse(raw.as_deref())?;
     let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -71,7 +75,7 @@ pub async fn upgrade(
         .and_then(|v| v.strip_prefix("Bearer "))
         .or(q.token.as_deref());
     let can_publish = auth::check(&hub, bearer, peer.map(|p| p.0 .0)).is_ok();
-    let setup = Setup { patterns, last_event_id: q.last_event_id, can_publish };
+    let setup = Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) };
     let limit = hub.config().max_body_bytes;
     let handle = handle.map(|h| h.0);
     Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
@@ -100,12 +104,22 @@ fn reset_frame(reason: &str) -> Outbound {
     text(json!({ "type": "reset", "reason": reason }))
 }
 
-/// The frames that open a resumed stream: missed events, or a reset.
-fn replayed(start: Start) -> Vec<Outbound> {
-    match start.reset {
-        Some(reason) => vec![reset_frame(reason)],
-        None => start.missed.into_iter().map(Outbound::Event).collect(),
+/// What opens a subscription's stream: for a resume, the missed events or a reset; then, unless
+/// the missed events bring it up to date, the snapshots of its retained topics.
+fn opening(start: Option<Start>, snapshots: &[Arc<Snapshot>]) -> Vec<Outbound> {
+    let mut out = Vec::new();
+    let reload = match start {
+        None => true,
+        Some(start) => {
+            out.extend(start.missed.into_iter().map(Outbound::Event));
+            out.extend(start.reset.map(reset_frame));
+            start.reload
+        }
+    };
+    if reload {
+        out.extend(snapshots.iter().cloned().map(Outbound::Snapshot));
     }
+    out
 }
 
 /// Runs one WebSocket client until it leaves, the hub closes it, or the server cuts it.
@@ -115,8 +129,9 @@ where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let topics: Vec<String> = setup.patterns.iter().map(ToString::to_string).collect();
-    let conn = hub.connect(Transport::Ws, setup.patterns);
+    let conn = hub.connect(Transport::Ws, setup.patterns.clone());
     let client = conn.client().clone();
+    client.set_throttle(&setup.patterns, setup.throttle);
     let welcome = json!({
         "type": "welcome",
         "client_id": client.id(),
@@ -124,12 +139,17 @@ where
         "heartbeat_ms": hub.config().heartbeat_ms,
     });
     let mut first = vec![text(welcome)];
-    if let Some(after) = setup.last_event_id.filter(|id| !id.is_empty()) {
-        match hub.replay(client.id(), None, &after, conn.head()).await {
-            Ok(start) => first.extend(replayed(start)),
-            Err(e) => first.push(error_frame(None, "broker_unavailable", e.to_string())),
-        }
-    }
+    let start = match setup.last_event_id.filter(|id| !id.is_empty()) {
+        Some(after) => match hub.replay(client.id(), None, &after, conn.head()).await {
+            Ok(start) => Some(start),
+            Err(e) => {
+                first.push(error_frame(None, "broker_unavailable", e.to_string()));
+                None
+            }
+        },
+        None => None,
+    };
+    first.extend(opening(start, conn.snapshots()));
     client.push_front(first);
 
     let rpc_slots = Arc::new(Semaphore::new(RPC_IN_FLIGHT));
@@ -140,7 +160,7 @@ where
         }
     };
     tokio::select! {
-        res = write_loop(&client, &mut sink) => {
+        res = write_loop(&hub, &client, &mut sink) => {
             if let Err(e) = res {
                 tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");
             }
@@ -163,21 +183,30 @@ fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
 }
 
 /// Sends everything queued for the client, one flush (one write) per batch.
-async fn write_loop<S>(client: &Client, sink: &mut S) -> Result<(), axum::Error>
+async fn write_loop<S>(hub: &Hub, client: &Client, sink: &mut S) -> Result<(), axum::Error>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
     let mut batch = VecDeque::new();
+    let mut items = Vec::new();
+    let mut shaper = Shaper::default();
     loop {
-        client.next_batch(&mut batch).await;
-        if batch.is_empty() {
+        let open = tokio::select! {
+            open = client.next_batch(&mut batch) => open,
+            _ = conflate::until(shaper.next_due()) => true,
+        };
+        if !open {
             return Ok(());
         }
-        for item in batch.drain(..) {
+        shaper.shape(hub, client, &mut batch, &mut items);
+        for item in items.drain(..) {
             match item {
                 Outbound::Event(ev) => sink.feed(Message::Text(ev.ws_text().clone())).await?,
+                Outbound::Snapshot(s) => sink.feed(Message::Text(s.ws_text().clone())).await?,
                 Outbound::Heartbeat => sink.feed(Message::Ping(Default::default())).await?,
                 Outbound::Frame(t) => sink.feed(Message::Text(Utf8Bytes::from(t))).await?,
+                // The shaper has turned resyncs into snapshots.
+                Outbound::Resync(_) => {}
                 Outbound::Close(reason) => {
                     if let Some(frame) = close_frame(reason) {
                         sink.send(Message::Close(Some(frame))).await?;
@@ -249,6 +278,7 @@ struct SubscribeFrame {
     _reference: Option<Value>,
     topics: Vec<String>,
     last_event_id: Option<String>,
+    throttle_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,15 +376,21 @@ async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> R
     let hub = conn.hub();
     let subscribed =
         hub.subscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
-    // The ack and what the new subscription missed go before any live event queued since it was
+    client.set_throttle(&patterns, conflate::throttle(f.throttle_ms));
+    // The ack and what opens the new subscription go before any live event queued since it was
     // made, so each topic's events stay in order.
     let mut first: Vec<Outbound> = r.map(ack).into_iter().collect();
-    if let Some(after) = f.last_event_id.filter(|id| !id.is_empty()) {
-        match hub.replay(client.id(), Some(&patterns), &after, subscribed.head).await {
-            Ok(start) => first.extend(replayed(start)),
-            Err(e) => first.push(error_frame(r, "broker_unavailable", e.to_string())),
-        }
-    }
+    let start = match f.last_event_id.filter(|id| !id.is_empty()) {
+        Some(after) => match hub.replay(client.id(), Some(&patterns), &after, subscribed.head).await {
+            Ok(start) => Some(start),
+            Err(e) => {
+                first.push(error_frame(r, "broker_unavailable", e.to_string()));
+                None
+            }
+        },
+        None => None,
+    };
+    first.extend(opening(start, &subscribed.snapshots));
     client.push_front(first);
     Ok(())
 }
@@ -370,17 +406,8 @@ fn unsubscribe(conn: &Connection, f: UnsubscribeFrame, r: Option<&Value>) -> Res
 }
 
 async fn publish(conn: &Connection, f: PublishFrame<'_>, r: Option<&Value>) -> Result<(), Outbound> {
-    let data = match f.data {
-        Some(raw) => raw.to_owned(),
-        None => RawValue::from_string("null".into()).map_err(|e| error_frame(r, "invalid_request", e.to_string()))?,
-    };
-    let draft = Draft {
-        topic: Some(Arc::from(f.topic)),
-        event: Arc::from(f.event.as_deref().unwrap_or("message")),
-        data,
-        audience: Audience::Topic,
-        ts: now_ms(),
-    };
+    let data = f.data.map(|raw| raw.to_owned()).unwrap_or_else(null_data);
+    let draft = Draft::new(Some(Arc::from(f.topic)), f.event.as_deref().unwrap_or("message"), data, Audience::Topic);
     let events: Vec<Arc<Event>> = conn.hub().publish(vec![draft]).await.map_err(|e| {
         let api = ApiError::from(e);
         error_frame(r, api.code, api.message)

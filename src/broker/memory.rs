@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::{Broker, BrokerError, Dispatch, Replay};
+use crate::hub::PublishError;
 use crate::event::{now_ms, Draft, Event, EventId};
 
 /// Keeps the last events in memory. Nothing to install; lost when the process ends.
@@ -89,21 +90,24 @@ impl Broker for MemoryBroker {
         &'a self,
         drafts: Vec<Draft>,
         sink: &'a dyn Dispatch,
-    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, BrokerError>> {
+    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, PublishError>> {
         let now = now_ms();
         let mut h = self.lock();
-        let mut events = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            h.last = h.last.next(now);
-            let ev = Arc::new(Event::new(h.last, draft));
-            h.events.push_back(ev.clone());
-            events.push(ev);
-        }
+        // Ids are assigned and dispatched under the history lock, so concurrent publishers
+        // reach every client in id order.
+        let result = sink.publish(drafts, &mut |drafts| {
+            let mut events = Vec::with_capacity(drafts.len());
+            for draft in drafts {
+                h.last = h.last.next(now);
+                let ev = Arc::new(Event::new(h.last, draft));
+                h.events.push_back(ev.clone());
+                events.push(ev);
+            }
+            events
+        });
         h.trim(self.max_len, self.max_age, now);
-        // Dispatching under the history lock keeps concurrent publishers in id order.
-        sink.dispatch(&events);
         drop(h);
-        futures::future::ready(Ok(events)).boxed()
+        futures::future::ready(result).boxed()
     }
 
     fn replay<'a>(&'a self, after: &'a str, upto: EventId) -> BoxFuture<'a, Result<Replay, BrokerError>> {
@@ -131,18 +135,18 @@ mod tests {
 
     struct Nobody;
     impl Dispatch for Nobody {
-        fn dispatch(&self, _: &[Arc<Event>]) {}
+        fn publish(
+            &self,
+            drafts: Vec<Draft>,
+            store: &mut dyn FnMut(Vec<Draft>) -> Vec<Arc<Event>>,
+        ) -> Result<Vec<Arc<Event>>, PublishError> {
+            Ok(store(drafts))
+        }
     }
 
     fn drafts(n: usize) -> Vec<Draft> {
         (0..n)
-            .map(|i| Draft {
-                topic: Some(Arc::from("t")),
-                event: Arc::from("message"),
-                data: RawValue::from_string(i.to_string()).unwrap(),
-                audience: Audience::Topic,
-                ts: now_ms(),
-            })
+            .map(|i| Draft::new(Some(Arc::from("t")), "message", RawValue::from_string(i.to_string()).unwrap(), Audience::Topic))
             .collect()
     }
 

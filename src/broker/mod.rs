@@ -7,15 +7,22 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::event::{Draft, Event, EventId};
+use crate::hub::PublishError;
 
 pub mod memory;
 
 pub use memory::MemoryBroker;
 
-/// Receives events in the broker's order. The hub implements it by fanning them out to clients.
+/// The hub's side of publishing, which a broker calls in its order. The hub implements it.
 pub trait Dispatch: Send + Sync {
-    /// Delivers these events, which follow every event dispatched before them.
-    fn dispatch(&self, events: &[Arc<Event>]);
+    /// As one step, so that a client registering meanwhile sees all of it or none: applies the
+    /// drafts' state changes (refusing the whole batch if one fails), has `store` give the drafts
+    /// their ids and keep them, and fans the events out to clients.
+    fn publish(
+        &self,
+        drafts: Vec<Draft>,
+        store: &mut dyn FnMut(Vec<Draft>) -> Vec<Arc<Event>>,
+    ) -> Result<Vec<Arc<Event>>, PublishError>;
 }
 
 /// A broker failure, as the HTTP edge reports it (`503`).
@@ -43,13 +50,13 @@ pub trait Broker: Send + Sync + 'static {
     /// A short name for logs and `/readyz` (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
-    /// Appends the drafts, all or none, in order, giving each an id, and has them dispatched
-    /// through `sink` in the broker's order. Returns the events as stored.
+    /// Appends the drafts, all or none, in order, giving each an id, through `sink` (which applies
+    /// state changes and fans out) in the broker's order. Returns the events as stored.
     fn publish<'a>(
         &'a self,
         drafts: Vec<Draft>,
         sink: &'a dyn Dispatch,
-    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, BrokerError>>;
+    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, PublishError>>;
 
     /// The events after `after` (an id as a client sent it) up to and including `upto` (the
     /// position from which the client receives live events).

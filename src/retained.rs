@@ -1,0 +1,262 @@
+//! Retained topic state: the current state and version of each topic that has one, changed by
+//! `retain`, merge patches (RFC 7386) and JSON Patch (RFC 6902), all or none per request. New
+//! subscribers get it as a `snapshot`, encoded once per version and shared.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::event::{now_ms, push_json_str, sse_frame, Draft, StateChange};
+use crate::topic::Pattern;
+
+/// A topic's state at one version, as `{"topic","version","state"}` JSON.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The state's version: 1 for the first state, then one more per change.
+    pub version: u64,
+    /// `{"topic","version","state"}`.
+    pub json: Bytes,
+    sse: OnceLock<Bytes>,
+    ws: OnceLock<Utf8Bytes>,
+}
+
+impl Snapshot {
+    fn new(topic: Arc<str>, version: u64, json: Bytes) -> Self {
+        Snapshot { topic, version, json, sse: OnceLock::new(), ws: OnceLock::new() }
+    }
+
+    /// `event: snapshot` with the JSON as data (no `id:`: it is state, not a position).
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse.get_or_init(|| sse_frame(None, "snapshot", &self.json))
+    }
+
+    /// The WebSocket frame `{"type":"snapshot","topic","version","state"}`.
+    pub fn ws_text(&self) -> &Utf8Bytes {
+        self.ws.get_or_init(|| {
+            let mut text = String::with_capacity(self.json.len() + 20);
+            text.push_str("{\"type\":\"snapshot\",");
+            text.push_str(std::str::from_utf8(&self.json[1..]).unwrap_or("}"));
+            Utf8Bytes::from(text)
+        })
+    }
+
+    /// The long-poll event `{id, topic, event: "snapshot", data, ts}` at position `cursor`.
+    pub fn poll_event(&self, cursor: &str) -> Bytes {
+        let mut out = Vec::with_capacity(self.json.len() + 96);
+        out.extend_from_slice(b"{\"id\":");
+        push_json_str(&mut out, cursor);
+        out.extend_from_slice(b",\"topic\":");
+        push_json_str(&mut out, &self.topic);
+        out.extend_from_slice(b",\"event\":\"snapshot\",\"data\":");
+        out.extend_from_slice(&self.json);
+        out.extend_from_slice(format!(",\"ts\":{}}}", now_ms()).as_bytes());
+        Bytes::from(out)
+    }
+}
+
+struct Entry {
+    topic: Arc<str>,
+    version: u64,
+    state: Value,
+    /// The encoded snapshot of this version, made when first asked for.
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// Every topic's retained state.
+#[derive(Default)]
+pub struct Store {
+    topics: HashMap<Arc<str>, Entry>,
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    topic: &'a str,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_patch: Option<&'a json_patch::Patch>,
+}
+
+fn raw(payload: &Payload<'_>) -> Box<RawValue> {
+    // Serialising JSON values cannot fail.
+    serde_json::value::to_raw_value(payload).unwrap_or_else(|_| crate::event::null_data())
+}
+
+impl Store {
+    /// Applies the state changes among `drafts` in order, all or none, and turns each into the
+    /// event subscribers receive: `snapshot {topic, version, state}` for a new state, `patch
+    /// {topic, version, patch | json_patch}` for a change. On failure nothing changes and the
+    /// error names the draft.
+    pub fn apply(&mut self, drafts: &mut [Draft]) -> Result<(), (usize, String)> {
+        let changes = drafts.iter().filter(|d| d.state.is_some()).count();
+        // With several changes, a later failure undoes the earlier ones.
+        let mut undo: Vec<(Arc<str>, Option<(u64, Value)>)> = Vec::new();
+        for (index, d) in drafts.iter_mut().enumerate() {
+            let Some(change) = d.state.take() else { continue };
+            let Some(topic) = d.topic.clone() else {
+                return Err((index, "a state change needs a topic".into()));
+            };
+            let entry = self.topics.entry(topic.clone()).or_insert_with(|| Entry { topic: topic.clone(), version: 0, state: Value::Null, snapshot: None });
+            if changes > 1 && !undo.iter().any(|(t, _)| *t == topic) {
+                undo.push((topic.clone(), (entry.version > 0).then(|| (entry.version, entry.state.clone()))));
+            }
+            let failed = match &change {
+                StateChange::Set(v) => {
+                    entry.state = v.clone();
+                    None
+                }
+                StateChange::Merge(p) => {
+                    json_patch::merge(&mut entry.state, p);
+                    None
+                }
+                StateChange::JsonPatch(ops) => json_patch::patch(&mut entry.state, ops).err(),
+            };
+            if let Some(e) = failed {
+                if entry.version == 0 {
+                    self.topics.remove(&topic);
+                }
+                self.restore(undo);
+                return Err((index, format!("json_patch does not apply to the state of {topic:?}: {e}")));
+            }
+            entry.version += 1;
+            entry.snapshot = None;
+            let version = entry.version;
+            let mut payload = Payload { topic: &topic, version, state: None, patch: None, json_patch: None };
+            let event = match &change {
+                StateChange::Set(_) => {
+                    payload.state = Some(&entry.state);
+                    "snapshot"
+                }
+                StateChange::Merge(p) => {
+                    payload.patch = Some(p);
+                    "patch"
+                }
+                StateChange::JsonPatch(ops) => {
+                    payload.json_patch = Some(ops);
+                    "patch"
+                }
+            };
+            d.data = raw(&payload);
+            d.event = Arc::from(event);
+            d.version = Some(version);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, undo: Vec<(Arc<str>, Option<(u64, Value)>)>) {
+        for (topic, before) in undo {
+            match before {
+                Some((version, state)) => {
+                    self.topics.insert(topic.clone(), Entry { topic, version, state, snapshot: None });
+                }
+                None => {
+                    self.topics.remove(&topic);
+                }
+            }
+        }
+    }
+
+    /// The snapshot of `topic`, if it has state.
+    pub fn snapshot(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
+        let entry = self.topics.get_mut(topic)?;
+        let snapshot = entry.snapshot.get_or_insert_with(|| {
+            let payload =
+                Payload { topic: &entry.topic, version: entry.version, state: Some(&entry.state), patch: None, json_patch: None };
+            let json = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
+            Arc::new(Snapshot::new(entry.topic.clone(), entry.version, json))
+        });
+        Some(snapshot.clone())
+    }
+
+    /// Snapshots of every topic with state that `patterns` match, in topic order.
+    pub fn matching(&mut self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
+        let mut topics: Vec<Arc<str>> = match patterns {
+            [] => return Vec::new(),
+            // Exact topics are looked up; only wildcard patterns scan.
+            ps if ps.iter().all(|p| matches!(p, Pattern::Exact(_))) => ps
+                .iter()
+                .filter_map(|p| match p {
+                    Pattern::Exact(t) if self.topics.contains_key(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect(),
+            ps => self.topics.keys().filter(|t| ps.iter().any(|p| p.matches(t))).cloned().collect(),
+        };
+        topics.sort();
+        topics.dedup();
+        topics.iter().filter_map(|t| self.snapshot(t)).collect()
+    }
+
+    /// The version of a topic's state, if it has one.
+    pub fn version(&self, topic: &str) -> Option<u64> {
+        self.topics.get(topic).map(|e| e.version)
+    }
+
+    /// Whether a topic has state.
+    pub fn contains(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    /// Every topic with state and its version.
+    pub fn versions(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
+        self.topics.iter().map(|(t, e)| (t, e.version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(topic: &str, c: StateChange) -> Draft {
+        Draft::state_change(topic, c)
+    }
+
+    fn state(store: &mut Store, topic: &str) -> Value {
+        let s = store.snapshot(topic).unwrap();
+        serde_json::from_slice::<Value>(&s.json).unwrap()["state"].clone()
+    }
+
+    #[test]
+    fn changes_raise_the_version_and_become_events() {
+        let mut store = Store::default();
+        let mut drafts = vec![
+            change("t", StateChange::Set(json!({"a": 1, "b": 2}))),
+            change("t", StateChange::Merge(json!({"b": null, "c": 3}))),
+            change("t", StateChange::JsonPatch(serde_json::from_value(json!([{"op": "add", "path": "/d", "value": 4}])).unwrap())),
+        ];
+        store.apply(&mut drafts).unwrap();
+        assert_eq!(state(&mut store, "t"), json!({"a": 1, "c": 3, "d": 4}));
+        assert_eq!(store.version("t"), Some(3));
+        assert_eq!(&*drafts[0].event, "snapshot");
+        assert_eq!(drafts[1].data.get(), r#"{"topic":"t","version":2,"patch":{"b":null,"c":3}}"#);
+        assert_eq!(drafts[2].version, Some(3));
+    }
+
+    #[test]
+    fn a_failing_json_patch_changes_nothing() {
+        let mut store = Store::default();
+        store.apply(&mut [change("t", StateChange::Set(json!({"n": 1})))]).unwrap();
+        let test_fails = serde_json::from_value(json!([{"op": "replace", "path": "/n", "value": 9}, {"op": "test", "path": "/n", "value": 1}])).unwrap();
+        let mut batch =
+            vec![change("t", StateChange::Merge(json!({"m": 2}))), change("u", StateChange::Set(json!(1))), change("t", StateChange::JsonPatch(test_fails))];
+        let (index, _) = store.apply(&mut batch).unwrap_err();
+        assert_eq!(index, 2);
+        assert_eq!(state(&mut store, "t"), json!({"n": 1}));
+        assert_eq!(store.version("t"), Some(1));
+        assert!(!store.contains("u"));
+        let bad = serde_json::from_value(json!([{"op": "remove", "path": "/missing"}])).unwrap();
+        assert!(store.apply(&mut [change("new", StateChange::JsonPatch(bad))]).is_err());
+        assert!(!store.contains("new"));
+    }
+}
