@@ -61,7 +61,10 @@ fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String
     };
     if let Some(change) = state_change(&item.retain, item.data, item.patch, item.json_patch)? {
         if topics.is_empty() || item.clients.is_some() || item.broadcast {
-            return Err("retain, patch and json_patch change a topic's state: give topic or topics, not clients or broadcast".into());
+            return Err(
+                "retain, patch and json_patch change a topic's state: give topic or topics, not clients or broadcast"
+                    .into(),
+            );
         }
         if item.event.is_some() {
             return Err("state changes go out as snapshot and patch events: leave out event".into());

@@ -97,7 +97,8 @@ impl Shaper {
 
     /// The held updates due by `now`, to send now.
     fn due(&mut self, hub: &Hub, now: Instant) -> Vec<Outbound> {
-        let ready: Vec<Arc<str>> = self.held.iter().filter(|(_, h)| h.due.is_some_and(|d| d <= now)).map(|(t, _)| t.clone()).collect();
+        let ready: Vec<Arc<str>> =
+            self.held.iter().filter(|(_, h)| h.due.is_some_and(|d| d <= now)).map(|(t, _)| t.clone()).collect();
         let mut out = Vec::new();
         for topic in ready {
             let Some(held) = self.held.remove(&topic) else { continue };

@@ -502,7 +502,8 @@ impl Hub {
             m.resets.inc();
             // Retained topics reload from their snapshots; anything else needs a reset.
             let st = lock(&self.shared.state);
-            let all_retained = !subs.is_empty() && subs.iter().all(|p| matches!(p, Pattern::Exact(t) if st.retained.contains(t)));
+            let all_retained =
+                !subs.is_empty() && subs.iter().all(|p| matches!(p, Pattern::Exact(t) if st.retained.contains(t)));
             Start { missed: Vec::new(), reset: (!all_retained).then_some(reason), head: upto, reload: true }
         };
         Ok(match replay {
@@ -512,7 +513,8 @@ impl Hub {
                     Some(patterns) => events
                         .into_iter()
                         .filter(|ev| {
-                            ev.draft.audience == Audience::Topic && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
+                            ev.draft.audience == Audience::Topic
+                                && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
                         })
                         .collect(),
                     None => events.into_iter().filter(|ev| receives(&client_id, &subs, ev)).collect(),
@@ -588,13 +590,18 @@ impl Hub {
     pub fn topics(&self) -> Vec<TopicInfo> {
         let st = lock(&self.shared.state);
         let mut map: std::collections::BTreeMap<String, TopicInfo> = std::collections::BTreeMap::new();
-        let subscribed = st.exact.iter().map(|(t, s)| (t.to_string(), s.len())).chain(st.patterns.iter().map(|(p, s)| (p.to_string(), s.len())));
+        let subscribed = st
+            .exact
+            .iter()
+            .map(|(t, s)| (t.to_string(), s.len()))
+            .chain(st.patterns.iter().map(|(p, s)| (p.to_string(), s.len())));
         for (topic, subscribers) in subscribed {
             map.insert(topic.clone(), TopicInfo { topic, subscribers, version: None });
         }
         for (topic, version) in st.retained.versions() {
-            map.entry(topic.to_string()).or_insert_with(|| TopicInfo { topic: topic.to_string(), subscribers: 0, version: None }).version =
-                Some(version);
+            map.entry(topic.to_string())
+                .or_insert_with(|| TopicInfo { topic: topic.to_string(), subscribers: 0, version: None })
+                .version = Some(version);
         }
         map.into_values().collect()
     }

@@ -70,7 +70,11 @@ impl Default for Metrics {
         registry.register("deliveries", "Events queued to clients", m.delivered.clone());
         registry.register("publish_rejected", "Publish requests refused", m.rejected.clone());
         registry.register("queue_overflows", "Clients closed because their queue filled", m.overflows.clone());
-        registry.register("conflations", "Full queues of state updates collapsed into snapshots", m.conflations.clone());
+        registry.register(
+            "conflations",
+            "Full queues of state updates collapsed into snapshots",
+            m.conflations.clone(),
+        );
         registry.register("resumes", "Clients resumed from history", m.resumes.clone());
         registry.register("resets", "Clients told to reload state", m.resets.clone());
         registry.register("heartbeats", "Heartbeats queued", m.heartbeats.clone());

@@ -89,7 +89,9 @@ impl PollQuery {
                 "client_id" => q.client_id = Some(v.into_owned()).filter(|c| !c.is_empty()),
                 "timeout" => q.timeout_s = Some(v.into_owned()),
                 "throttle_ms" => {
-                    let ms = v.parse().map_err(|_| ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds"))?;
+                    let ms = v.parse().map_err(|_| {
+                        ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
+                    })?;
                     q.throttle_ms = Some(ms);
                 }
                 _ => {}

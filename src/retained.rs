@@ -106,7 +106,12 @@ impl Store {
             let Some(topic) = d.topic.clone() else {
                 return Err((index, "a state change needs a topic".into()));
             };
-            let entry = self.topics.entry(topic.clone()).or_insert_with(|| Entry { topic: topic.clone(), version: 0, state: Value::Null, snapshot: None });
+            let entry = self.topics.entry(topic.clone()).or_insert_with(|| Entry {
+                topic: topic.clone(),
+                version: 0,
+                state: Value::Null,
+                snapshot: None,
+            });
             if changes > 1 && !undo.iter().any(|(t, _)| *t == topic) {
                 undo.push((topic.clone(), (entry.version > 0).then(|| (entry.version, entry.state.clone()))));
             }
@@ -170,8 +175,13 @@ impl Store {
     pub fn snapshot(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
         let entry = self.topics.get_mut(topic)?;
         let snapshot = entry.snapshot.get_or_insert_with(|| {
-            let payload =
-                Payload { topic: &entry.topic, version: entry.version, state: Some(&entry.state), patch: None, json_patch: None };
+            let payload = Payload {
+                topic: &entry.topic,
+                version: entry.version,
+                state: Some(&entry.state),
+                patch: None,
+                json_patch: None,
+            };
             let json = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
             Arc::new(Snapshot::new(entry.topic.clone(), entry.version, json))
         });
@@ -233,7 +243,12 @@ mod tests {
         let mut drafts = vec![
             change("t", StateChange::Set(json!({"a": 1, "b": 2}))),
             change("t", StateChange::Merge(json!({"b": null, "c": 3}))),
-            change("t", StateChange::JsonPatch(serde_json::from_value(json!([{"op": "add", "path": "/d", "value": 4}])).unwrap())),
+            change(
+                "t",
+                StateChange::JsonPatch(
+                    serde_json::from_value(json!([{"op": "add", "path": "/d", "value": 4}])).unwrap(),
+                ),
+            ),
         ];
         store.apply(&mut drafts).unwrap();
         assert_eq!(state(&mut store, "t"), json!({"a": 1, "c": 3, "d": 4}));
@@ -247,9 +262,15 @@ mod tests {
     fn a_failing_json_patch_changes_nothing() {
         let mut store = Store::default();
         store.apply(&mut [change("t", StateChange::Set(json!({"n": 1})))]).unwrap();
-        let test_fails = serde_json::from_value(json!([{"op": "replace", "path": "/n", "value": 9}, {"op": "test", "path": "/n", "value": 1}])).unwrap();
-        let mut batch =
-            vec![change("t", StateChange::Merge(json!({"m": 2}))), change("u", StateChange::Set(json!(1))), change("t", StateChange::JsonPatch(test_fails))];
+        let test_fails = serde_json::from_value(
+            json!([{"op": "replace", "path": "/n", "value": 9}, {"op": "test", "path": "/n", "value": 1}]),
+        )
+        .unwrap();
+        let mut batch = vec![
+            change("t", StateChange::Merge(json!({"m": 2}))),
+            change("u", StateChange::Set(json!(1))),
+            change("t", StateChange::JsonPatch(test_fails)),
+        ];
         let (index, _) = store.apply(&mut batch).unwrap_err();
         assert_eq!(index, 2);
         assert_eq!(state(&mut store, "t"), json!({"n": 1}));

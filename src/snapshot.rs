@@ -18,7 +18,11 @@ fn matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 /// `GET /snapshot`.
-pub async fn snapshot(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn snapshot(
+    State(hub): State<Hub>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if !hub.config().transports.poll {
         return Err(ApiError::not_found("transport_disabled", "the poll transport is disabled on this server"));
     }

@@ -55,7 +55,9 @@ impl StreamQuery {
                 "envelope" => q.envelope = truthy(&v),
                 "token" => q.token = Some(v.into_owned()),
                 "throttle_ms" => {
-                    let ms = v.parse().map_err(|_| ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds"))?;
+                    let ms = v.parse().map_err(|_| {
+                        ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
+                    })?;
                     q.throttle_ms = Some(ms);
                 }
                 _ => {}
@@ -74,7 +76,8 @@ fn retry_line(hub: &Hub) -> Bytes {
 fn prelude(hub: &Hub, conn: &Connection, topics: &[String], start: Option<&Start>, envelope: bool) -> Bytes {
     let mut out = BytesMut::new();
     out.extend_from_slice(format!("retry: {}\n", hub.config().retry_ms).as_bytes());
-    let welcome = json!({ "client_id": conn.client().id(), "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
+    let welcome =
+        json!({ "client_id": conn.client().id(), "topics": topics, "heartbeat_ms": hub.config().heartbeat_ms });
     let head = conn.head().to_string();
     // The welcome carries the position the stream continues from, so a client that drops before
     // any event arrives still resumes without loss; missed events and resets carry their own.

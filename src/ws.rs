@@ -20,11 +20,11 @@ use tokio::sync::Semaphore;
 use crate::api::parse_patterns;
 use crate::auth;
 use crate::client::{Client, CloseReason, Outbound, Transport};
-use crate::error::ApiError;
 use crate::conflate::{self, Shaper};
+use crate::error::ApiError;
 use crate::event::{now_ms, null_data, Audience, Draft, Event};
-use crate::retained::Snapshot;
 use crate::hub::{Connection, Hub, Start};
+use crate::retained::Snapshot;
 use crate::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
 use crate::server::ConnHandle;
 use crate::sse::StreamQuery;
@@ -75,7 +75,8 @@ pub async fn upgrade(
         .and_then(|v| v.strip_prefix("Bearer "))
         .or(q.token.as_deref());
     let can_publish = auth::check(&hub, bearer, peer.map(|p| p.0 .0)).is_ok();
-    let setup = Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) };
+    let setup =
+        Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) };
     let limit = hub.config().max_body_bytes;
     let handle = handle.map(|h| h.0);
     Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {

@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::{Broker, BrokerError, Dispatch, Replay};
-use crate::hub::PublishError;
 use crate::event::{now_ms, Draft, Event, EventId};
+use crate::hub::PublishError;
 
 /// Keeps the last events in memory. Nothing to install; lost when the process ends.
 pub struct MemoryBroker {
@@ -146,7 +146,14 @@ mod tests {
 
     fn drafts(n: usize) -> Vec<Draft> {
         (0..n)
-            .map(|i| Draft::new(Some(Arc::from("t")), "message", RawValue::from_string(i.to_string()).unwrap(), Audience::Topic))
+            .map(|i| {
+                Draft::new(
+                    Some(Arc::from("t")),
+                    "message",
+                    RawValue::from_string(i.to_string()).unwrap(),
+                    Audience::Topic,
+                )
+            })
             .collect()
     }
 

@@ -312,7 +312,7 @@ type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsSt
 enum Inner {
     Sse(Sse),
     Ws(WsStream),
-    Poll { cursor: String, topics: Vec<String>, buffered: std::collections::VecDeque<Got> },
+    Poll { cursor: String, query: String, buffered: std::collections::VecDeque<Got> },
 }
 
 /// One subscriber over any transport, reading events in the same shape.
@@ -368,7 +368,18 @@ pub async fn ws_next(ws: &mut WsStream) -> Option<Value> {
 impl AnyClient {
     /// Subscribes to `topics` over `kind`, resuming after `position` if given.
     pub async fn connect(api: &Api, kind: Kind, topics: &[&str], position: Option<&str>) -> AnyClient {
-        let q = topic_query(topics);
+        Self::connect_with(api, kind, topics, position, "").await
+    }
+
+    /// As [`Self::connect`], with more query parameters (`&name=value…`) on every request.
+    pub async fn connect_with(
+        api: &Api,
+        kind: Kind,
+        topics: &[&str],
+        position: Option<&str>,
+        extra: &str,
+    ) -> AnyClient {
+        let q = format!("{}{extra}", topic_query(topics));
         match kind {
             Kind::Sse => {
                 let sse = Sse::connect_with(api, &format!("{q}&envelope=1"), position).await;
@@ -407,7 +418,7 @@ impl AnyClient {
                     api: api.clone(),
                     client_id: v["client_id"].as_str().unwrap().to_owned(),
                     position: cursor.clone(),
-                    inner: Inner::Poll { cursor, topics: topics.iter().map(|t| t.to_string()).collect(), buffered },
+                    inner: Inner::Poll { cursor, query: q, buffered },
                 }
             }
         }
@@ -421,10 +432,19 @@ impl AnyClient {
                     let ev = sse.next().await.expect("the stream stays open");
                     self.position = sse.last_id.clone();
                     let data: Value = serde_json::from_str(&ev.data).unwrap();
-                    if ev.event == "reset" {
-                        return Got { id: ev.id, topic: None, event: ev.event, data };
+                    match ev.event.as_str() {
+                        "reset" => return Got { id: ev.id, topic: None, event: ev.event, data },
+                        // Sent by the gateway itself, so never wrapped in an envelope.
+                        "snapshot" => {
+                            return Got {
+                                id: ev.id,
+                                topic: data["topic"].as_str().map(str::to_owned),
+                                event: ev.event,
+                                data,
+                            }
+                        }
+                        _ => return got_from_envelope(&data),
                     }
-                    return got_from_envelope(&data);
                 }
                 Inner::Ws(ws) => {
                     let frame = ws_next(ws).await.expect("the websocket stays open");
@@ -442,18 +462,22 @@ impl AnyClient {
                                 data: json_reason(&frame),
                             }
                         }
+                        "snapshot" => {
+                            let data = serde_json::json!({"topic": frame["topic"], "version": frame["version"], "state": frame["state"]});
+                            let topic = frame["topic"].as_str().map(str::to_owned);
+                            return Got { id: String::new(), topic, event: "snapshot".into(), data };
+                        }
                         _ => continue,
                     }
                 }
-                Inner::Poll { cursor, topics, buffered } => {
+                Inner::Poll { cursor, query, buffered } => {
                     if let Some(got) = buffered.pop_front() {
                         // An event id is a valid cursor; the answer's cursor once all are read.
                         self.position = if buffered.is_empty() { cursor.clone() } else { got.id.clone() };
                         return got;
                     }
-                    let q = topic_query(&topics.iter().map(String::as_str).collect::<Vec<_>>());
                     let path =
-                        format!("/poll?{q}&client_id={}&cursor={}&timeout=10", self.client_id, urlencode(cursor));
+                        format!("/poll?{query}&client_id={}&cursor={}&timeout=10", self.client_id, urlencode(cursor));
                     let (status, v) = within("a long poll", self.api.get_json(&path)).await;
                     assert_eq!(status, StatusCode::OK, "{v}");
                     *cursor = v["cursor"].as_str().unwrap().to_owned();
@@ -469,4 +493,45 @@ impl AnyClient {
 
 fn json_reason(frame: &Value) -> Value {
     serde_json::json!({ "reason": frame["reason"] })
+}
+
+/// A topic's state as a version-aware client keeps it: snapshots replace it, patches apply in
+/// version order, stale ones are ignored, and a gap is an error.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateView {
+    pub version: u64,
+    pub state: Value,
+    pub snapshots: usize,
+    pub patches: usize,
+}
+
+impl StateView {
+    /// Applies a `snapshot` or `patch` event's data; other events are ignored.
+    pub fn apply(&mut self, event: &str, data: &Value) {
+        let version = data["version"].as_u64().expect("a version");
+        match event {
+            "snapshot" => {
+                self.snapshots += 1;
+                if version > self.version {
+                    self.version = version;
+                    self.state = data["state"].clone();
+                }
+            }
+            "patch" => {
+                if version <= self.version {
+                    return;
+                }
+                assert_eq!(version, self.version + 1, "a gap in the versions: have {}, got {data}", self.version);
+                if let Some(p) = data.get("patch") {
+                    json_patch::merge(&mut self.state, p);
+                } else {
+                    let ops: json_patch::Patch = serde_json::from_value(data["json_patch"].clone()).unwrap();
+                    json_patch::patch(&mut self.state, &ops).expect("a patch the gateway applied applies here too");
+                }
+                self.version = version;
+                self.patches += 1;
+            }
+            _ => {}
+        }
+    }
 }
