@@ -69,6 +69,9 @@ struct Entry {
     snapshot: Option<Arc<Snapshot>>,
 }
 
+/// A topic's version and state before a batch changed it (none if it had no state).
+type Saved = (Arc<str>, Option<(u64, Value)>);
+
 /// Every topic's retained state.
 #[derive(Default)]
 pub struct Store {
@@ -100,7 +103,7 @@ impl Store {
     pub fn apply(&mut self, drafts: &mut [Draft]) -> Result<(), (usize, String)> {
         let changes = drafts.iter().filter(|d| d.state.is_some()).count();
         // With several changes, a later failure undoes the earlier ones.
-        let mut undo: Vec<(Arc<str>, Option<(u64, Value)>)> = Vec::new();
+        let mut undo: Vec<Saved> = Vec::new();
         for (index, d) in drafts.iter_mut().enumerate() {
             let Some(change) = d.state.take() else { continue };
             let Some(topic) = d.topic.clone() else {
@@ -158,7 +161,7 @@ impl Store {
         Ok(())
     }
 
-    fn restore(&mut self, undo: Vec<(Arc<str>, Option<(u64, Value)>)>) {
+    fn restore(&mut self, undo: Vec<Saved>) {
         for (topic, before) in undo {
             match before {
                 Some((version, state)) => {
