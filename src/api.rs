@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::auth::Publisher;
 use crate::error::ApiError;
 use crate::event::{now_ms, null_data, Audience, Draft, StateChange};
-use crate::hub::Hub;
+use crate::hub::{Hub, PublishError};
 use crate::topic::Pattern;
 
 /// One item of a publish request, as the contract names its fields.
@@ -119,8 +119,15 @@ fn state_change(
 
 /// Parses a publish body: one item or an array of items.
 pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
+    parse_items(body).map(|(drafts, _)| drafts)
+}
+
+/// Parses a publish body into drafts, with the request item each draft came from (an item with
+/// `topics` makes one draft per topic).
+fn parse_items(body: &[u8]) -> Result<(Vec<Draft>, Vec<usize>), ApiError> {
     let ts = now_ms();
     let mut drafts = Vec::new();
+    let mut item_of = Vec::new();
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
@@ -129,6 +136,7 @@ pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
             let item: Item<'_> = serde_json::from_str(raw.get()).map_err(|e| json_error(e, &at))?;
             drafts_of(item, ts, &mut drafts)
                 .map_err(|m| ApiError::bad_request("invalid_request", format!("{at}{m}")))?;
+            item_of.resize(drafts.len(), i);
         }
     } else {
         if first != Some(&b'{') {
@@ -141,8 +149,9 @@ pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
         }
         let item: Item<'_> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
         drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", m))?;
+        item_of.resize(drafts.len(), 0);
     }
-    Ok(drafts)
+    Ok((drafts, item_of))
 }
 
 /// Reads a request body up to the configured limit (`413` beyond it).
@@ -172,8 +181,17 @@ pub async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let result = async {
         let body = read_body(&hub, &headers, body).await?;
-        let drafts = parse_publish(&body)?;
-        Ok::<_, ApiError>(hub.publish(drafts).await?)
+        let (drafts, item_of) = parse_items(&body)?;
+        // The hub counts drafts; the client counts the items it sent.
+        let item = |index: usize| item_of.get(index).copied().unwrap_or(index);
+        hub.publish(drafts)
+            .await
+            .map_err(|e| match e {
+                PublishError::Invalid { index, message } => PublishError::Invalid { index: item(index), message },
+                PublishError::Conflict { index, message } => PublishError::Conflict { index: item(index), message },
+                other => other,
+            })
+            .map_err(ApiError::from)
     }
     .await;
     match result {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -16,12 +16,16 @@ use crate::hub::Hub;
 pub struct Publisher;
 
 fn presented_key(parts: &Parts) -> Option<&str> {
-    let bearer = parts
-        .headers
+    key_in(&parts.headers)
+}
+
+/// The API key in `Authorization: Bearer` or `X-API-Key`, if any.
+pub fn key_in(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    bearer.or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
 }
 
 /// Whether a request may publish: it carries a configured API key (header, or `token` in the
@@ -52,11 +56,6 @@ pub fn check(hub: &Hub, presented: Option<&str>, peer: Option<SocketAddr>) -> Re
             "publishing is allowed from loopback only unless API keys are configured",
         )),
     }
-}
-
-/// The key a request presents, if any.
-pub fn presented(parts: &Parts) -> Option<&str> {
-    presented_key(parts)
 }
 
 /// The peer address the server recorded for the request.

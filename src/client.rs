@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::event::{now_ms, Event};
+use crate::event::{now_ms, Event, EventId};
 use crate::retained::Snapshot;
 use crate::topic::Pattern;
 
@@ -104,6 +104,8 @@ pub enum Push {
 struct Queue {
     items: VecDeque<Outbound>,
     closed: bool,
+    /// Why it was closed.
+    reason: Option<CloseReason>,
     /// A heartbeat is waiting in `items`.
     heartbeat_queued: bool,
 }
@@ -117,6 +119,8 @@ pub struct Client {
     queue: Mutex<Queue>,
     /// Woken when the queue goes from empty to non-empty; the transport's writer waits on it.
     ready: Notify,
+    /// Woken (all waiters) when the client is closed.
+    closed: Notify,
     /// The dispatch round that last reached this client, so a client that matches an event
     /// through several subscriptions gets it once.
     last_round: AtomicU64,
@@ -145,8 +149,9 @@ impl Client {
             transport,
             connected_at_ms: now,
             capacity: capacity.max(1),
-            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false, heartbeat_queued: false }),
+            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false, reason: None, heartbeat_queued: false }),
             ready: Notify::new(),
+            closed: Notify::new(),
             last_round: AtomicU64::new(0),
             last_write_ms: AtomicU64::new(now),
             last_heard_ms: AtomicU64::new(now),
@@ -188,7 +193,8 @@ impl Client {
             return Push::Closed;
         }
         let was_empty = q.items.is_empty();
-        if q.items.len() >= self.capacity {
+        // A close always fits: it is the last item.
+        if q.items.len() >= self.capacity && !matches!(item, Outbound::Close(_)) {
             if let Some(topics) = conflatable(&q.items, &item, self.capacity) {
                 // Only state updates wait: one fresh snapshot per topic replaces them all.
                 q.items.clear();
@@ -203,15 +209,22 @@ impl Client {
             q.heartbeat_queued = false;
             q.items.push_back(Outbound::Close(CloseReason::Overflow));
             q.closed = true;
+            q.reason = Some(CloseReason::Overflow);
             drop(q);
             self.ready.notify_one();
+            self.closed.notify_waiters();
             return Push::Overflowed;
         }
-        if let Outbound::Close(_) = item {
+        let closing = matches!(item, Outbound::Close(_));
+        if let Outbound::Close(reason) = item {
             q.closed = true;
+            q.reason = Some(reason);
         }
         q.items.push_back(item);
         drop(q);
+        if closing {
+            self.closed.notify_waiters();
+        }
         if was_empty {
             self.ready.notify_one();
         }
@@ -236,18 +249,24 @@ impl Client {
         true
     }
 
-    /// Puts items before everything queued (missed events replayed on a new subscription, which
-    /// precede the live events queued since the subscription was made). Bounded by the history.
-    pub(crate) fn push_front(&self, items: Vec<Outbound>) {
+    /// Puts items where a subscription made at `head` starts: after everything queued that was
+    /// dispatched up to `head`, before the live events that came after it. This is where a new
+    /// subscription's ack, missed events and snapshots belong, so ids never go backwards and a
+    /// snapshot precedes exactly the changes it does not include. Bounded by the history.
+    pub(crate) fn insert_at(&self, head: EventId, items: Vec<Outbound>) {
         let mut q = self.lock();
         if q.closed || items.is_empty() {
             return;
         }
-        for item in items.into_iter().rev() {
-            q.items.push_front(item);
+        let at = q.items.iter().position(|i| matches!(i, Outbound::Event(ev) if ev.id > head)).unwrap_or(q.items.len());
+        let was_empty = q.items.is_empty();
+        for (n, item) in items.into_iter().enumerate() {
+            q.items.insert(at + n, item);
         }
         drop(q);
-        self.ready.notify_one();
+        if was_empty {
+            self.ready.notify_one();
+        }
     }
 
     /// Closes the client's stream: pending items are still sent, then the close.
@@ -258,6 +277,24 @@ impl Client {
     /// Whether the client has been closed.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Completes once the client is closed.
+    pub async fn closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Why the client was closed, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().reason
     }
 
     /// Waits until something is queued, then moves everything queued into `out` (which it

@@ -21,6 +21,9 @@ pub struct Config {
     /// Events kept in history for resuming clients.
     #[arg(long, default_value_t = 10_000)]
     pub history_size: usize,
+    /// Most memory the history may take, in bytes (about twice the payloads it holds).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub history_bytes: usize,
     /// Oldest event kept in history, in seconds.
     #[arg(long, default_value_t = 300)]
     pub history_age_s: u64,

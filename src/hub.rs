@@ -349,7 +349,9 @@ impl Hub {
     /// starts the heartbeat task, which stops with the hub).
     pub fn new(config: Config) -> Result<Hub, HubError> {
         let broker: Box<dyn Broker> = match config.broker.as_str() {
-            "memory" | "" => Box::new(MemoryBroker::new(config.history_size, config.history_age())),
+            "memory" | "" => {
+                Box::new(MemoryBroker::new(config.history_size, config.history_bytes, config.history_age()))
+            }
             other => return Err(HubError::UnsupportedBroker(other.to_owned())),
         };
         let rpc = config.rpc_url.as_deref().map(HttpRpc::new).transpose().map_err(HubError::Config)?;
@@ -477,8 +479,13 @@ impl Hub {
 
     /// Unregisters a connection's client (the hub may have done so already, on overflow or
     /// disconnect) and counts it gone.
-    fn release(&self, client: &Client) {
-        lock(&self.shared.state).remove(&client.id());
+    fn release(&self, client: &Arc<Client>) {
+        let mut st = lock(&self.shared.state);
+        // The id may have been taken since by a new client (a long-poll session reconnecting).
+        if st.clients.get(&client.id()).is_some_and(|e| Arc::ptr_eq(&e.client, client)) {
+            st.remove(&client.id());
+        }
+        drop(st);
         self.shared.metrics.clients.get_or_create(&client.transport().into()).dec();
     }
 
@@ -609,6 +616,8 @@ impl Hub {
     /// Stops the hub: every client is told to come back later and its stream ends.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
+        // Sessions hold the hub: dropping them breaks the cycle.
+        self.shared.polls.clear();
         let clients: Vec<Arc<Client>> = lock(&self.shared.state).clients.values().map(|e| e.client.clone()).collect();
         for c in clients {
             c.close(CloseReason::Shutdown);

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for unusable configuration (EX_USAGE).
@@ -28,19 +27,26 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ssegate=info,warn")))
         .init();
-    match serve(config).await {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ssegate: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match serve(listener, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ssegate: {e:#}");
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(match e.downcast_ref::<ssegate::RunError>() {
+                Some(ssegate::RunError::Hub(_)) => EXIT_CONFIG,
+                _ => 1,
+            })
         }
     }
 }
 
-async fn serve(config: ssegate::Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+async fn serve(listener: tokio::net::TcpListener, config: ssegate::Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     ssegate::run(listener, config, shutdown_signal()).await?;

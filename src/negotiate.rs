@@ -167,8 +167,10 @@ pub async fn negotiate(
     // Paths relative to where the gateway is mounted, so a nested router answers correctly.
     let prefix = uri.path().strip_suffix("/negotiate").unwrap_or("");
     let mut url = format!("{prefix}{}", transport.path());
+    // `/snapshot` serves one topic: a polling client asks for each on its own.
+    let listed = if transport == Choice::Poll { &topics[..topics.len().min(1)] } else { &topics[..] };
     let query: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(topics.iter().map(|t| ("topic", t.as_str())))
+        .extend_pairs(listed.iter().map(|t| ("topic", t.as_str())))
         .finish();
     if !query.is_empty() {
         url = format!("{url}?{query}");

@@ -67,6 +67,15 @@ impl Sessions {
     fn remove(&self, id: &Uuid) {
         self.lock().remove(id);
     }
+
+    /// Drops every session (at shutdown).
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// What `/poll` reads from its query string.
@@ -118,19 +127,30 @@ fn wait_time(hub: &Hub, q: &PollQuery, headers: &HeaderMap) -> Result<Duration, 
 
 /// Finds the session a poll belongs to, or opens one (under the client's old id if it gives
 /// one that no connected client holds).
-fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> (Arc<Session>, bool) {
+fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> Result<(Arc<Session>, bool), ApiError> {
     let sessions = hub.polls();
+    let mut reuse_id = id;
     if let Some(id) = id {
         let found = sessions.lock().get(&id).cloned();
-        if let Some(s) = found.filter(|s| !s.conn.client().is_closed()) {
-            if s.patterns == patterns {
-                return (s, false);
+        if let Some(s) = found {
+            match s.conn.client().close_reason() {
+                None if s.patterns == patterns => return Ok((s, false)),
+                // Disconnected by the backend: it comes back as a new client.
+                Some(CloseReason::Kicked) => reuse_id = None,
+                // Overflowed, or the client changed its topics: a new session under the same id.
+                _ => {}
             }
-            // The client changed its topics: a new session under the same id.
             sessions.remove(&id);
         }
     }
-    let conn = id
+    if sessions.len() >= hub.config().max_connections {
+        return Err(ApiError::unavailable(
+            "too_many_connections",
+            "the gateway is at its long-poll session limit; retry later",
+            1,
+        ));
+    }
+    let conn = reuse_id
         .and_then(|id| hub.reconnect(id, Transport::LongPoll, patterns.clone()))
         .unwrap_or_else(|| hub.connect(Transport::LongPoll, patterns.clone()));
     let head = conn.head();
@@ -143,7 +163,25 @@ fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> (Arc<Sess
         last_poll_ms: AtomicU64::new(now_ms()),
     });
     sessions.lock().insert(session.conn.client().id(), session.clone());
-    (session, true)
+    Ok((session, true))
+}
+
+/// Marks a session as being polled; dropped (also when the client goes away mid-poll), it
+/// starts the session's idle time.
+struct Polling<'a>(&'a Session);
+
+impl<'a> Polling<'a> {
+    fn start(session: &'a Session) -> Self {
+        session.polling.store(true, Ordering::Relaxed);
+        Polling(session)
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.last_poll_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.polling.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The answer of one poll, encoded as `{"client_id","cursor","events":[…]}`.
@@ -192,19 +230,18 @@ pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: Head
         }
         None => None,
     };
-    let (session, fresh) = session_for(&hub, id, patterns);
+    let (session, fresh) = session_for(&hub, id, patterns)?;
     let client = session.conn.client().clone();
     let client_id = client.id();
 
     // A newer poll of the same session takes over from a waiting one.
     session.superseded.notify_waiters();
     let mut state = session.state.lock().await;
-    session.polling.store(true, Ordering::Relaxed);
+    let polling = Polling::start(&session);
     client.heard(now_ms());
     client.set_throttle(&session.patterns, conflate::throttle(q.throttle_ms));
     let answer = answer(&hub, &session, &mut state, q.cursor.as_deref(), fresh, wait).await;
-    session.polling.store(false, Ordering::Relaxed);
-    session.last_poll_ms.store(now_ms(), Ordering::Relaxed);
+    drop(polling);
     drop(state);
     let answer = answer?;
     if client.is_closed() {
@@ -278,10 +315,12 @@ async fn answer(
         state.shaper.shape(hub, client, &mut batch, &mut items);
         let mut events = Vec::with_capacity(items.len());
         let mut last = state.cursor.max(head);
+        let mut last_returned = state.cursor;
         for item in items.drain(..) {
             match item {
                 Outbound::Event(ev) => {
                     last = last.max(ev.id);
+                    last_returned = last_returned.max(ev.id);
                     events.push(ev.json().clone());
                 }
                 Outbound::Snapshot(s) => events.push(s.poll_event(&head.to_string())),
@@ -289,10 +328,10 @@ async fn answer(
             }
         }
         if overflowed {
-            // Its queue was dropped: the cursor stays where the client is, and the next poll
-            // resumes from history in a new session.
+            // Its queue was dropped: the cursor goes no further than what this answer holds, and
+            // the next poll resumes from history in a new session.
             tracing::info!(client_id = %client.id(), "long-poll session overflowed: it resumes from its cursor");
-            last = state.cursor;
+            last = last_returned;
         }
         let finished = over || !events.is_empty() || overflowed || client.is_closed();
         state.cursor = last;

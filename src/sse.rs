@@ -135,6 +135,7 @@ pub async fn stream(
         let mut items = Vec::new();
         let mut shaper = Shaper::default();
         let mut buf = BytesMut::new();
+        let mut last_id = None;
         loop {
             let open = tokio::select! {
                 open = client.next_batch(&mut batch) => open,
@@ -147,7 +148,16 @@ pub async fn stream(
             let mut end = None;
             for item in items.drain(..) {
                 match item {
-                    Outbound::Event(ev) => buf.extend_from_slice(ev.sse_frame(envelope)),
+                    // A throttled event held back comes after newer ones: without an `id:` it
+                    // cannot move the client's resume position backwards.
+                    Outbound::Event(ev) if last_id.is_some_and(|last| ev.id < last) => {
+                        let data = if envelope { &ev.json()[..] } else { ev.draft.data.get().as_bytes() };
+                        buf.extend_from_slice(&sse_frame(None, &ev.draft.event, data));
+                    }
+                    Outbound::Event(ev) => {
+                        last_id = Some(ev.id);
+                        buf.extend_from_slice(ev.sse_frame(envelope));
+                    }
                     Outbound::Snapshot(s) => buf.extend_from_slice(s.sse_frame()),
                     Outbound::Heartbeat => buf.extend_from_slice(b": hb\n\n"),
                     // Replies to frame-based requests never go to an SSE client; the shaper has

@@ -3,19 +3,18 @@
 //! `Sink`/`Stream` so it runs the same on a socket or on channels in a unit test.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::api::parse_patterns;
 use crate::auth;
@@ -41,6 +40,9 @@ mod close {
 /// `rpc` requests one connection may have waiting on the backend at once.
 const RPC_IN_FLIGHT: usize = 16;
 
+/// How long a closed client's writer may take to send its close frame before the socket is cut.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a session starts with, read from the upgrade request.
 #[derive(Debug, Default)]
 pub struct Setup {
@@ -59,7 +61,6 @@ pub async fn upgrade(
     State(hub): State<Hub>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
-    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     handle: Option<axum::Extension<ConnHandle>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -69,12 +70,10 @@ pub async fn upgrade(
     let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
     let q = StreamQuery::parse(raw.as_deref())?;
     let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(q.token.as_deref());
-    let can_publish = auth::check(&hub, bearer, peer.map(|p| p.0 .0)).is_ok();
+    // Publishing over a WebSocket needs a key: a browser on the gateway's own machine is not a
+    // backend, so the loopback rule of the HTTP API does not apply here.
+    let key = auth::key_in(&headers).or(q.token.as_deref());
+    let can_publish = !hub.config().api_key.is_empty() && auth::check(&hub, key, None).is_ok();
     let setup =
         Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) };
     let limit = hub.config().max_body_bytes;
@@ -144,21 +143,32 @@ where
         Some(after) => match hub.replay(client.id(), None, &after, conn.head()).await {
             Ok(start) => Some(start),
             Err(e) => {
-                first.push(error_frame(None, "broker_unavailable", e.to_string()));
+                tracing::warn!(error = %e, "replay failed");
+                first.push(error_frame(
+                    None,
+                    "broker_unavailable",
+                    "the event broker is unavailable; resubscribe later",
+                ));
                 None
             }
         },
         None => None,
     };
     first.extend(opening(start, conn.snapshots()));
-    client.push_front(first);
+    client.insert_at(conn.head(), first);
 
-    let rpc_slots = Arc::new(Semaphore::new(RPC_IN_FLIGHT));
+    let mut rpcs = JoinSet::new();
     let killed = async {
         match &handle {
             Some(h) => h.killed().await,
             None => std::future::pending().await,
         }
+    };
+    // Once the hub has closed the client, the writer has a grace period to send the close frame;
+    // a peer that does not read keeps it blocked, and is then cut.
+    let closed_for_good = async {
+        client.closed().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
     };
     tokio::select! {
         res = write_loop(&hub, &client, &mut sink) => {
@@ -166,9 +176,12 @@ where
                 tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");
             }
         }
-        _ = read_loop(&conn, &mut stream, setup.can_publish, &rpc_slots) => {}
+        _ = read_loop(&conn, &mut stream, setup.can_publish, &mut rpcs) => {}
         _ = killed => {}
+        _ = closed_for_good => {}
     }
+    // Requests still waiting on the backend end with the session.
+    rpcs.abort_all();
 }
 
 fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
@@ -234,7 +247,7 @@ fn too_large(e: &axum::Error) -> bool {
 }
 
 /// Takes the client's frames until it leaves.
-async fn read_loop<R>(conn: &Connection, stream: &mut R, can_publish: bool, rpc_slots: &Arc<Semaphore>)
+async fn read_loop<R>(conn: &Connection, stream: &mut R, can_publish: bool, rpcs: &mut JoinSet<()>)
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -242,7 +255,7 @@ where
     while let Some(msg) = stream.next().await {
         client.heard(now_ms());
         match msg {
-            Ok(Message::Text(t)) => on_text(conn, t.as_str(), can_publish, rpc_slots).await,
+            Ok(Message::Text(t)) => on_text(conn, t.as_str(), can_publish, rpcs).await,
             Ok(Message::Binary(_)) => {
                 client.push(error_frame(None, "invalid_frame", "binary frames are not supported: send JSON text"));
             }
@@ -317,7 +330,7 @@ struct RpcFrame {
     data: Value,
 }
 
-async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpc_slots: &Arc<Semaphore>) {
+async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpcs: &mut JoinSet<()>) {
     let client = conn.client();
     let head: Head = match serde_json::from_str(text) {
         Ok(h) => h,
@@ -347,7 +360,7 @@ async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpc_slots: &A
             Err(e) => Err(bad(e)),
         },
         Some("rpc") => match serde_json::from_str::<RpcFrame>(text) {
-            Ok(f) => rpc(conn, f, r, rpc_slots),
+            Ok(f) => rpc(conn, f, r, rpcs),
             Err(e) => Err(bad(e)),
         },
         Some("ping") => {
@@ -385,14 +398,15 @@ async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> R
         Some(after) => match hub.replay(client.id(), Some(&patterns), &after, subscribed.head).await {
             Ok(start) => Some(start),
             Err(e) => {
-                first.push(error_frame(r, "broker_unavailable", e.to_string()));
+                tracing::warn!(error = %e, "replay failed");
+                first.push(error_frame(r, "broker_unavailable", "the event broker is unavailable; resubscribe later"));
                 None
             }
         },
         None => None,
     };
     first.extend(opening(start, &subscribed.snapshots));
-    client.push_front(first);
+    client.insert_at(subscribed.head, first);
     Ok(())
 }
 
@@ -421,21 +435,22 @@ async fn publish(conn: &Connection, f: PublishFrame<'_>, r: Option<&Value>) -> R
     Ok(())
 }
 
-fn rpc(conn: &Connection, f: RpcFrame, r: Option<&Value>, slots: &Arc<Semaphore>) -> Result<(), Outbound> {
+fn rpc(conn: &Connection, f: RpcFrame, r: Option<&Value>, rpcs: &mut JoinSet<()>) -> Result<(), Outbound> {
     let Some(reference) = r.cloned() else {
         return Err(error_frame(None, "invalid_request", "an rpc needs a ref to answer to"));
     };
     let Some(handler) = conn.hub().rpc_handler() else {
         return Err(error_frame(r, "rpc_unavailable", "no backend answers rpc on this gateway"));
     };
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
+    while rpcs.try_join_next().is_some() {}
+    if rpcs.len() >= RPC_IN_FLIGHT {
         return Err(error_frame(r, "too_many_requests", format!("at most {RPC_IN_FLIGHT} rpc at a time")));
-    };
+    }
     let client = conn.client().clone();
     let request = RpcRequest { client_id: client.id(), method: f.method, data: f.data };
-    // Ends by itself: the backend answers or the timeout does.
-    tokio::spawn(async move {
-        let _permit = permit;
+    // Owned by the session, which aborts it when it ends; otherwise the backend or the timeout
+    // ends it.
+    rpcs.spawn(async move {
         let answer = match tokio::time::timeout(RPC_TIMEOUT, handler.call(request)).await {
             Ok(a) => a,
             Err(_) => Err(RpcError::new("rpc_timeout", "the backend did not answer in time")),

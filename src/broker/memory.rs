@@ -15,6 +15,7 @@ use crate::hub::PublishError;
 /// Keeps the last events in memory. Nothing to install; lost when the process ends.
 pub struct MemoryBroker {
     max_len: usize,
+    max_bytes: usize,
     max_age: Duration,
     history: Mutex<History>,
 }
@@ -26,29 +27,39 @@ struct History {
     floor: EventId,
     /// The last id issued.
     last: EventId,
+    /// Approximate memory the kept events take.
+    bytes: usize,
+}
+
+/// Approximate memory an event takes in history: its payload, names and encodings.
+fn weight(ev: &Event) -> usize {
+    2 * ev.draft.data.get().len() + 256
 }
 
 impl History {
-    fn trim(&mut self, max_len: usize, max_age: Duration, now: u64) {
+    fn trim(&mut self, max_len: usize, max_bytes: usize, max_age: Duration, now: u64) {
         let oldest_ts = now.saturating_sub(max_age.as_millis() as u64);
         while let Some(front) = self.events.front() {
-            if self.events.len() <= max_len && front.draft.ts >= oldest_ts {
+            if self.events.len() <= max_len && self.bytes <= max_bytes && front.draft.ts >= oldest_ts {
                 break;
             }
             self.floor = front.id;
+            self.bytes -= weight(front);
             self.events.pop_front();
         }
     }
 }
 
 impl MemoryBroker {
-    /// A broker keeping at most `max_len` events, none older than `max_age`.
-    pub fn new(max_len: usize, max_age: Duration) -> Self {
+    /// A broker keeping at most `max_len` events taking at most about `max_bytes`, none older
+    /// than `max_age`.
+    pub fn new(max_len: usize, max_bytes: usize, max_age: Duration) -> Self {
         let start = EventId { ms: now_ms(), seq: 0 };
         MemoryBroker {
             max_len,
+            max_bytes,
             max_age,
-            history: Mutex::new(History { events: VecDeque::new(), floor: start, last: start }),
+            history: Mutex::new(History { events: VecDeque::new(), floor: start, last: start, bytes: 0 }),
         }
     }
 
@@ -58,7 +69,7 @@ impl MemoryBroker {
 
     fn replay_now(&self, after: &str, upto: EventId) -> Replay {
         let mut h = self.lock();
-        h.trim(self.max_len, self.max_age, now_ms());
+        h.trim(self.max_len, self.max_bytes, self.max_age, now_ms());
         let Ok(after) = after.parse::<EventId>() else {
             return Replay::Unknown;
         };
@@ -100,12 +111,13 @@ impl Broker for MemoryBroker {
             for draft in drafts {
                 h.last = h.last.next(now);
                 let ev = Arc::new(Event::new(h.last, draft));
+                h.bytes += weight(&ev);
                 h.events.push_back(ev.clone());
                 events.push(ev);
             }
             events
         });
-        h.trim(self.max_len, self.max_age, now);
+        h.trim(self.max_len, self.max_bytes, self.max_age, now);
         drop(h);
         futures::future::ready(result).boxed()
     }
@@ -166,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn replays_after_an_id_and_knows_what_it_dropped() {
-        let b = MemoryBroker::new(3, Duration::from_secs(60));
+        let b = MemoryBroker::new(3, usize::MAX, Duration::from_secs(60));
         let start = b.head().to_string();
         let ev = b.publish(drafts(5), &Nobody).await.unwrap();
         assert!(ev.windows(2).all(|w| w[0].id < w[1].id));
