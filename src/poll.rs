@@ -55,13 +55,12 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops sessions not polled since `idle_since` (unix ms) and sessions the hub closed; their
-    /// clients unregister and what was kept for them goes.
+    /// Drops sessions not polled since `idle_since` (unix ms); their clients unregister and what
+    /// was kept for them goes. A session the hub closed stays until then, so that its next poll
+    /// learns why (a client the backend disconnected comes back under a new id).
     pub(crate) fn expire(&self, idle_since: u64) {
-        self.lock().retain(|_, s| {
-            s.polling.load(Ordering::Relaxed)
-                || (s.last_poll_ms.load(Ordering::Relaxed) >= idle_since && !s.conn.client().is_closed())
-        });
+        self.lock()
+            .retain(|_, s| s.polling.load(Ordering::Relaxed) || s.last_poll_ms.load(Ordering::Relaxed) >= idle_since);
     }
 
     fn remove(&self, id: &Uuid) {

@@ -63,6 +63,11 @@ async fn every_bad_request_is_refused_and_publishes_nothing() {
     assert_error(got, &res, 400, "invalid_request");
     assert!(res["error"]["message"].as_str().unwrap().starts_with("item 1:"), "the error names the bad item: {res}");
 
+    // An item with several topics still counts as one item.
+    let (got, res) = s.post_raw("/publish", r#"[{"topics":["a","b"],"data":1},{"topic":"a","event":"welcome"}]"#).await;
+    assert_error(got, &res, 400, "invalid_request");
+    assert!(res["error"]["message"].as_str().unwrap().starts_with("item 1:"), "{res}");
+
     // Nothing above reached the watcher, which is still connected: the next thing it sees is this.
     s.publish_ok(json!({"topic": "a", "event": "good", "data": 1})).await;
     assert_eq!(watcher.next().await.expect("still connected").event, "good");

@@ -246,3 +246,23 @@ async fn clients_list_shows_websocket_clients_and_server_side_subscribe_reaches_
     until("the client to go", || async { s.client_ids().await.is_empty() }).await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_cut_after_its_queue_overflows() {
+    let s = TestServer::with(|c| c.queue_size = 16).await;
+    let mut stalled = ws_connect(&s, "/ws?topic=flood").await;
+    ws_next(&mut stalled).await.unwrap();
+    let pad = "x".repeat(64 * 1024);
+    // Publish until its queue overflows (its socket buffers fill first), then no more.
+    common::within("the queue to overflow", async {
+        while s.metric("ssegate_queue_overflows_total").await < 1.0 {
+            let batch: Vec<Value> = (0..10).map(|n| json!({"topic": "flood", "data": {"n": n, "pad": pad}})).collect();
+            s.publish_ok(json!(batch)).await;
+        }
+    })
+    .await;
+    // It never reads its close frame: the session ends anyway and gives its socket back.
+    until("the stalled session to end", || async { s.metric("ssegate_clients{transport=\"ws\"}").await == 0.0 }).await;
+    drop(stalled);
+    s.stop().await;
+}

@@ -85,7 +85,8 @@ impl Api {
     /// Publishes and insists on `200`; returns the ids.
     pub async fn publish_ok(&self, body: Value) -> Vec<String> {
         let (status, res) = self.publish(&body).await;
-        assert_eq!(status, StatusCode::OK, "publish {body} answered {res}");
+        let shown: String = body.to_string().chars().take(200).collect();
+        assert_eq!(status, StatusCode::OK, "publish {shown}… answered {res}");
         res["ids"].as_array().expect("ids").iter().map(|v| v.as_str().unwrap().to_owned()).collect()
     }
 
