@@ -69,6 +69,14 @@ pub struct Config {
     /// its JSON answer becomes the `reply`.
     #[arg(long)]
     pub rpc_url: Option<String>,
+    /// File that keeps the in-memory history and retained state across restarts (written at
+    /// shutdown, read at start).
+    #[arg(long)]
+    pub state_file: Option<std::path::PathBuf>,
+    /// Run the built-in demo publisher (topics `demo/counters` and `demo/series`) and the demo's
+    /// refresh endpoint.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo: bool,
     /// Time to drain connections on shutdown before they are cut, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,

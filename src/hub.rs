@@ -17,6 +17,7 @@ use crate::client::{Client, CloseReason, Outbound, Push, Transport};
 use crate::config::Config;
 use crate::event::{now_ms, Audience, Draft, Event, EventId};
 use crate::metrics::{Metrics, TransportLabel};
+use crate::persist::Saved;
 use crate::retained::{Snapshot, Store};
 use crate::rpc::{HttpRpc, RpcHandler};
 use crate::topic::{validate_topic, Pattern};
@@ -348,14 +349,28 @@ impl Hub {
     /// A hub with the broker named by `config.broker`. Must be called inside a tokio runtime (it
     /// starts the heartbeat task, which stops with the hub).
     pub fn new(config: Config) -> Result<Hub, HubError> {
-        let broker: Box<dyn Broker> = match config.broker.as_str() {
-            "memory" | "" => {
-                Box::new(MemoryBroker::new(config.history_size, config.history_bytes, config.history_age()))
+        let saved = match &config.state_file {
+            Some(path) => Saved::load(path).map_err(|e| HubError::Config(e.to_string()))?,
+            None => None,
+        };
+        let (len, bytes, age) = (config.history_size, config.history_bytes, config.history_age());
+        let broker: Box<dyn Broker> = match (config.broker.as_str(), &saved) {
+            ("memory" | "", None) => Box::new(MemoryBroker::new(len, bytes, age)),
+            ("memory" | "", Some(saved)) => {
+                let bad = |what: &str| HubError::Config(format!("state file: bad {what} id"));
+                let floor = saved.floor.parse().map_err(|_| bad("floor"))?;
+                let last = saved.last.parse().map_err(|_| bad("last"))?;
+                let events = saved.events().map_err(HubError::Config)?;
+                tracing::info!(events = events.len(), topics = saved.retained.len(), "history and state restored");
+                Box::new(MemoryBroker::restored(len, bytes, age, floor, last, events))
             }
-            other => return Err(HubError::UnsupportedBroker(other.to_owned())),
+            (other, _) => return Err(HubError::UnsupportedBroker(other.to_owned())),
         };
         let rpc = config.rpc_url.as_deref().map(HttpRpc::new).transpose().map_err(HubError::Config)?;
         let hub = Hub::with_broker(config, broker);
+        if let Some(saved) = saved {
+            lock(&hub.shared.state).retained.load(saved.retained);
+        }
         if let Some(rpc) = rpc {
             hub.set_rpc_handler(rpc);
         }
@@ -611,6 +626,14 @@ impl Hub {
                 .version = Some(version);
         }
         map.into_values().collect()
+    }
+
+    /// Writes history and retained state to the configured state file, if any.
+    pub fn save_state(&self) -> Result<(), crate::persist::PersistError> {
+        let Some(path) = &self.shared.config.state_file else { return Ok(()) };
+        let Some((floor, last, events)) = self.shared.broker.export() else { return Ok(()) };
+        let retained = lock(&self.shared.state).retained.dump();
+        Saved::new(floor, last, &events, retained).store(path)
     }
 
     /// Stops the hub: every client is told to come back later and its stream ends.

@@ -47,6 +47,7 @@ pub mod event;
 pub mod hub;
 pub mod metrics;
 pub mod negotiate;
+pub mod persist;
 pub mod poll;
 pub mod retained;
 pub mod rpc;

@@ -133,7 +133,7 @@ impl Store {
                 if entry.version == 0 {
                     self.topics.remove(&topic);
                 }
-                self.restore(undo);
+                self.undo(undo);
                 return Err((index, format!("json_patch does not apply to the state of {topic:?}: {e}")));
             }
             entry.version += 1;
@@ -161,7 +161,7 @@ impl Store {
         Ok(())
     }
 
-    fn restore(&mut self, undo: Vec<Saved>) {
+    fn undo(&mut self, undo: Vec<Saved>) {
         for (topic, before) in undo {
             match before {
                 Some((version, state)) => {
@@ -218,6 +218,26 @@ impl Store {
     /// Whether a topic has state.
     pub fn contains(&self, topic: &str) -> bool {
         self.topics.contains_key(topic)
+    }
+
+    /// Every topic's state, to keep across a restart.
+    pub fn dump(&self) -> Vec<crate::persist::SavedTopic> {
+        self.topics
+            .values()
+            .map(|e| crate::persist::SavedTopic {
+                topic: e.topic.to_string(),
+                version: e.version,
+                state: e.state.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes back the state of topics kept across a restart.
+    pub fn load(&mut self, saved: Vec<crate::persist::SavedTopic>) {
+        for t in saved {
+            let topic: Arc<str> = Arc::from(t.topic);
+            self.topics.insert(topic.clone(), Entry { topic, version: t.version, state: t.state, snapshot: None });
+        }
     }
 
     /// Every topic with state and its version.

@@ -177,6 +177,9 @@ pub async fn serve(
         tracker.wait().await;
         open.until_none().await;
     }
+    if let Err(e) = hub.save_state() {
+        tracing::error!(error = %e, "could not keep history and state for the next start");
+    }
     tracing::info!("shut down");
     Ok(())
 }

@@ -63,6 +63,27 @@ impl MemoryBroker {
         }
     }
 
+    /// A broker that continues from a saved history (see [`crate::persist`]).
+    pub fn restored(
+        max_len: usize,
+        max_bytes: usize,
+        max_age: Duration,
+        floor: EventId,
+        last: EventId,
+        events: Vec<Arc<Event>>,
+    ) -> Self {
+        let b = MemoryBroker::new(max_len, max_bytes, max_age);
+        {
+            let mut h = b.lock();
+            h.floor = floor;
+            h.last = last.max(events.last().map(|e| e.id).unwrap_or_default());
+            h.bytes = events.iter().map(|e| weight(e)).sum();
+            h.events = events.into();
+            h.trim(max_len, max_bytes, max_age, now_ms());
+        }
+        b
+    }
+
     fn lock(&self) -> MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -136,6 +157,11 @@ impl Broker for MemoryBroker {
 
     fn ready(&self) -> bool {
         true
+    }
+
+    fn export(&self) -> Option<(EventId, EventId, Vec<Arc<Event>>)> {
+        let h = self.lock();
+        Some((h.floor, h.last, h.events.iter().cloned().collect()))
     }
 }
 

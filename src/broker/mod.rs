@@ -70,4 +70,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can take publishes now.
     fn ready(&self) -> bool;
+
+    /// The history to keep across a restart, as (floor, last id, events), if this broker keeps
+    /// it in the process.
+    fn export(&self) -> Option<(EventId, EventId, Vec<Arc<Event>>)> {
+        None
+    }
 }

@@ -171,9 +171,14 @@ impl std::ops::Deref for ChildServer {
 
 impl ChildServer {
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_at("127.0.0.1:0", args).await
+    }
+
+    /// Starts the binary listening on `listen`.
+    pub async fn start_at(listen: &str, args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -195,6 +200,14 @@ impl ChildServer {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
+    }
+
+    /// Sends SIGTERM (to this child, by its PID) and waits for it to exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.pid().to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(status.success());
+        within("the gateway to exit", self.child.wait()).await.expect("exit status")
     }
 
     /// Resident memory of the process, in KiB.

@@ -1,0 +1,149 @@
+//! Keeping the in-memory broker's history and the retained state across a restart
+//! (`--state-file`): written when the gateway shuts down, read when it starts, so clients resume
+//! after a restart exactly as after a reconnect. A shared broker keeps its own history instead.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::event::{Audience, Draft, Event, EventId};
+
+/// Format version of the file.
+const FORMAT: u32 = 1;
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// Reading or writing the file failed.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not a state file of this version.
+    #[error("state file {path} is not readable: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One event as stored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedEvent {
+    id: String,
+    topic: Option<String>,
+    event: String,
+    data: Box<RawValue>,
+    ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    clients: Option<Vec<Uuid>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    broadcast: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+}
+
+/// A retained topic as stored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedTopic {
+    /// The topic.
+    pub topic: String,
+    /// Its state's version.
+    pub version: u64,
+    /// Its state.
+    pub state: Value,
+}
+
+/// Everything the state file holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Saved {
+    format: u32,
+    /// The id before the oldest event kept.
+    pub floor: String,
+    /// The last id issued.
+    pub last: String,
+    events: Vec<SavedEvent>,
+    /// Retained topics.
+    pub retained: Vec<SavedTopic>,
+}
+
+impl Saved {
+    /// Captures history and retained state.
+    pub fn new(floor: EventId, last: EventId, events: &[Arc<Event>], retained: Vec<SavedTopic>) -> Self {
+        let events = events
+            .iter()
+            .map(|e| SavedEvent {
+                id: e.id_text.to_string(),
+                topic: e.draft.topic.as_deref().map(str::to_owned),
+                event: e.draft.event.to_string(),
+                data: e.draft.data.clone(),
+                ts: e.draft.ts,
+                clients: match &e.draft.audience {
+                    Audience::Clients(ids) => Some(ids.to_vec()),
+                    _ => None,
+                },
+                broadcast: e.draft.audience == Audience::All,
+                version: e.draft.version,
+            })
+            .collect();
+        Saved { format: FORMAT, floor: floor.to_string(), last: last.to_string(), events, retained }
+    }
+
+    /// The stored events, oldest first, with their ids.
+    pub fn events(&self) -> Result<Vec<Arc<Event>>, String> {
+        self.events
+            .iter()
+            .map(|e| {
+                let id: EventId = e.id.parse().map_err(|_| format!("bad event id {:?}", e.id))?;
+                let audience = match (&e.clients, e.broadcast) {
+                    (Some(ids), _) => Audience::Clients(Arc::from(ids.as_slice())),
+                    (None, true) => Audience::All,
+                    (None, false) => Audience::Topic,
+                };
+                let draft = Draft {
+                    ts: e.ts,
+                    version: e.version,
+                    ..Draft::new(e.topic.as_deref().map(Arc::from), &e.event, e.data.clone(), audience)
+                };
+                Ok(Arc::new(Event::new(id, draft)))
+            })
+            .collect()
+    }
+
+    /// Reads a state file; `None` if there is none yet.
+    pub fn load(path: &Path) -> Result<Option<Saved>, PersistError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(PersistError::Io { path: shown, source }),
+        };
+        let saved: Saved = serde_json::from_slice(&text)
+            .map_err(|e| PersistError::Format { path: shown.clone(), message: e.to_string() })?;
+        if saved.format != FORMAT {
+            return Err(PersistError::Format {
+                path: shown,
+                message: format!("format {} (this build reads {FORMAT})", saved.format),
+            });
+        }
+        Ok(Some(saved))
+    }
+
+    /// Writes the state file (to a temporary file first, so a crash never leaves half of one).
+    pub fn store(&self, path: &Path) -> Result<(), PersistError> {
+        let io = |source| PersistError::Io { path: path.display().to_string(), source };
+        let text = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
