@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v jq >/dev/null || need+=(jq)
+command -v chromium >/dev/null || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs npm)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -18,6 +20,13 @@ cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
 cargo build --release --locked
 cargo test --release --locked
+
+# The browser client: unit tests under Node, then the demo in headless Chromium.
+(
+  cd web
+  [[ -d node_modules/playwright-core && -d node_modules/esbuild ]] || npm ci --no-audit --no-fund --loglevel=error
+  SSEGATE_BIN=../target/release/ssegate node --test test/
+)
 
 shared="$(cd .. && pwd)/shared"
 if [[ -f $shared/checks/smoke.sh ]]; then

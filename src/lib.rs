@@ -11,6 +11,10 @@
 //! - [`sse`], [`ws`], [`poll`], [`snapshot`]: the transports (`/stream`, `/ws`, `/poll`,
 //!   `/snapshot`); each renders the same per-client queue in its own wire format.
 //! - [`negotiate`]: `GET /negotiate`, the transport decision matrix.
+//! - [`web`]: the demo page and the browser client, built into the binary; [`demo`]: the demo's
+//!   publisher and refresh endpoint.
+//! - [`retained`]: retained topic state; [`conflate`]: snapshots instead of queues, throttling;
+//!   [`persist`]: history and state kept across restarts.
 //! - [`rpc`]: WebSocket clients' requests to the backend.
 //! - [`api`]: `POST /publish`, client and topic administration, health checks, metrics.
 //! - [`auth`]: publisher rights. [`error`]: the JSON errors of the HTTP edge.
@@ -42,6 +46,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod conflate;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod hub;
@@ -55,6 +60,7 @@ pub mod server;
 pub mod snapshot;
 pub mod sse;
 pub mod topic;
+pub mod web;
 pub mod ws;
 
 use std::future::Future;
@@ -86,6 +92,9 @@ pub fn router(hub: Hub) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .route("/demo/refresh", post(demo::refresh))
+        .route("/", get(web::index))
+        .route("/web/{file}", get(web::file))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(cors(&hub.config().cors_origins))
@@ -119,7 +128,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let demo = config.demo;
     let hub = Hub::new(config)?;
+    if demo {
+        demo::spawn(hub.clone());
+    }
     let app = router(hub.clone());
     server::serve(listener, hub, app, shutdown).await?;
     Ok(())

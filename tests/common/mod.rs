@@ -126,6 +126,8 @@ impl TestServer {
 
     pub async fn with(tweak: impl FnOnce(&mut ssegate::Config)) -> Self {
         let mut config = ssegate::Config::default();
+        // The built-in demo publisher would add events of its own.
+        config.demo = false;
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
@@ -178,7 +180,7 @@ impl ChildServer {
     pub async fn start_at(listen: &str, args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"))
             .arg("serve")
-            .args(["--listen", listen])
+            .args(["--listen", listen, "--demo", "false"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,153 @@
+// The demo page and the browser client in a real headless Chromium (Debian's), driven by
+// playwright-core, against the real gateway binary on loopback.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BIN = process.env.SSEGATE_BIN || join(here, '..', '..', 'target', 'release', 'ssegate');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const PATIENCE = 20_000;
+
+/** Starts the gateway; resolves with its base URL once it prints it. */
+function gateway(args = [], listen = '127.0.0.1:0') {
+  const proc = spawn(BIN, ['serve', '--listen', listen, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the gateway did not start')), PATIENCE);
+    let out = '';
+    proc.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on (http:\/\/\S+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ proc, base: m[1] });
+      }
+    });
+    proc.on('exit', (code) => reject(new Error(`the gateway exited with ${code}`)));
+  });
+}
+
+/** Stops a gateway we started, by its PID, and waits for it to exit. */
+function stop(gw) {
+  if (gw.proc.exitCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    gw.proc.once('exit', resolve);
+    gw.proc.kill('SIGTERM');
+  });
+}
+
+async function publish(base, body) {
+  const res = await fetch(`${base}/publish`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const text = await res.text();
+  assert.equal(res.status, 200, text);
+  return JSON.parse(text).ids;
+}
+
+let browser;
+const gateways = [];
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await Promise.all(gateways.map(stop));
+});
+
+async function start(args, listen) {
+  const gw = await gateway(args, listen);
+  gateways.push(gw);
+  return gw;
+}
+
+async function open(url) {
+  const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+  page.on('pageerror', (e) => console.error('page error:', e));
+  await page.goto(url);
+  await page.waitForFunction(() => window.demo?.client?.status === 'open', null, { timeout: PATIENCE });
+  return page;
+}
+
+test('the demo page connects, and its counters and chart follow published events', async () => {
+  const gw = await start([]);
+  const page = await open(gw.base + '/');
+  await page.waitForFunction(() => window.demo.seen.counters !== null, null, { timeout: PATIENCE });
+  await publish(gw.base, { topic: 'demo/counters', patch: { orders: 987654 } });
+  await page.waitForFunction(() => document.getElementById('orders').textContent === '987654', null, { timeout: PATIENCE });
+  const before = await page.evaluate(() => window.demo.seen.points);
+  await publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: Date.now(), value: 42 } });
+  await page.waitForFunction((n) => window.demo.seen.points > n, before, { timeout: PATIENCE });
+  const clientId = await page.evaluate(() => window.demo.client.clientId);
+  assert.match(await page.textContent('#client-id'), new RegExp(clientId));
+  assert.equal(await page.textContent('#status'), 'open');
+  assert.equal(await page.textContent('#transport'), 'sse');
+  // Let the demo publisher draw a few points, then keep a picture for the README.
+  await page.waitForFunction(() => window.demo.seen.points >= 6, null, { timeout: PATIENCE });
+  await page.screenshot({ path: join(here, '..', 'demo.png'), fullPage: true });
+  await page.close();
+});
+
+test('the refresh button reaches only this page, or every page', async () => {
+  const gw = await start([]);
+  const a = await open(gw.base + '/');
+  const b = await open(gw.base + '/');
+  await a.click('#refresh'); // "this client only" is the default
+  await a.waitForFunction(() => window.demo.seen.refreshes.length === 1, null, { timeout: PATIENCE });
+  await a.check('input[value=all]');
+  await a.click('#refresh');
+  await a.waitForFunction(() => window.demo.seen.refreshes.length === 2, null, { timeout: PATIENCE });
+  await b.waitForFunction(() => window.demo.seen.refreshes.length === 1, null, { timeout: PATIENCE });
+  // The broadcast came after the targeted refresh: had B got that one, it would have it first.
+  const [bOnly] = await b.evaluate(() => window.demo.seen.refreshes);
+  const aSeen = await a.evaluate(() => window.demo.seen.refreshes);
+  assert.equal(bOnly, aSeen[1], 'B received the broadcast and not the targeted refresh');
+  assert.match(await a.textContent('#refreshed'), /all clients/);
+  await a.close();
+  await b.close();
+});
+
+for (const [enabled, expected] of [['ws,long-poll,poll', 'ws'], ['long-poll,poll', 'long-poll']]) {
+  test(`with only ${enabled} enabled the page uses ${expected} and events still arrive`, async () => {
+    const gw = await start(['--transports', enabled]);
+    const page = await open(gw.base + '/');
+    assert.equal(await page.evaluate(() => window.demo.client.transport), expected);
+    await publish(gw.base, { topic: 'demo/counters', patch: { customers: 4242 } });
+    await page.waitForFunction(() => document.getElementById('customers').textContent === '4242', null, { timeout: PATIENCE });
+    await page.close();
+  });
+}
+
+test('after a restart with history kept the page shows every event exactly once', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ssegate-browser-'));
+  const args = ['--demo', 'false', '--state-file', join(dir, 'state.json')];
+  const first = await start(args);
+  const page = await open(first.base + '/');
+  for (let n = 0; n < 5; n++) await publish(first.base, { topic: 'demo/series', event: 'point', data: { t: n, value: n, n } });
+  await page.waitForFunction(() => window.demo.seen.points === 5, null, { timeout: PATIENCE });
+  await stop(first);
+  const second = await start(args, first.base.replace('http://', ''));
+  for (let n = 5; n < 10; n++) await publish(second.base, { topic: 'demo/series', event: 'point', data: { t: n, value: n, n } });
+  await page.waitForFunction(() => window.demo.seen.points >= 10, null, { timeout: PATIENCE });
+  const { ids, points } = await page.evaluate(() => ({ ids: window.demo.seen.ids, points: window.demo.seen.points }));
+  assert.equal(points, 10, 'every point once');
+  assert.equal(new Set(ids).size, ids.length, 'no event id twice');
+  const ns = await page.evaluate(() => [...document.querySelectorAll('#log li span:nth-child(4)')].map((s) => JSON.parse(s.textContent).n).filter((n) => n !== undefined).reverse());
+  assert.deepEqual(ns, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  await page.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('chromium and the gateway binary are where the tests expect them', () => {
+  assert.ok(existsSync(CHROMIUM), CHROMIUM);
+  assert.ok(existsSync(BIN), BIN);
+});
