@@ -41,7 +41,8 @@ pub fn spawn(hub: Hub) {
         let names = ["orders", "customers", "products"];
         // Keep the counters a restarted gateway restored; start them otherwise.
         if let Some(snapshot) = hub.snapshot(COUNTERS) {
-            let state: Value = serde_json::from_slice::<Value>(&snapshot.json).map(|v| v["state"].clone()).unwrap_or_default();
+            let state: Value =
+                serde_json::from_slice::<Value>(&snapshot.json).map(|v| v["state"].clone()).unwrap_or_default();
             for (c, name) in counts.iter_mut().zip(names) {
                 *c = state[name].as_u64().unwrap_or(*c);
             }
@@ -70,7 +71,8 @@ pub fn spawn(hub: Hub) {
                 patch.insert((*name).to_owned(), json!(counts[i]));
             }
             value = (value + (rng.next(21) as f64 - 10.0) / 2.0).clamp(0.0, 100.0);
-            let point = serde_json::value::to_raw_value(&json!({"t": now_ms(), "value": value})).unwrap_or_else(|_| null_data());
+            let point = serde_json::value::to_raw_value(&json!({"t": now_ms(), "value": value}))
+                .unwrap_or_else(|_| null_data());
             let mut drafts = vec![Draft::topic(SERIES, "point", point)];
             if !patch.is_empty() {
                 drafts.push(Draft::state_change(COUNTERS, StateChange::Merge(Value::Object(patch))));

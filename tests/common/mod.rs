@@ -125,9 +125,8 @@ impl TestServer {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut ssegate::Config)) -> Self {
-        let mut config = ssegate::Config::default();
         // The built-in demo publisher would add events of its own.
-        config.demo = false;
+        let mut config = ssegate::Config { demo: false, ..Default::default() };
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
