@@ -237,31 +237,22 @@ pub fn parse_patterns<'a>(topics: impl IntoIterator<Item = &'a str>) -> Result<V
     Ok(out)
 }
 
-/// `POST /clients/{client_id}/subscribe`.
-pub async fn subscribe(
+/// `POST /clients/{client_id}/subscribe` and `/unsubscribe`: the client's subscriptions after.
+pub async fn subscriptions(
     State(hub): State<Hub>,
     _: Publisher,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
+    let subscribe = match action.as_str() {
+        "subscribe" => true,
+        "unsubscribe" => false,
+        _ => return Err(not_found().await),
+    };
     let patterns = patterns_in(&hub, &headers, body).await?;
-    let topics = hub.subscribe(&id, &patterns)?.topics;
-    Ok(Json(json!({ "client_id": id, "topics": topics })))
-}
-
-/// `POST /clients/{client_id}/unsubscribe`.
-pub async fn unsubscribe(
-    State(hub): State<Hub>,
-    _: Publisher,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let id = client_id(&id)?;
-    let patterns = patterns_in(&hub, &headers, body).await?;
-    let topics = hub.unsubscribe(&id, &patterns)?;
+    let topics = if subscribe { hub.subscribe(&id, &patterns)?.topics } else { hub.unsubscribe(&id, &patterns)? };
     Ok(Json(json!({ "client_id": id, "topics": topics })))
 }
 

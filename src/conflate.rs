@@ -126,6 +126,13 @@ pub async fn until(due: Option<Instant>) {
     }
 }
 
+/// Parses a `throttle_ms` query value.
+pub fn throttle_param(value: &str) -> Result<u64, crate::error::ApiError> {
+    value.parse().map_err(|_| {
+        crate::error::ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
+    })
+}
+
 /// Reads `throttle_ms` as a duration (0 or absent: none).
 pub fn throttle(ms: Option<u64>) -> Option<Duration> {
     ms.filter(|&ms| ms > 0).map(Duration::from_millis)

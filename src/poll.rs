@@ -96,12 +96,7 @@ impl PollQuery {
                 "cursor" => q.cursor = Some(v.into_owned()).filter(|c| !c.is_empty()),
                 "client_id" => q.client_id = Some(v.into_owned()).filter(|c| !c.is_empty()),
                 "timeout" => q.timeout_s = Some(v.into_owned()),
-                "throttle_ms" => {
-                    let ms = v.parse().map_err(|_| {
-                        ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
-                    })?;
-                    q.throttle_ms = Some(ms);
-                }
+                "throttle_ms" => q.throttle_ms = Some(conflate::throttle_param(&v)?),
                 _ => {}
             }
         }

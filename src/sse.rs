@@ -54,12 +54,7 @@ impl StreamQuery {
                 "lastEventId" | "last_event_id" => q.last_event_id = Some(v.into_owned()),
                 "envelope" => q.envelope = truthy(&v),
                 "token" => q.token = Some(v.into_owned()),
-                "throttle_ms" => {
-                    let ms = v.parse().map_err(|_| {
-                        ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
-                    })?;
-                    q.throttle_ms = Some(ms);
-                }
+                "throttle_ms" => q.throttle_ms = Some(conflate::throttle_param(&v)?),
                 _ => {}
             }
         }
