@@ -131,6 +131,8 @@ pub async fn stream(
         let mut shaper = Shaper::default();
         let mut buf = BytesMut::new();
         let mut last_id = None;
+        // Shutdown arrives through the queue like everything else: `Hub::shutdown` closes every
+        // client, and the close ends this loop after a `retry:` hint.
         loop {
             let open = tokio::select! {
                 open = client.next_batch(&mut batch) => open,
