@@ -711,3 +711,57 @@ async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
         shared.polls.expire(now.saturating_sub(ttl));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn config() -> Config {
+        Config { demo: false, ..Config::default() }
+    }
+
+    fn draft(topic: &str, n: u32) -> Draft {
+        Draft::topic(topic, "n", serde_json::value::to_raw_value(&n).unwrap())
+    }
+
+    async fn queued(conn: &Connection) -> Vec<EventId> {
+        let mut batch = VecDeque::new();
+        conn.client().drain_into(&mut batch);
+        batch
+            .into_iter()
+            .filter_map(|o| match o {
+                Outbound::Event(e) => Some(e.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn registration_splits_history_from_live_events() {
+        let hub = Hub::new(config()).unwrap();
+        let before = hub.publish(vec![draft("t", 0), draft("t", 1)]).await.unwrap();
+        let conn = hub.connect(Transport::Sse, vec![Pattern::parse("t").unwrap()]);
+        assert_eq!(conn.head(), before[1].id, "the head is the last event dispatched");
+        let after = hub.publish(vec![draft("t", 2)]).await.unwrap();
+        // Live: only what came after the head. History: up to the head and no further.
+        assert_eq!(queued(&conn).await, [after[0].id]);
+        let start = hub.replay(conn.client().id(), None, &before[0].id.to_string(), conn.head()).await.unwrap();
+        assert_eq!(start.missed.iter().map(|e| e.id).collect::<Vec<_>>(), [before[1].id]);
+        assert!(start.reset.is_none() && !start.reload);
+    }
+
+    #[tokio::test]
+    async fn overlapping_subscriptions_get_one_copy_and_release_frees_the_id() {
+        let hub = Hub::new(config()).unwrap();
+        let subs = ["a/*", "a/**", "a/b", "**"].map(|p| Pattern::parse(p).unwrap()).to_vec();
+        let conn = hub.connect(Transport::Ws, subs);
+        let id = conn.client().id();
+        let ev = hub.publish(vec![draft("a/b", 1)]).await.unwrap();
+        assert_eq!(queued(&conn).await, [ev[0].id]);
+        drop(conn);
+        assert!(hub.clients().is_empty());
+        assert!(hub.topics().is_empty(), "no subscriber index left behind");
+        assert!(hub.reconnect(id, Transport::LongPoll, Vec::new()).is_some(), "the id is free again");
+    }
+}

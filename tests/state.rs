@@ -299,7 +299,10 @@ async fn throttle_sends_at_most_one_update_per_interval_and_ends_exact() {
         assert_eq!((view.version, &view.state), (version, &state), "{kind:?}");
         // The opening snapshot comes at once; after it, updates are at least ~200 ms apart.
         let gaps: Vec<u128> = arrivals.windows(2).skip(1).map(|w| (w[1] - w[0]).as_millis()).collect();
-        assert!(gaps.iter().all(|&g| g >= 120), "{kind:?}: updates closer than the throttle (allowing for delivery jitter): {gaps:?}");
+        assert!(
+            gaps.iter().all(|&g| g >= 120),
+            "{kind:?}: updates closer than the throttle (allowing for delivery jitter): {gaps:?}"
+        );
         assert!(arrivals.len() <= 12, "{kind:?}: {} updates for {CHANGES} changes in ~1.2 s", arrivals.len());
         println!("{kind:?}: {} updates for {CHANGES} changes, gaps {gaps:?} ms", arrivals.len());
     }
