@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{within, Api, ChildServer, Sse};
+use common::{within, AnyClient, Api, ChildServer, Kind, Sse};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -89,15 +89,19 @@ async fn a_client_that_never_reads_does_not_hold_up_others_or_memory() {
     drop(stalled);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_sse_clients_all_receive_all_events() {
+/// Connects 2,000 clients over `kind` to the binary, publishes 100 events, and checks that every
+/// client got every event, in order.
+async fn two_thousand_clients_receive_every_event(kind: Kind) {
     const CLIENTS: usize = 2_000;
     const EVENTS: u64 = 100;
     let s = ChildServer::start(&[]).await;
     let api = s.api.clone();
-    let clients: Vec<Sse> = within(
+    let clients: Vec<AnyClient> = within(
         "2,000 clients to connect",
-        futures::stream::iter(0..CLIENTS).map(|_| Sse::connect(&api, "topic=fan")).buffer_unordered(100).collect(),
+        futures::stream::iter(0..CLIENTS)
+            .map(|_| AnyClient::connect(&api, kind, &["fan"], None))
+            .buffer_unordered(100)
+            .collect(),
     )
     .await;
     assert_eq!(s.client_ids().await.len(), CLIENTS);
@@ -107,10 +111,7 @@ async fn two_thousand_sse_clients_all_receive_all_events() {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 while got.len() < EVENTS as usize {
-                    let ev = c.next().await.expect("stream open");
-                    if ev.event == "n" {
-                        got.push(ev.data.parse::<u64>().unwrap());
-                    }
+                    got.push(c.next().await.data.as_u64().expect("a number"));
                 }
                 got
             })
@@ -127,47 +128,11 @@ async fn two_thousand_sse_clients_all_receive_all_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_sse_clients_all_receive_all_events() {
+    two_thousand_clients_receive_every_event(Kind::Sse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_websocket_clients_all_receive_all_events() {
-    const CLIENTS: usize = 2_000;
-    const EVENTS: u64 = 100;
-    let s = ChildServer::start(&[]).await;
-    let api = s.api.clone();
-    let clients: Vec<_> = within(
-        "2,000 websockets to connect",
-        futures::stream::iter(0..CLIENTS)
-            .map(|_| {
-                let api = api.clone();
-                async move {
-                    let mut ws = common::ws_connect(&api, "/ws?topic=fan").await;
-                    assert_eq!(common::ws_next(&mut ws).await.expect("welcome")["type"], "welcome");
-                    ws
-                }
-            })
-            .buffer_unordered(100)
-            .collect(),
-    )
-    .await;
-    assert_eq!(s.client_ids().await.len(), CLIENTS);
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut ws| {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                while got.len() < EVENTS as usize {
-                    let frame = common::ws_next(&mut ws).await.expect("open");
-                    if frame["type"] == "event" {
-                        got.push(frame["data"].as_u64().unwrap());
-                    }
-                }
-                got
-            })
-        })
-        .collect();
-    for n in 0..EVENTS {
-        s.publish_ok(json!({"topic": "fan", "event": "n", "data": n})).await;
-    }
-    let want: Vec<u64> = (0..EVENTS).collect();
-    for r in readers {
-        assert_eq!(within("a client's events", r).await.unwrap(), want);
-    }
+    two_thousand_clients_receive_every_event(Kind::Ws).await;
 }

@@ -9,10 +9,25 @@ use common::{until, within, ws_connect, ws_next, AnyClient, Kind, TestServer};
 use futures::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn send(ws: &mut (impl SinkExt<Message> + Unpin), v: impl ToString) {
     let _ = ws.send(Message::text(v.to_string())).await;
+}
+
+/// The close frame the server sends, skipping anything before it.
+async fn close_frame(ws: &mut common::WsStream) -> Option<CloseFrame> {
+    within("the close frame", async {
+        loop {
+            match futures::StreamExt::next(ws).await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -101,16 +116,7 @@ async fn a_frame_over_the_size_limit_closes_with_1009() {
     let mut ws = ws_connect(&s, "/ws").await;
     ws_next(&mut ws).await.unwrap();
     send(&mut ws, json!({"type": "ping", "ref": "x".repeat(2000)})).await;
-    let close = within("the close frame", async {
-        loop {
-            match futures::StreamExt::next(&mut ws).await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await;
+    let close = close_frame(&mut ws).await;
     assert_eq!(close.expect("a close frame with a code").code, CloseCode::Size);
     s.stop().await;
 }
@@ -217,16 +223,7 @@ async fn shutdown_closes_with_going_away() {
     let mut ws = ws_connect(&s, "/ws").await;
     ws_next(&mut ws).await.unwrap();
     let stopping = tokio::spawn(s.stop());
-    let close = within("the close frame", async {
-        loop {
-            match futures::StreamExt::next(&mut ws).await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await;
+    let close = close_frame(&mut ws).await;
     assert_eq!(close.unwrap().code, CloseCode::Away);
     within("the shutdown", stopping).await.unwrap();
 }

@@ -321,7 +321,7 @@ pub enum Kind {
 
 pub const KINDS: [Kind; 3] = [Kind::Sse, Kind::Ws, Kind::LongPoll];
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[allow(clippy::large_enum_variant)] // a handful per test
 enum Inner {
