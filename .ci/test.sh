@@ -28,6 +28,13 @@ cargo test --release --locked
   SSEGATE_BIN=../target/release/ssegate node --test test/
 )
 
+# The load generator, small, so it keeps working: correctness only, no timing judged here.
+for transport in sse ws; do
+  result=$(cargo bench --locked --bench loadgen -- --transport "$transport" --clients 300 --events 50 --rate 100 2>/dev/null | tail -n 1)
+  echo "loadgen $transport: $result"
+  jq -e '.connected == .clients and .deliveries == .expected and .missing == 0 and .doubled == 0' <<<"$result" >/dev/null
+done
+
 shared="$(cd .. && pwd)/shared"
 if [[ -f $shared/checks/smoke.sh ]]; then
   bash "$shared/checks/smoke.sh" target/release/ssegate
