@@ -78,10 +78,17 @@ pub async fn upgrade(
         Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) };
     let limit = hub.config().max_body_bytes;
     let handle = handle.map(|h| h.0);
-    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
-        let (sink, stream) = socket.split();
-        session(hub, sink, stream, setup, handle).await;
-    }))
+    // Small buffers: a connection mostly receives little and its writes are batched per wake-up;
+    // the library defaults (128 KiB each way) would make an idle connection cost over 100 KiB.
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            session(hub, sink, stream, setup, handle).await;
+        }))
 }
 
 fn text(value: Value) -> Outbound {
