@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use crate::broker::PublishError;
 use crate::broker::{Broker, BrokerError, Dispatch, MemoryBroker, Replay};
 use crate::client::{Client, CloseReason, Outbound, Push, Transport};
 use crate::config::Config;
@@ -24,30 +25,6 @@ use crate::topic::{validate_topic, Pattern};
 
 /// Event names the gateway itself sends; publishers may not use them.
 pub const RESERVED_EVENTS: [&str; 4] = ["welcome", "reset", "snapshot", "patch"];
-
-/// Why the hub refused a publish.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// Item `index` of the request is invalid; nothing was published.
-    #[error("item {index}: {message}")]
-    Invalid {
-        /// Position of the bad item in the request.
-        index: usize,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// A `json_patch` of item `index` does not apply to the topic's state; nothing was published.
-    #[error("item {index}: {message}")]
-    Conflict {
-        /// Position of the item in the request.
-        index: usize,
-        /// What failed.
-        message: String,
-    },
-    /// The broker could not take the events.
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-}
 
 /// The hub could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]

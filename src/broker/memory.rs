@@ -8,9 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{Broker, BrokerError, Dispatch, Replay};
+use super::{Broker, BrokerError, Dispatch, PublishError, Replay};
 use crate::event::{now_ms, Draft, Event, EventId};
-use crate::hub::PublishError;
 
 /// Keeps the last events in memory. Nothing to install; lost when the process ends.
 pub struct MemoryBroker {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::event::{Draft, Event, EventId};
-use crate::hub::PublishError;
 
 pub mod memory;
 
@@ -31,6 +30,30 @@ pub enum BrokerError {
     /// The broker cannot be reached now.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Why a publish was refused; nothing of it was published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Item `index` of the request is invalid; nothing was published.
+    #[error("item {index}: {message}")]
+    Invalid {
+        /// Position of the bad item in the request.
+        index: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A `json_patch` of item `index` does not apply to the topic's state; nothing was published.
+    #[error("item {index}: {message}")]
+    Conflict {
+        /// Position of the item in the request.
+        index: usize,
+        /// What failed.
+        message: String,
+    },
+    /// The broker could not take the events.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// What a client that resumes after an id has missed.
