@@ -90,6 +90,13 @@ fn source(i: usize, sources: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8)), 0)
 }
 
+/// A TCP connection to `addr` from the source address `src`.
+async fn connect_from(src: SocketAddr, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(src)?;
+    socket.connect(addr).await
+}
+
 async fn sse_client(
     i: usize,
     addr: SocketAddr,
@@ -97,9 +104,7 @@ async fn sse_client(
     topic: String,
     tally: Arc<Tally>,
 ) -> std::io::Result<()> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(src)?;
-    let mut stream = socket.connect(addr).await?;
+    let mut stream = connect_from(src, addr).await?;
     let req = format!("GET /stream?topic={topic} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
     stream.write_all(req.as_bytes()).await?;
     let mut buf = vec![0u8; 16 * 1024];
@@ -132,9 +137,7 @@ async fn ws_client(
     topic: String,
     tally: Arc<Tally>,
 ) -> std::io::Result<()> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(src)?;
-    let stream = socket.connect(addr).await?;
+    let stream = connect_from(src, addr).await?;
     let url = format!("ws://{addr}/ws?topic={topic}");
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(std::io::Error::other)?;
     while let Some(msg) = ws.next().await {

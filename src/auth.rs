@@ -59,7 +59,7 @@ pub fn check(hub: &Hub, presented: Option<&str>, peer: Option<SocketAddr>) -> Re
 }
 
 /// The peer address the server recorded for the request.
-pub fn peer(parts: &Parts) -> Option<SocketAddr> {
+fn peer(parts: &Parts) -> Option<SocketAddr> {
     parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::client::Transport;
-
 /// Settings of one gateway process.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -176,25 +174,63 @@ pub struct Transports {
 }
 
 impl Transports {
-    /// Whether a connected transport is enabled.
-    pub fn allows(&self, t: Transport) -> bool {
-        match t {
-            Transport::Sse => self.sse,
-            Transport::Ws => self.ws,
-            Transport::LongPoll => self.long_poll,
+    /// Whether a transport is enabled.
+    pub fn enabled(&self, c: Choice) -> bool {
+        match c {
+            Choice::Sse => self.sse,
+            Choice::Ws => self.ws,
+            Choice::LongPoll => self.long_poll,
+            Choice::Poll => self.poll,
         }
+    }
+}
+
+/// A transport by its contract name, as `--transports` and `/negotiate` spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Choice {
+    /// Server-Sent Events, `/stream`.
+    #[serde(rename = "sse")]
+    Sse,
+    /// WebSocket, `/ws`.
+    #[serde(rename = "ws")]
+    Ws,
+    /// Long-polling, `/poll`.
+    #[serde(rename = "long-poll")]
+    LongPoll,
+    /// Plain polling with ETags, `/snapshot`.
+    #[serde(rename = "poll")]
+    Poll,
+}
+
+impl Choice {
+    /// Every transport.
+    pub const ALL: [Choice; 4] = [Choice::Sse, Choice::Ws, Choice::LongPoll, Choice::Poll];
+
+    /// The contract's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Choice::Sse => "sse",
+            Choice::Ws => "ws",
+            Choice::LongPoll => "long-poll",
+            Choice::Poll => "poll",
+        }
+    }
+
+    /// The transport named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Choice::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
 fn parse_transports(s: &str) -> Result<Transports, String> {
     let mut t = Transports { sse: false, ws: false, long_poll: false, poll: false };
     for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match name {
-            "sse" => t.sse = true,
-            "ws" => t.ws = true,
-            "long-poll" => t.long_poll = true,
-            "poll" => t.poll = true,
-            other => return Err(format!("unknown transport {other:?} (use sse, ws, long-poll, poll)")),
+        match Choice::parse(name) {
+            Some(Choice::Sse) => t.sse = true,
+            Some(Choice::Ws) => t.ws = true,
+            Some(Choice::LongPoll) => t.long_poll = true,
+            Some(Choice::Poll) => t.poll = true,
+            None => return Err(format!("unknown transport {name:?} (use sse, ws, long-poll, poll)")),
         }
     }
     Ok(t)

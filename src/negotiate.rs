@@ -10,54 +10,15 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::sse::truthy;
 
-/// A transport a client can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Choice {
-    /// Server-Sent Events, `/stream`.
-    #[serde(rename = "sse")]
-    Sse,
-    /// WebSocket, `/ws`.
-    #[serde(rename = "ws")]
-    Ws,
-    /// Long-polling, `/poll`.
-    #[serde(rename = "long-poll")]
-    LongPoll,
-    /// Plain polling with ETags, `/snapshot`.
-    #[serde(rename = "poll")]
-    Poll,
-}
+pub use crate::config::Choice;
 
-impl Choice {
-    /// The contract's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Choice::Sse => "sse",
-            Choice::Ws => "ws",
-            Choice::LongPoll => "long-poll",
-            Choice::Poll => "poll",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        [Choice::Sse, Choice::Ws, Choice::LongPoll, Choice::Poll].into_iter().find(|c| c.name() == name)
-    }
-
-    fn path(self) -> &'static str {
-        match self {
-            Choice::Sse => "/stream",
-            Choice::Ws => "/ws",
-            Choice::LongPoll => "/poll",
-            Choice::Poll => "/snapshot",
-        }
-    }
-
-    fn enabled(self, t: &Transports) -> bool {
-        match self {
-            Choice::Sse => t.sse,
-            Choice::Ws => t.ws,
-            Choice::LongPoll => t.long_poll,
-            Choice::Poll => t.poll,
-        }
+/// Where a transport is served.
+fn path(c: Choice) -> &'static str {
+    match c {
+        Choice::Sse => "/stream",
+        Choice::Ws => "/ws",
+        Choice::LongPoll => "/poll",
+        Choice::Poll => "/snapshot",
     }
 }
 
@@ -101,7 +62,7 @@ pub fn choose(n: &Needs, enabled: &Transports) -> Vec<Choice> {
     preference(n)
         .iter()
         .copied()
-        .filter(|c| c.enabled(enabled))
+        .filter(|c| enabled.enabled(*c))
         .filter(|c| n.supports.as_ref().is_none_or(|s| s.contains(c)))
         .collect()
 }
@@ -166,7 +127,7 @@ pub async fn negotiate(
     };
     // Paths relative to where the gateway is mounted, so a nested router answers correctly.
     let prefix = uri.path().strip_suffix("/negotiate").unwrap_or("");
-    let mut url = format!("{prefix}{}", transport.path());
+    let mut url = format!("{prefix}{}", path(transport));
     // `/snapshot` serves one topic: a polling client asks for each on its own.
     let listed = if transport == Choice::Poll { &topics[..topics.len().min(1)] } else { &topics[..] };
     let query: String = form_urlencoded::Serializer::new(String::new())

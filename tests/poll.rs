@@ -14,6 +14,11 @@ async fn poll(s: &TestServer, query: &str) -> Value {
     v
 }
 
+/// The query of the poll that follows `answer` on topic `t`: its client_id and cursor.
+fn next_poll(answer: &Value) -> String {
+    format!("topic=t&client_id={}&cursor={}", answer["client_id"].as_str().unwrap(), answer["cursor"].as_str().unwrap())
+}
+
 fn datas(v: &Value) -> Vec<Value> {
     v["events"].as_array().unwrap().iter().map(|e| e["data"].clone()).collect()
 }
@@ -39,12 +44,7 @@ async fn a_lost_answer_is_given_again() {
 #[tokio::test]
 async fn timeouts_from_the_query_or_the_header() {
     let s = TestServer::start().await;
-    let first = poll(&s, "topic=t").await;
-    let q = format!(
-        "topic=t&client_id={}&cursor={}",
-        first["client_id"].as_str().unwrap(),
-        first["cursor"].as_str().unwrap()
-    );
+    let q = next_poll(&poll(&s, "topic=t").await);
     let started = Instant::now();
     let empty = poll(&s, &format!("{q}&timeout=0.3")).await;
     assert!(datas(&empty).is_empty());
@@ -64,12 +64,7 @@ async fn timeouts_from_the_query_or_the_header() {
 #[tokio::test]
 async fn a_newer_poll_ends_a_waiting_one() {
     let s = TestServer::start().await;
-    let first = poll(&s, "topic=t").await;
-    let q = format!(
-        "topic=t&client_id={}&cursor={}",
-        first["client_id"].as_str().unwrap(),
-        first["cursor"].as_str().unwrap()
-    );
+    let q = next_poll(&poll(&s, "topic=t").await);
     let waiting = {
         let api = s.api.clone();
         let q = q.clone();
