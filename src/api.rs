@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::Publisher;
+use crate::broker::Command;
 use crate::error::ApiError;
 use crate::event::{now_ms, null_data, Audience, Draft, StateChange};
 use crate::hub::{Hub, PublishError};
@@ -251,21 +252,22 @@ pub async fn subscriptions(
         "unsubscribe" => false,
         _ => return Err(not_found().await),
     };
-    let patterns = patterns_in(&hub, &headers, body).await?;
-    let topics = if subscribe { hub.subscribe(&id, &patterns)?.topics } else { hub.unsubscribe(&id, &patterns)? };
+    let patterns: Vec<String> = patterns_in(&hub, &headers, body).await?.iter().map(ToString::to_string).collect();
+    let command = if subscribe { Command::Subscribe(patterns) } else { Command::Unsubscribe(patterns) };
+    let topics = hub.command(id, command).await?;
     Ok(Json(json!({ "client_id": id, "topics": topics })))
 }
 
 /// `DELETE /clients/{client_id}`.
 pub async fn disconnect(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
-    hub.disconnect(&id)?;
+    hub.command(id, Command::Disconnect).await?;
     Ok(Json(json!({ "client_id": id, "disconnected": true })))
 }
 
 /// `GET /clients`.
-pub async fn clients(State(hub): State<Hub>, _: Publisher) -> Json<Value> {
-    Json(json!({ "clients": hub.clients() }))
+pub async fn clients(State(hub): State<Hub>, _: Publisher) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "clients": hub.all_clients().await? })))
 }
 
 /// `GET /topics`.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -14,8 +14,21 @@ use crate::event::{now_ms, Event, EventId};
 use crate::retained::Snapshot;
 use crate::topic::Pattern;
 
+/// One line of `GET /clients`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The client's id.
+    pub client_id: Uuid,
+    /// `sse`, `ws` or `long-poll`.
+    pub transport: Transport,
+    /// The client's subscriptions.
+    pub topics: Vec<String>,
+    /// When it connected, unix milliseconds.
+    pub connected_at: u64,
+}
+
 /// How a client is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Transport {
     /// `GET /stream`.
     #[serde(rename = "sse")]

@@ -77,3 +77,12 @@ impl From<UnknownClient> for ApiError {
         ApiError::not_found("unknown_client", "no client with this client_id is connected")
     }
 }
+
+impl From<crate::hub::CommandError> for ApiError {
+    fn from(e: crate::hub::CommandError) -> Self {
+        match e {
+            crate::hub::CommandError::Unknown(u) => u.into(),
+            crate::hub::CommandError::Broker(b) => b.into(),
+        }
+    }
+}

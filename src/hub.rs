@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use crate::broker::PublishError;
-use crate::broker::{Broker, BrokerError, Dispatch, MemoryBroker, Replay};
+use crate::broker::{Broker, BrokerError, Command, Dispatch, MemoryBroker, Presence, RedisBroker, Replay};
+pub use crate::client::ClientInfo;
 use crate::client::{Client, CloseReason, Outbound, Push, Transport};
 use crate::config::Config;
 use crate::event::{now_ms, Audience, Draft, Event, EventId};
 use crate::metrics::{Metrics, TransportLabel};
-use crate::persist::Saved;
-use crate::retained::{Snapshot, Store};
+use crate::persist::{Saved, SavedTopic};
+use crate::retained::{Follow, Prepared, Snapshot, Store};
 use crate::rpc::{HttpRpc, RpcHandler};
 use crate::topic::{validate_topic, Pattern};
 
@@ -30,7 +31,7 @@ pub const RESERVED_EVENTS: [&str; 4] = ["welcome", "reset", "snapshot", "patch"]
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// The broker URL names something this build cannot use.
-    #[error("unsupported broker {0:?}: use \"memory\"")]
+    #[error("unsupported broker {0:?}: use \"memory\" or \"redis://HOST:PORT\"")]
     UnsupportedBroker(String),
     /// A setting cannot be used.
     #[error("{0}")]
@@ -42,17 +43,15 @@ pub enum HubError {
 #[error("unknown client")]
 pub struct UnknownClient;
 
-/// One line of `GET /clients`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClientInfo {
-    /// The client's id.
-    pub client_id: Uuid,
-    /// `sse`, `ws` or `long-poll`.
-    pub transport: Transport,
-    /// The client's subscriptions.
-    pub topics: Vec<String>,
-    /// When it connected, unix milliseconds.
-    pub connected_at: u64,
+/// Why a command on a client (anywhere in the cluster) was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No node has a client with that id.
+    #[error(transparent)]
+    Unknown(#[from] UnknownClient),
+    /// The shared broker could not be asked.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// One line of `GET /topics`.
@@ -115,11 +114,25 @@ struct Shared {
     polls: crate::poll::Sessions,
     /// Answers WebSocket `rpc` requests, if the backend set one up.
     rpc: RwLock<Option<Arc<dyn RpcHandler>>>,
+    /// The last event delivered from a shared broker, for clients that resume from a position
+    /// another node has reached and this one not yet.
+    delivered: tokio::sync::watch::Sender<EventId>,
 }
 
 struct Entry {
     client: Arc<Client>,
     subs: Vec<Pattern>,
+}
+
+impl Entry {
+    fn info(&self) -> ClientInfo {
+        ClientInfo {
+            client_id: self.client.id(),
+            transport: self.client.transport(),
+            topics: self.subs.iter().map(ToString::to_string).collect(),
+            connected_at: self.client.connected_at_ms(),
+        }
+    }
 }
 
 type Subscribers = IndexMap<Uuid, Arc<Client>>;
@@ -217,10 +230,124 @@ impl Dispatch for Shared {
         for (id, transport) in &done.overflowed {
             tracing::warn!(client_id = %id, transport = transport.as_str(), "client queue full: closed, it may resume from history");
         }
+        self.count(done);
+        Ok(events)
+    }
+
+    fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError> {
+        lock(&self.state).retained.prepare(drafts).map_err(|(index, message)| PublishError::Conflict { index, message })
+    }
+
+    fn deliver(&self, events: Vec<Arc<Event>>, head: EventId) -> Vec<Arc<str>> {
+        let mut gaps: Vec<Arc<str>> = Vec::new();
+        let mut st = lock(&self.state);
+        let mut send = Vec::with_capacity(events.len());
+        for ev in events {
+            match st.retained.follow(&ev.draft) {
+                Follow::Applied => send.push(ev),
+                Follow::Stale => {}
+                Follow::Gap => {
+                    let topic = ev.draft.topic.clone().unwrap_or_else(|| Arc::from(""));
+                    if !gaps.contains(&topic) {
+                        gaps.push(topic);
+                    }
+                }
+            }
+        }
+        let done = st.fan_out(&send);
+        st.head = st.head.max(head);
+        drop(st);
+        self.count(done);
+        self.delivered.send_if_modified(|d| std::mem::replace(d, head) != head);
+        gaps
+    }
+
+    fn restore(&self, topics: Vec<SavedTopic>) {
+        let mut st = lock(&self.state);
+        for saved in topics {
+            let topic: Arc<str> = Arc::from(saved.topic.as_str());
+            if !st.retained.restore(saved) {
+                continue;
+            }
+            // Its subscribers get the new state in place of the changes they missed.
+            let mut receivers: Vec<Arc<Client>> = st.exact.get(&topic).into_iter().flat_map(|s| s.values().cloned()).collect();
+            for (pattern, set) in &st.patterns {
+                if pattern.matches(&topic) {
+                    receivers.extend(set.values().cloned());
+                }
+            }
+            for c in receivers {
+                let _ = c.push(Outbound::Resync(topic.clone()));
+            }
+        }
+    }
+
+    fn retained(&self) -> Vec<SavedTopic> {
+        lock(&self.state).retained.dump()
+    }
+
+    fn command(&self, client: Uuid, command: &Command) -> Option<Vec<String>> {
+        let patterns = |topics: &[String]| -> Vec<Pattern> { topics.iter().filter_map(|t| Pattern::parse(t).ok()).collect() };
+        match command {
+            Command::Subscribe(topics) => self.subscribe(&client, &patterns(topics)).ok().map(|s| s.topics),
+            Command::Unsubscribe(topics) => self.unsubscribe(&client, &patterns(topics)).ok(),
+            Command::Disconnect => self.disconnect(&client).ok().map(|()| Vec::new()),
+        }
+    }
+
+    fn local_clients(&self) -> Vec<ClientInfo> {
+        lock(&self.state).clients.values().map(Entry::info).collect()
+    }
+}
+
+impl Shared {
+    fn count(&self, done: FanOut) {
         self.metrics.delivered.inc_by(done.delivered);
         self.metrics.overflows.inc_by(done.overflowed.len() as u64);
         self.metrics.conflations.inc_by(done.conflated);
-        Ok(events)
+    }
+
+    /// Tells the cluster, if there is one, about a client's change.
+    fn presence(&self, change: impl FnOnce() -> Presence) {
+        if let Some(cluster) = self.broker.cluster() {
+            cluster.presence(change());
+        }
+    }
+
+    fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, UnknownClient> {
+        let mut st = lock(&self.state);
+        let topics = st.subscribe(id, patterns)?;
+        let snapshots = st.retained.matching(patterns);
+        let head = st.head;
+        let info = st.clients.get(id).map(Entry::info);
+        drop(st);
+        if let Some(info) = info {
+            self.presence(|| Presence::Here(info));
+        }
+        Ok(Subscribed { topics, head, snapshots })
+    }
+
+    fn unsubscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
+        let mut st = lock(&self.state);
+        let entry = st.clients.get_mut(id).ok_or(UnknownClient)?;
+        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) =
+            std::mem::take(&mut entry.subs).into_iter().partition(|p| patterns.contains(p));
+        entry.subs = kept;
+        let topics = entry.subs.iter().map(ToString::to_string).collect();
+        let info = entry.info();
+        for p in &gone {
+            st.unindex(p, id);
+        }
+        drop(st);
+        self.presence(|| Presence::Here(info));
+        Ok(topics)
+    }
+
+    fn disconnect(&self, id: &Uuid) -> Result<(), UnknownClient> {
+        let entry = lock(&self.state).remove(id).ok_or(UnknownClient)?;
+        entry.client.close(CloseReason::Kicked);
+        self.presence(|| Presence::Gone(*id));
+        Ok(())
     }
 }
 
@@ -341,6 +468,13 @@ impl Hub {
                 tracing::info!(events = events.len(), topics = saved.retained.len(), "history and state restored");
                 Box::new(MemoryBroker::restored(len, bytes, age, floor, last, events))
             }
+            (url, _) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                if saved.is_some() {
+                    tracing::warn!("--state-file is ignored with a Redis broker, which keeps history and state itself");
+                }
+                let broker = RedisBroker::new(url, &config).map_err(|e| HubError::Config(e.to_string()))?;
+                return Ok(Hub::with_broker(config, Box::new(broker)));
+            }
             (other, _) => return Err(HubError::UnsupportedBroker(other.to_owned())),
         };
         let rpc = config.rpc_url.as_deref().map(HttpRpc::new).transpose().map_err(HubError::Config)?;
@@ -373,9 +507,12 @@ impl Hub {
                 shutdown: CancellationToken::new(),
                 rpc: RwLock::new(None),
                 polls: crate::poll::Sessions::default(),
+                delivered: tokio::sync::watch::Sender::new(head),
             }),
         };
         tokio::spawn(heartbeats(Arc::downgrade(&hub.shared), hub.shared.shutdown.clone()));
+        let weak: Weak<Shared> = Arc::downgrade(&hub.shared);
+        hub.shared.broker.attach(weak, hub.shared.shutdown.clone());
         hub
     }
 
@@ -466,6 +603,12 @@ impl Hub {
         if self.shared.shutdown.is_cancelled() {
             client.close(CloseReason::Shutdown);
         }
+        self.shared.presence(|| Presence::Here(ClientInfo {
+            client_id: id,
+            transport,
+            topics: subs.iter().map(ToString::to_string).collect(),
+            connected_at: client.connected_at_ms(),
+        }));
         Some(Connection { hub: self.clone(), client, head, snapshots })
     }
 
@@ -474,10 +617,17 @@ impl Hub {
     fn release(&self, client: &Arc<Client>) {
         let mut st = lock(&self.shared.state);
         // The id may have been taken since by a new client (a long-poll session reconnecting).
-        if st.clients.get(&client.id()).is_some_and(|e| Arc::ptr_eq(&e.client, client)) {
+        let mine = match st.clients.get(&client.id()) {
+            Some(e) => Arc::ptr_eq(&e.client, client),
+            None => true,
+        };
+        if mine {
             st.remove(&client.id());
         }
         drop(st);
+        if mine {
+            self.shared.presence(|| Presence::Gone(client.id()));
+        }
         self.shared.metrics.clients.get_or_create(&client.transport().into()).dec();
     }
 
@@ -538,48 +688,58 @@ impl Hub {
         Ok(events)
     }
 
-    /// Adds subscriptions to a connected client.
+    /// Adds subscriptions to a client connected here.
     pub fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, UnknownClient> {
-        let mut st = lock(&self.shared.state);
-        let topics = st.subscribe(id, patterns)?;
-        let snapshots = st.retained.matching(patterns);
-        Ok(Subscribed { topics, head: st.head, snapshots })
+        self.shared.subscribe(id, patterns)
     }
 
-    /// Removes subscriptions from a connected client; returns the ones it keeps.
+    /// Removes subscriptions from a client connected here; returns the ones it keeps.
     pub fn unsubscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
-        let mut st = lock(&self.shared.state);
-        let entry = st.clients.get_mut(id).ok_or(UnknownClient)?;
-        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) =
-            std::mem::take(&mut entry.subs).into_iter().partition(|p| patterns.contains(p));
-        entry.subs = kept;
-        let topics = entry.subs.iter().map(ToString::to_string).collect();
-        for p in &gone {
-            st.unindex(p, id);
-        }
-        Ok(topics)
+        self.shared.unsubscribe(id, patterns)
     }
 
-    /// Disconnects a client: it is unregistered now and its stream ends after what is queued.
+    /// Disconnects a client connected here: it is unregistered now and its stream ends after
+    /// what is queued.
     pub fn disconnect(&self, id: &Uuid) -> Result<(), UnknownClient> {
-        let entry = lock(&self.shared.state).remove(id).ok_or(UnknownClient)?;
-        entry.client.close(CloseReason::Kicked);
-        Ok(())
+        self.shared.disconnect(id)
     }
 
-    /// Every connected client.
+    /// Carries out a command on a client connected to this node or, with a shared broker, to
+    /// any node. Returns the client's subscriptions after it.
+    pub async fn command(&self, id: Uuid, command: Command) -> Result<Vec<String>, CommandError> {
+        if let Some(topics) = self.shared.command(id, &command) {
+            return Ok(topics);
+        }
+        match self.shared.broker.cluster() {
+            Some(cluster) => cluster.command(id, command).await?.ok_or(CommandError::Unknown(UnknownClient)),
+            None => Err(UnknownClient.into()),
+        }
+    }
+
+    /// Every client connected to this node or, with a shared broker, to any node.
+    pub async fn all_clients(&self) -> Result<Vec<ClientInfo>, BrokerError> {
+        let mut list = match self.shared.broker.cluster() {
+            Some(cluster) => cluster.clients().await?,
+            None => return Ok(self.clients()),
+        };
+        list.sort_by_key(|c| (c.connected_at, c.client_id));
+        Ok(list)
+    }
+
+    /// Waits, briefly, until this node has delivered the event a resuming client last saw, when
+    /// the client comes from a node further along the shared broker's order.
+    pub async fn catch_up(&self, last_seen: Option<&str>) {
+        let Some(after) = last_seen.and_then(|id| id.parse::<EventId>().ok()) else { return };
+        if self.shared.broker.cluster().is_none() || *self.shared.delivered.borrow() >= after {
+            return;
+        }
+        let mut seen = self.shared.delivered.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), seen.wait_for(|d| *d >= after)).await;
+    }
+
+    /// Every client connected to this node.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        let st = lock(&self.shared.state);
-        let mut list: Vec<ClientInfo> = st
-            .clients
-            .values()
-            .map(|e| ClientInfo {
-                client_id: e.client.id(),
-                transport: e.client.transport(),
-                topics: e.subs.iter().map(ToString::to_string).collect(),
-                connected_at: e.client.connected_at_ms(),
-            })
-            .collect();
+        let mut list = self.shared.local_clients();
         list.sort_by_key(|c| (c.connected_at, c.client_id));
         list
     }

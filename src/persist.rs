@@ -39,6 +39,8 @@ pub enum PersistError {
 /// One event as stored.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SavedEvent {
+    /// Empty where the id is kept beside the event (a Redis Stream entry's own id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     id: String,
     topic: Option<String>,
     event: String,
@@ -52,8 +54,41 @@ pub struct SavedEvent {
     version: Option<u64>,
 }
 
+impl SavedEvent {
+    /// An event (or a draft that will get `id`) as stored.
+    pub fn of(id: String, d: &Draft) -> Self {
+        SavedEvent {
+            id,
+            topic: d.topic.as_deref().map(str::to_owned),
+            event: d.event.to_string(),
+            data: d.data.clone(),
+            ts: d.ts,
+            clients: match &d.audience {
+                Audience::Clients(ids) => Some(ids.to_vec()),
+                _ => None,
+            },
+            broadcast: d.audience == Audience::All,
+            version: d.version,
+        }
+    }
+
+    /// The stored event without its id.
+    pub fn draft(&self) -> Draft {
+        let audience = match (&self.clients, self.broadcast) {
+            (Some(ids), _) => Audience::Clients(Arc::from(ids.as_slice())),
+            (None, true) => Audience::All,
+            (None, false) => Audience::Topic,
+        };
+        Draft {
+            ts: self.ts,
+            version: self.version,
+            ..Draft::new(self.topic.as_deref().map(Arc::from), &self.event, self.data.clone(), audience)
+        }
+    }
+}
+
 /// A retained topic as stored.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedTopic {
     /// The topic.
     pub topic: String,
@@ -79,22 +114,7 @@ pub struct Saved {
 impl Saved {
     /// Captures history and retained state.
     pub fn new(floor: EventId, last: EventId, events: &[Arc<Event>], retained: Vec<SavedTopic>) -> Self {
-        let events = events
-            .iter()
-            .map(|e| SavedEvent {
-                id: e.id_text.to_string(),
-                topic: e.draft.topic.as_deref().map(str::to_owned),
-                event: e.draft.event.to_string(),
-                data: e.draft.data.clone(),
-                ts: e.draft.ts,
-                clients: match &e.draft.audience {
-                    Audience::Clients(ids) => Some(ids.to_vec()),
-                    _ => None,
-                },
-                broadcast: e.draft.audience == Audience::All,
-                version: e.draft.version,
-            })
-            .collect();
+        let events = events.iter().map(|e| SavedEvent::of(e.id_text.to_string(), &e.draft)).collect();
         Saved { format: FORMAT, floor: floor.to_string(), last: last.to_string(), events, retained }
     }
 
@@ -104,17 +124,7 @@ impl Saved {
             .iter()
             .map(|e| {
                 let id: EventId = e.id.parse().map_err(|_| format!("bad event id {:?}", e.id))?;
-                let audience = match (&e.clients, e.broadcast) {
-                    (Some(ids), _) => Audience::Clients(Arc::from(ids.as_slice())),
-                    (None, true) => Audience::All,
-                    (None, false) => Audience::Topic,
-                };
-                let draft = Draft {
-                    ts: e.ts,
-                    version: e.version,
-                    ..Draft::new(e.topic.as_deref().map(Arc::from), &e.event, e.data.clone(), audience)
-                };
-                Ok(Arc::new(Event::new(id, draft)))
+                Ok(Arc::new(Event::new(id, e.draft())))
             })
             .collect()
     }

@@ -224,6 +224,7 @@ pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: Head
         }
         None => None,
     };
+    hub.catch_up(q.cursor.as_deref()).await;
     let (session, fresh) = session_for(&hub, id, patterns)?;
     let client = session.conn.client().clone();
     let client_id = client.id();

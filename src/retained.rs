@@ -72,6 +72,30 @@ struct Entry {
 /// A topic's version and state before a batch changed it (none if it had no state).
 type Saved = (Arc<str>, Option<(u64, Value)>);
 
+/// A topic's state after a batch that a node prepared (see [`Store::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// Its version before the batch (0: no state).
+    pub before: u64,
+    /// Its version after the batch.
+    pub after: u64,
+    /// Its state after the batch.
+    pub state: Value,
+}
+
+/// What following an ordered state change did (see [`Store::follow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// The change was applied (or the event changes no state): send it.
+    Applied,
+    /// The state already includes it (it was loaded from a newer snapshot): do not send it.
+    Stale,
+    /// Changes before it are missing: the topic's state must be fetched again.
+    Gap,
+}
+
 /// Every topic's retained state.
 #[derive(Default)]
 pub struct Store {
@@ -172,6 +196,82 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// What `drafts` would do, without changing anything: turns their state changes into the
+    /// events subscribers receive (as [`Store::apply`] does) and returns, for each topic they
+    /// change, its version before and its state after. A node publishing through a shared broker
+    /// checks a batch this way, then has the broker order it only if no other node changed those
+    /// topics meanwhile.
+    pub fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, (usize, String)> {
+        let mut scratch = Store::default();
+        let mut before: Vec<(Arc<str>, u64)> = Vec::new();
+        for topic in drafts.iter().filter(|d| d.state.is_some()).filter_map(|d| d.topic.as_ref()) {
+            if before.iter().any(|(t, _)| t == topic) {
+                continue;
+            }
+            let version = match self.topics.get(topic) {
+                Some(e) => {
+                    let copy = Entry { topic: e.topic.clone(), version: e.version, state: e.state.clone(), snapshot: None };
+                    scratch.topics.insert(topic.clone(), copy);
+                    e.version
+                }
+                None => 0,
+            };
+            before.push((topic.clone(), version));
+        }
+        scratch.apply(drafts)?;
+        Ok(before
+            .into_iter()
+            .filter_map(|(topic, before)| {
+                let e = scratch.topics.remove(&topic)?;
+                Some(Prepared { topic, before, after: e.version, state: e.state })
+            })
+            .collect())
+    }
+
+    /// Follows a state change in the order a shared broker gave it (the event as [`Store::apply`]
+    /// made it on the publishing node, carrying its version). Every node following the same
+    /// stream ends with the same state.
+    pub fn follow(&mut self, ev: &Draft) -> Follow {
+        let (Some(topic), Some(version)) = (&ev.topic, ev.version) else { return Follow::Applied };
+        let current = self.version(topic).unwrap_or(0);
+        if version <= current {
+            return Follow::Stale;
+        }
+        let Ok(payload) = serde_json::from_str::<Value>(ev.data.get()) else { return Follow::Gap };
+        let entry = |state| Entry { topic: topic.clone(), version, state, snapshot: None };
+        if let Some(state) = payload.get("state").filter(|_| &*ev.event == "snapshot") {
+            // A whole state fills any gap.
+            self.topics.insert(topic.clone(), entry(state.clone()));
+            return Follow::Applied;
+        }
+        let Some(e) = self.topics.get_mut(topic).filter(|_| version == current + 1) else { return Follow::Gap };
+        if let Some(patch) = payload.get("patch") {
+            json_patch::merge(&mut e.state, patch);
+        } else if let Some(ops) = payload.get("json_patch") {
+            let Ok(ops) = serde_json::from_value::<json_patch::Patch>(ops.clone()) else { return Follow::Gap };
+            let mut state = e.state.clone();
+            if json_patch::patch(&mut state, &ops).is_err() {
+                return Follow::Gap;
+            }
+            e.state = state;
+        } else {
+            return Follow::Gap;
+        }
+        e.version = version;
+        e.snapshot = None;
+        Follow::Applied
+    }
+
+    /// Takes a topic's stored state if it is newer than the one held; says whether it did.
+    pub fn restore(&mut self, saved: crate::persist::SavedTopic) -> bool {
+        if self.version(&saved.topic).is_some_and(|v| v >= saved.version) {
+            return false;
+        }
+        let topic: Arc<str> = Arc::from(saved.topic);
+        self.topics.insert(topic.clone(), Entry { topic, version: saved.version, state: saved.state, snapshot: None });
+        true
     }
 
     /// The snapshot of `topic`, if it has state.

@@ -110,6 +110,7 @@ pub async fn stream(
     let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
     let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(q.last_event_id);
 
+    hub.catch_up(last_id.as_deref()).await;
     let conn = hub.connect(Transport::Sse, patterns.clone());
     conn.client().set_throttle(&patterns, conflate::throttle(q.throttle_ms));
     let start = match last_id.filter(|id| !id.is_empty()) {

@@ -136,6 +136,7 @@ where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let topics: Vec<String> = setup.patterns.iter().map(ToString::to_string).collect();
+    hub.catch_up(setup.last_event_id.as_deref()).await;
     let conn = hub.connect(Transport::Ws, setup.patterns.clone());
     let client = conn.client().clone();
     client.set_throttle(&setup.patterns, setup.throttle);
@@ -395,6 +396,7 @@ async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> R
     let patterns = patterns_of(&f.topics, r)?;
     let client = conn.client();
     let hub = conn.hub();
+    hub.catch_up(f.last_event_id.as_deref()).await;
     let subscribed =
         hub.subscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
     client.set_throttle(&patterns, conflate::throttle(f.throttle_ms));

@@ -179,6 +179,22 @@ mod tests {
         ) -> Result<Vec<Arc<Event>>, PublishError> {
             Ok(store(drafts))
         }
+        fn prepare(&self, _: &mut [Draft]) -> Result<Vec<crate::retained::Prepared>, PublishError> {
+            Ok(Vec::new())
+        }
+        fn deliver(&self, _: Vec<Arc<Event>>, _: EventId) -> Vec<Arc<str>> {
+            Vec::new()
+        }
+        fn restore(&self, _: Vec<crate::persist::SavedTopic>) {}
+        fn retained(&self) -> Vec<crate::persist::SavedTopic> {
+            Vec::new()
+        }
+        fn command(&self, _: uuid::Uuid, _: &crate::broker::Command) -> Option<Vec<String>> {
+            None
+        }
+        fn local_clients(&self) -> Vec<crate::client::ClientInfo> {
+            Vec::new()
+        }
     }
 
     fn drafts(n: usize) -> Vec<Draft> {

@@ -2,26 +2,86 @@
 //! from. The in-memory broker is the embedded default; a shared broker (Redis Streams) lets several
 //! gateway nodes agree on one order.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures::future::BoxFuture;
+use uuid::Uuid;
 
+use crate::client::ClientInfo;
 use crate::event::{Draft, Event, EventId};
+use crate::persist::SavedTopic;
+use crate::retained::Prepared;
 
 pub mod memory;
+pub mod redis;
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
 
 /// The hub's side of publishing, which a broker calls in its order. The hub implements it.
 pub trait Dispatch: Send + Sync {
     /// As one step, so that a client registering meanwhile sees all of it or none: applies the
     /// drafts' state changes (refusing the whole batch if one fails), has `store` give the drafts
-    /// their ids and keep them, and fans the events out to clients.
+    /// their ids and keep them, and fans the events out to clients. (An in-process broker.)
     fn publish(
         &self,
         drafts: Vec<Draft>,
         store: &mut dyn FnMut(Vec<Draft>) -> Vec<Arc<Event>>,
     ) -> Result<Vec<Arc<Event>>, PublishError>;
+
+    /// Turns the drafts' state changes into the events they become against the current state,
+    /// changing nothing, and returns each changed topic's version before and state after. (A
+    /// shared broker, before it orders the batch.)
+    fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError>;
+
+    /// Events in the shared broker's order, up to `head`: follows their state changes and fans
+    /// them out. Returns the retained topics whose earlier changes are missing here, to fetch.
+    fn deliver(&self, events: Vec<Arc<Event>>, head: EventId) -> Vec<Arc<str>>;
+
+    /// Takes stored topic states that are newer than those held, and sends them to subscribers.
+    fn restore(&self, topics: Vec<SavedTopic>);
+
+    /// Every retained topic's state.
+    fn retained(&self) -> Vec<SavedTopic>;
+
+    /// Carries out a command on a client connected here; `None` if none has that id.
+    fn command(&self, client: Uuid, command: &Command) -> Option<Vec<String>>;
+
+    /// The clients connected here.
+    fn local_clients(&self) -> Vec<ClientInfo>;
+}
+
+/// What one node asks of a client connected to another.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", content = "topics", rename_all = "snake_case")]
+pub enum Command {
+    /// Add these (valid) subscriptions.
+    Subscribe(Vec<String>),
+    /// Remove these subscriptions.
+    Unsubscribe(Vec<String>),
+    /// Disconnect the client.
+    Disconnect,
+}
+
+/// A change of the clients connected to a node, for cluster-wide presence.
+#[derive(Debug, Clone)]
+pub enum Presence {
+    /// A client connected or changed its subscriptions.
+    Here(ClientInfo),
+    /// A client went away.
+    Gone(Uuid),
+}
+
+/// What a broker shared by several nodes adds: the cluster's clients, wherever connected.
+pub trait Cluster: Send + Sync {
+    /// Records a change of this node's clients (without waiting).
+    fn presence(&self, change: Presence);
+
+    /// Every client connected to any node.
+    fn clients(&self) -> BoxFuture<'_, Result<Vec<ClientInfo>, BrokerError>>;
+
+    /// Carries out a command on a client connected to another node; `Ok(None)` if no node has it.
+    fn command(&self, client: Uuid, command: Command) -> BoxFuture<'_, Result<Option<Vec<String>>, BrokerError>>;
 }
 
 /// A broker failure, as the HTTP edge reports it (`503`).
@@ -97,6 +157,15 @@ pub trait Broker: Send + Sync + 'static {
     /// The history to keep across a restart, as (floor, last id, events), if this broker keeps
     /// it in the process.
     fn export(&self) -> Option<(EventId, EventId, Vec<Arc<Event>>)> {
+        None
+    }
+
+    /// Called once by the hub it serves: a broker that delivers events itself (in a shared
+    /// order) starts here, until `stop` is cancelled.
+    fn attach(&self, _hub: Weak<dyn Dispatch>, _stop: tokio_util::sync::CancellationToken) {}
+
+    /// The cluster-wide view, for a broker shared by several nodes.
+    fn cluster(&self) -> Option<&dyn Cluster> {
         None
     }
 }
