@@ -270,7 +270,8 @@ impl Dispatch for Shared {
                 continue;
             }
             // Its subscribers get the new state in place of the changes they missed.
-            let mut receivers: Vec<Arc<Client>> = st.exact.get(&topic).into_iter().flat_map(|s| s.values().cloned()).collect();
+            let mut receivers: Vec<Arc<Client>> =
+                st.exact.get(&topic).into_iter().flat_map(|s| s.values().cloned()).collect();
             for (pattern, set) in &st.patterns {
                 if pattern.matches(&topic) {
                     receivers.extend(set.values().cloned());
@@ -286,8 +287,16 @@ impl Dispatch for Shared {
         lock(&self.state).retained.dump()
     }
 
+    fn resume_all(&self) {
+        let clients: Vec<Arc<Client>> = lock(&self.state).clients.values().map(|e| e.client.clone()).collect();
+        for c in clients {
+            c.close(CloseReason::Overflow);
+        }
+    }
+
     fn command(&self, client: Uuid, command: &Command) -> Option<Vec<String>> {
-        let patterns = |topics: &[String]| -> Vec<Pattern> { topics.iter().filter_map(|t| Pattern::parse(t).ok()).collect() };
+        let patterns =
+            |topics: &[String]| -> Vec<Pattern> { topics.iter().filter_map(|t| Pattern::parse(t).ok()).collect() };
         match command {
             Command::Subscribe(topics) => self.subscribe(&client, &patterns(topics)).ok().map(|s| s.topics),
             Command::Unsubscribe(topics) => self.unsubscribe(&client, &patterns(topics)).ok(),
@@ -603,12 +612,14 @@ impl Hub {
         if self.shared.shutdown.is_cancelled() {
             client.close(CloseReason::Shutdown);
         }
-        self.shared.presence(|| Presence::Here(ClientInfo {
-            client_id: id,
-            transport,
-            topics: subs.iter().map(ToString::to_string).collect(),
-            connected_at: client.connected_at_ms(),
-        }));
+        self.shared.presence(|| {
+            Presence::Here(ClientInfo {
+                client_id: id,
+                transport,
+                topics: subs.iter().map(ToString::to_string).collect(),
+                connected_at: client.connected_at_ms(),
+            })
+        });
         Some(Connection { hub: self.clone(), client, head, snapshots })
     }
 

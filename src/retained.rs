@@ -212,7 +212,8 @@ impl Store {
             }
             let version = match self.topics.get(topic) {
                 Some(e) => {
-                    let copy = Entry { topic: e.topic.clone(), version: e.version, state: e.state.clone(), snapshot: None };
+                    let copy =
+                        Entry { topic: e.topic.clone(), version: e.version, state: e.state.clone(), snapshot: None };
                     scratch.topics.insert(topic.clone(), copy);
                     e.version
                 }

@@ -186,6 +186,7 @@ mod tests {
             Vec::new()
         }
         fn restore(&self, _: Vec<crate::persist::SavedTopic>) {}
+        fn resume_all(&self) {}
         fn retained(&self) -> Vec<crate::persist::SavedTopic> {
             Vec::new()
         }

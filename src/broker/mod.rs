@@ -44,6 +44,10 @@ pub trait Dispatch: Send + Sync {
     /// Every retained topic's state.
     fn retained(&self) -> Vec<SavedTopic>;
 
+    /// Closes every client connected here so that it reconnects and resumes (it may have missed
+    /// events that this node could not read).
+    fn resume_all(&self);
+
     /// Carries out a command on a client connected here; `None` if none has that id.
     fn command(&self, client: Uuid, command: &Command) -> Option<Vec<String>>;
 

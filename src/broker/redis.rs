@@ -325,11 +325,12 @@ impl Inner {
             within(conn.xrange(&self.keys.stream, format!("({after}"), upto.to_string())).await?;
         // Read after the range: if nothing after `after` had been trimmed by then, the range is
         // whole.
-        let info: RedisValue = match within(redis::cmd("XINFO").arg("STREAM").arg(&self.keys.stream).query_async(&mut conn)).await {
-            Ok(info) => info,
-            Err(_) if range.ids.is_empty() => RedisValue::Nil,
-            Err(e) => return Err(e),
-        };
+        let info: RedisValue =
+            match within(redis::cmd("XINFO").arg("STREAM").arg(&self.keys.stream).query_async(&mut conn)).await {
+                Ok(info) => info,
+                Err(_) if range.ids.is_empty() => RedisValue::Nil,
+                Err(e) => return Err(e),
+            };
         if after < max_deleted(&info) {
             return Ok(Replay::Expired);
         }
@@ -375,7 +376,8 @@ impl Inner {
         epoch: &mut Option<String>,
         backoff: &mut Duration,
     ) -> Result<(), BrokerError> {
-        let config = AsyncConnectionConfig::new().set_connection_timeout(Some(TIMEOUT)).set_response_timeout(Some(TIMEOUT));
+        let config =
+            AsyncConnectionConfig::new().set_connection_timeout(Some(TIMEOUT)).set_response_timeout(Some(TIMEOUT));
         let mut conn = within(self.client.get_multiplexed_async_connection_with_config(&config)).await?;
         let reading = config.set_response_timeout(Some(Duration::from_millis(BLOCK_MS as u64) + TIMEOUT));
         let mut reader = within(self.client.get_multiplexed_async_connection_with_config(&reading)).await?;
@@ -420,7 +422,27 @@ impl Inner {
                     let _: i64 = within(call.invoke_async(&mut conn)).await?;
                 }
             }
-            Some(at) => tracing::info!(from = %at, "Redis reachable again: reading on"),
+            Some(at) => {
+                let info: RedisValue =
+                    within(redis::cmd("XINFO").arg("STREAM").arg(&self.keys.stream).query_async(&mut conn))
+                        .await
+                        .unwrap_or(RedisValue::Nil);
+                if max_deleted(&info) > at {
+                    // Entries this node had not read were trimmed meanwhile: take the stored
+                    // states, and have its clients resume (those that cannot get a reset).
+                    tracing::warn!(at = %at, "the stream moved past this node while it was away: clients resume");
+                    let states: HashMap<String, String> = within(conn.hgetall(&self.keys.states)).await?;
+                    hub.restore(states.values().filter_map(|raw| topic_state(raw)).collect());
+                    hub.resume_all();
+                    let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
+                    let tail = last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or(at);
+                    hub.deliver(Vec::new(), tail);
+                    self.read.send_replace(tail);
+                    *position = Some(tail);
+                } else {
+                    tracing::info!(from = %at, "Redis reachable again: reading on");
+                }
+            }
         }
         drop(hub);
         *lock(&self.conn) = Some(conn.clone());
@@ -447,10 +469,8 @@ impl Inner {
         let options = StreamReadOptions::default().block(BLOCK_MS).count(READ_COUNT);
         loop {
             let from = position.unwrap_or_default();
-            let reply: Option<StreamReadReply> = reader
-                .xread_options(&[&self.keys.stream], &[from.to_string()], &options)
-                .await
-                .map_err(unavailable)?;
+            let reply: Option<StreamReadReply> =
+                reader.xread_options(&[&self.keys.stream], &[from.to_string()], &options).await.map_err(unavailable)?;
             let Some(hub) = self.hub() else { return Ok(()) };
             let mut events = Vec::new();
             let mut last = from;
@@ -483,7 +503,11 @@ impl Inner {
     }
 
     /// Answers commands from other nodes and collects their answers to ours.
-    async fn control(&self, mut messages: redis::aio::PubSubStream, mut conn: MultiplexedConnection) -> Result<(), BrokerError> {
+    async fn control(
+        &self,
+        mut messages: redis::aio::PubSubStream,
+        mut conn: MultiplexedConnection,
+    ) -> Result<(), BrokerError> {
         while let Some(msg) = messages.next().await {
             let Ok(message) = serde_json::from_slice::<Message>(msg.get_payload_bytes()) else { continue };
             match message {
@@ -575,7 +599,8 @@ impl Inner {
         for node in &others {
             pipe.hvals(Keys::presence(node));
         }
-        let found: Vec<Vec<String>> = within(pipe.query_async(&mut conn)).await?;
+        let found: Vec<Vec<String>> =
+            if others.is_empty() { Vec::new() } else { within(pipe.query_async(&mut conn)).await? };
         // Nodes whose presence expired are gone.
         let gone: Vec<&String> = others.iter().zip(&found).filter(|(_, c)| c.is_empty()).map(|(n, _)| *n).collect();
         if !gone.is_empty() {
