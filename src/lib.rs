@@ -47,6 +47,7 @@ pub mod client;
 pub mod config;
 pub mod conflate;
 pub mod demo;
+pub(crate) mod direct;
 pub mod error;
 pub mod event;
 pub mod hub;

@@ -127,8 +127,21 @@ pub async fn serve(
         let handle = ConnHandle { kill: cut.child_token(), _slot: slot };
         let app = app.clone();
         let draining = draining.clone();
+        let hub = hub.clone();
         tracker.spawn(async move {
             let kill = handle.kill.clone();
+            if hub.config().transports.sse {
+                let sniffed = tokio::select! {
+                    s = crate::direct::sniff(&stream) => s,
+                    _ = kill.cancelled() => return,
+                    _ = draining.cancelled() => return,
+                };
+                match sniffed {
+                    None => return,
+                    Some(true) => return crate::direct::serve(hub, stream, kill).await,
+                    Some(false) => {}
+                }
+            }
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(handle.clone());

@@ -4,20 +4,21 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::BytesMut;
 use serde_json::json;
 
 use crate::api::parse_patterns;
-use crate::client::{CloseReason, Outbound, Transport};
+use crate::client::{Client, CloseReason, Outbound, Transport};
 use crate::conflate::{self, Shaper};
 use crate::error::ApiError;
-use crate::event::{now_ms, sse_frame};
+use crate::event::{now_ms, sse_frame, EventId};
 use crate::hub::{Connection, Hub, Start};
 use crate::server::ConnHandle;
 
@@ -95,6 +96,132 @@ fn prelude(hub: &Hub, conn: &Connection, topics: &[String], start: Option<&Start
     out.freeze()
 }
 
+/// A client's SSE stream, registered and ready to send.
+pub(crate) struct Opened {
+    /// The registration; dropping it unregisters the client.
+    pub conn: Connection,
+    /// The prelude, to write first.
+    pub first: Bytes,
+    envelope: bool,
+}
+
+/// Checks a `/stream` request (its query string and `Last-Event-ID` header), registers the
+/// client and renders its prelude.
+pub(crate) async fn open(hub: &Hub, raw_query: Option<&str>, last_event_id: Option<&str>) -> Result<Opened, ApiError> {
+    if !hub.config().transports.sse {
+        return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
+    }
+    let q = StreamQuery::parse(raw_query)?;
+    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+    let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+    let last_id = last_event_id.map(str::to_owned).or(q.last_event_id).filter(|id| !id.is_empty());
+
+    hub.catch_up(last_id.as_deref()).await;
+    let conn = hub.connect(Transport::Sse, patterns.clone());
+    conn.client().set_throttle(&patterns, conflate::throttle(q.throttle_ms));
+    let start = match last_id {
+        Some(after) => Some(hub.replay(conn.client().id(), None, &after, conn.head()).await?),
+        None => None,
+    };
+    let first = prelude(hub, &conn, &topics, start.as_ref(), q.envelope);
+    Ok(Opened { conn, first, envelope: q.envelope })
+}
+
+/// What [`Pump::fill`] found.
+pub(crate) enum Flow {
+    /// More may follow.
+    More,
+    /// The stream ends (after what was rendered), for this reason.
+    End(CloseReason),
+}
+
+/// Renders a client's queue as SSE, whatever carries the bytes.
+pub(crate) struct Pump {
+    /// Held for the registration: dropping the pump unregisters the client.
+    _conn: Connection,
+    client: Arc<Client>,
+    hub: Hub,
+    envelope: bool,
+    batch: VecDeque<Outbound>,
+    items: Vec<Outbound>,
+    shaper: Shaper,
+    last_id: Option<EventId>,
+}
+
+impl Pump {
+    pub(crate) fn new(opened: Opened) -> (Pump, Bytes) {
+        let Opened { conn, first, envelope } = opened;
+        let client = conn.client().clone();
+        let hub = conn.hub().clone();
+        client.wrote(now_ms());
+        let pump = Pump {
+            _conn: conn,
+            client,
+            hub,
+            envelope,
+            batch: VecDeque::new(),
+            items: Vec::new(),
+            shaper: Shaper::default(),
+            last_id: None,
+        };
+        (pump, first)
+    }
+
+    /// Waits until something is due for the client and renders all of it into `out`.
+    /// Shutdown arrives through the queue like everything else: `Hub::shutdown` closes every
+    /// client, and the close ends the stream after a `retry:` hint.
+    pub(crate) async fn fill(&mut self, out: &mut BytesMut) -> Flow {
+        let open = tokio::select! {
+            open = self.client.next_batch(&mut self.batch) => open,
+            _ = conflate::until(self.shaper.next_due()) => true,
+        };
+        if !open {
+            return Flow::End(self.client.close_reason().unwrap_or(CloseReason::Kicked));
+        }
+        self.shaper.shape(&self.hub, &self.client, &mut self.batch, &mut self.items);
+        let mut end = None;
+        for item in self.items.drain(..) {
+            match item {
+                // A throttled event held back comes after newer ones: without an `id:` it
+                // cannot move the client's resume position backwards.
+                Outbound::Event(ev) if self.last_id.is_some_and(|last| ev.id < last) => {
+                    let data = if self.envelope { &ev.json()[..] } else { ev.draft.data.get().as_bytes() };
+                    out.extend_from_slice(&sse_frame(None, &ev.draft.event, data));
+                }
+                Outbound::Event(ev) => {
+                    self.last_id = Some(ev.id);
+                    out.extend_from_slice(ev.sse_frame(self.envelope));
+                }
+                Outbound::Snapshot(s) => out.extend_from_slice(s.sse_frame()),
+                Outbound::Heartbeat => out.extend_from_slice(b": hb\n\n"),
+                // Replies to frame-based requests never go to an SSE client; the shaper has
+                // turned resyncs into snapshots.
+                Outbound::Frame(_) | Outbound::Resync(_) => {}
+                Outbound::Close(reason) => end = Some(reason),
+            }
+        }
+        if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout)) {
+            out.extend_from_slice(&retry_line(&self.hub));
+        }
+        if !out.is_empty() {
+            self.client.wrote(now_ms());
+        }
+        match end {
+            Some(reason) => Flow::End(reason),
+            None => Flow::More,
+        }
+    }
+}
+
+/// The response headers of an event stream.
+pub(crate) const HEADERS: [(&str, &str); 4] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+    // A stream's connection is not reused, so cutting it never cuts another request.
+    ("connection", "close"),
+];
+
 /// `GET /stream`.
 pub async fn stream(
     State(hub): State<Hub>,
@@ -102,76 +229,19 @@ pub async fn stream(
     headers: HeaderMap,
     conn_handle: Option<axum::Extension<ConnHandle>>,
 ) -> Result<Response, ApiError> {
-    if !hub.config().transports.sse {
-        return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
-    }
-    let q = StreamQuery::parse(raw.as_deref())?;
-    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
-    let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
-    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(q.last_event_id);
-
-    hub.catch_up(last_id.as_deref()).await;
-    let conn = hub.connect(Transport::Sse, patterns.clone());
-    conn.client().set_throttle(&patterns, conflate::throttle(q.throttle_ms));
-    let start = match last_id.filter(|id| !id.is_empty()) {
-        Some(after) => Some(hub.replay(conn.client().id(), None, &after, conn.head()).await?),
-        None => None,
-    };
-    let first = prelude(&hub, &conn, &topics, start.as_ref(), q.envelope);
-    let envelope = q.envelope;
-    drop(start);
+    let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let opened = open(&hub, raw.as_deref(), header_id).await?;
     let kill = conn_handle.map(|h| h.0);
-
     let body = async_stream::stream! {
-        let client = conn.client().clone();
-        let hub = conn.hub().clone();
-        client.wrote(now_ms());
+        let (mut pump, first) = Pump::new(opened);
         yield Ok::<_, Infallible>(first);
-        let mut batch = VecDeque::new();
-        let mut items = Vec::new();
-        let mut shaper = Shaper::default();
         let mut buf = BytesMut::new();
-        let mut last_id = None;
-        // Shutdown arrives through the queue like everything else: `Hub::shutdown` closes every
-        // client, and the close ends this loop after a `retry:` hint.
         loop {
-            let open = tokio::select! {
-                open = client.next_batch(&mut batch) => open,
-                _ = conflate::until(shaper.next_due()) => true,
-            };
-            if !open {
-                break;
-            }
-            shaper.shape(&hub, &client, &mut batch, &mut items);
-            let mut end = None;
-            for item in items.drain(..) {
-                match item {
-                    // A throttled event held back comes after newer ones: without an `id:` it
-                    // cannot move the client's resume position backwards.
-                    Outbound::Event(ev) if last_id.is_some_and(|last| ev.id < last) => {
-                        let data = if envelope { &ev.json()[..] } else { ev.draft.data.get().as_bytes() };
-                        buf.extend_from_slice(&sse_frame(None, &ev.draft.event, data));
-                    }
-                    Outbound::Event(ev) => {
-                        last_id = Some(ev.id);
-                        buf.extend_from_slice(ev.sse_frame(envelope));
-                    }
-                    Outbound::Snapshot(s) => buf.extend_from_slice(s.sse_frame()),
-                    Outbound::Heartbeat => buf.extend_from_slice(b": hb\n\n"),
-                    // Replies to frame-based requests never go to an SSE client; the shaper has
-                    // turned resyncs into snapshots.
-                    Outbound::Frame(_) | Outbound::Resync(_) => {}
-                    Outbound::Close(reason) => end = Some(reason),
-                }
-            }
-            if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout)) {
-                buf.extend_from_slice(&retry_line(&hub));
-            }
+            let flow = pump.fill(&mut buf).await;
             if !buf.is_empty() {
-                client.wrote(now_ms());
                 yield Ok(buf.split().freeze());
             }
-            if let Some(reason) = end {
+            if let Flow::End(reason) = flow {
                 if reason == CloseReason::Overflow {
                     if let Some(k) = &kill {
                         k.kill_after(OVERFLOW_GRACE);
@@ -181,15 +251,13 @@ pub async fn stream(
             }
         }
         // Unregisters the client when the stream ends or the peer goes away.
-        drop(conn);
+        drop(pump);
     };
 
     let mut res = Response::new(Body::from_stream(body));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    // A stream's connection is not reused, so cutting it never cuts another request.
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    for (name, value) in HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     Ok(res)
 }
