@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -86,6 +87,8 @@ pub enum Outbound {
     Resync(Arc<str>),
     /// The last message: the stream ends after it.
     Close(CloseReason),
+    /// The rest of an SSE frame whose start was written straight to the socket.
+    Raw(bytes::Bytes),
 }
 
 impl Outbound {
@@ -114,8 +117,20 @@ pub enum Push {
     Closed,
 }
 
+/// An SSE connection's socket, written straight from [`Client::push`] while the connection's
+/// own task is idle (see [`crate::direct`]).
+struct Direct {
+    socket: Arc<TcpStream>,
+    /// `envelope=1`: the whole event JSON as data.
+    envelope: bool,
+    /// The task has written everything and waits: a push may write to the socket itself.
+    idle: bool,
+}
+
 struct Queue {
     items: VecDeque<Outbound>,
+    /// Set for an SSE connection served on its socket.
+    direct: Option<Direct>,
     closed: bool,
     /// Why it was closed.
     reason: Option<CloseReason>,
@@ -162,7 +177,13 @@ impl Client {
             transport,
             connected_at_ms: now,
             capacity: capacity.max(1),
-            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false, reason: None, heartbeat_queued: false }),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                direct: None,
+                closed: false,
+                reason: None,
+                heartbeat_queued: false,
+            }),
             ready: Notify::new(),
             closed: Notify::new(),
             last_round: AtomicU64::new(0),
@@ -198,12 +219,82 @@ impl Client {
         self.last_round.swap(round, Ordering::Relaxed) != round
     }
 
+    /// Lets pushes write SSE frames straight to `socket` while the connection's task waits
+    /// (not for throttled clients, whose events the task holds back and reorders).
+    pub(crate) fn write_directly(&self, socket: Arc<TcpStream>, envelope: bool) {
+        if !self.is_throttled() {
+            self.lock().direct = Some(Direct { socket, envelope, idle: false });
+        }
+    }
+
+    /// Called by a direct connection's task when it has written everything: until something is
+    /// queued for it again, pushes write to the socket themselves. False if something is queued.
+    pub(crate) fn idle(&self) -> bool {
+        let mut q = self.lock();
+        let empty = q.items.is_empty();
+        if let Some(d) = q.direct.as_mut() {
+            d.idle = empty;
+        }
+        empty
+    }
+
+    /// Writes `frame` straight to the socket if the task is idle. `Some(rest)` if it did not all
+    /// go out (the rest, or all of it, must be queued and the task woken); `None` if it went.
+    fn write_now(q: &mut Queue, frame: &bytes::Bytes) -> Option<bytes::Bytes> {
+        let d = q.direct.as_mut()?;
+        if !d.idle {
+            return Some(frame.clone());
+        }
+        match d.socket.try_write(frame) {
+            Ok(n) if n == frame.len() => return None,
+            Ok(n) => {
+                d.idle = false;
+                return Some(frame.slice(n..));
+            }
+            // Pushed back or broken: the task waits for the socket, or finds the error.
+            Err(_) => d.idle = false,
+        }
+        Some(frame.clone())
+    }
+
+    /// The SSE frame of an item that may be written straight to the socket.
+    fn direct_frame(q: &Queue, item: &Outbound) -> Option<bytes::Bytes> {
+        let d = q.direct.as_ref().filter(|d| d.idle)?;
+        match item {
+            Outbound::Event(ev) => Some(ev.sse_frame(d.envelope).clone()),
+            Outbound::Heartbeat => Some(bytes::Bytes::from_static(b": hb\n\n")),
+            _ => None,
+        }
+    }
+
     /// Queues an item. A full queue is emptied and replaced by a close, so a client that stops
     /// reading holds at most `capacity` items and then resumes from history when it reconnects.
     pub(crate) fn push(&self, item: Outbound) -> Push {
         let mut q = self.lock();
         if q.closed {
             return Push::Closed;
+        }
+        if q.items.is_empty() {
+            if let Some(frame) = Self::direct_frame(&q, &item) {
+                match Self::write_now(&mut q, &frame) {
+                    None => {
+                        drop(q);
+                        self.wrote(now_ms());
+                        return Push::Queued;
+                    }
+                    Some(rest) if rest.len() < frame.len() => {
+                        q.items.push_back(Outbound::Raw(rest));
+                        drop(q);
+                        self.ready.notify_one();
+                        return Push::Queued;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(d) = q.direct.as_mut() {
+            // The task takes over until it has written what is queued.
+            d.idle = false;
         }
         let was_empty = q.items.is_empty();
         // A close always fits: it is the last item.
@@ -251,6 +342,10 @@ impl Client {
         let mut q = self.lock();
         if q.closed || q.heartbeat_queued || (!always && !q.items.is_empty()) {
             return false;
+        }
+        if q.items.is_empty() && q.direct.as_ref().is_some_and(|d| d.idle) {
+            drop(q);
+            return self.push(Outbound::Heartbeat) == Push::Queued;
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(Outbound::Heartbeat);

@@ -8,6 +8,7 @@
 //! axum with the same rendering ([`crate::sse::Pump`]).
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -159,6 +160,7 @@ async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) -> io::Resu
 /// Serves one `GET /stream` connection until the stream ends, the peer goes away or `kill` is
 /// cancelled.
 pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
+    let stream = Arc::new(stream);
     let head = tokio::select! {
         head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream)) => match head {
             Ok(Ok(head)) => head,
@@ -187,6 +189,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         }
     };
     let (mut pump, first) = Pump::new(opened);
+    pump.client().write_directly(stream.clone(), pump.envelope());
     let mut out = response_head(StatusCode::OK, &sse::HEADERS, cors.as_deref());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&first);
@@ -195,6 +198,8 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         loop {
             write_all(&stream, &out).await?;
             out.clear();
+            // Until something is queued again, pushes write to the socket themselves.
+            pump.client().idle();
             if let Flow::End(_) = pump.fill(&mut out).await {
                 // The last bytes (a `retry:` hint) get a while to go out, even to a client
                 // that stopped reading.

@@ -319,7 +319,11 @@ async fn answer(
                     events.push(ev.json().clone());
                 }
                 Outbound::Snapshot(s) => events.push(s.poll_event(&head.to_string())),
-                Outbound::Heartbeat | Outbound::Frame(_) | Outbound::Resync(_) | Outbound::Close(_) => {}
+                Outbound::Heartbeat
+                | Outbound::Frame(_)
+                | Outbound::Resync(_)
+                | Outbound::Raw(_)
+                | Outbound::Close(_) => {}
             }
         }
         if overflowed {

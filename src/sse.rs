@@ -167,6 +167,16 @@ impl Pump {
         (pump, first)
     }
 
+    /// The client.
+    pub(crate) fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// Whether events go out as their whole JSON (`envelope=1`).
+    pub(crate) fn envelope(&self) -> bool {
+        self.envelope
+    }
+
     /// Waits until something is due for the client and renders all of it into `out`.
     /// Shutdown arrives through the queue like everything else: `Hub::shutdown` closes every
     /// client, and the close ends the stream after a `retry:` hint.
@@ -194,6 +204,7 @@ impl Pump {
                 }
                 Outbound::Snapshot(s) => out.extend_from_slice(s.sse_frame()),
                 Outbound::Heartbeat => out.extend_from_slice(b": hb\n\n"),
+                Outbound::Raw(bytes) => out.extend_from_slice(&bytes),
                 // Replies to frame-based requests never go to an SSE client; the shaper has
                 // turned resyncs into snapshots.
                 Outbound::Frame(_) | Outbound::Resync(_) => {}

@@ -227,8 +227,9 @@ where
                 Outbound::Snapshot(s) => sink.feed(Message::Text(s.ws_text().clone())).await?,
                 Outbound::Heartbeat => sink.feed(Message::Ping(Default::default())).await?,
                 Outbound::Frame(t) => sink.feed(Message::Text(Utf8Bytes::from(t))).await?,
-                // The shaper has turned resyncs into snapshots.
-                Outbound::Resync(_) => {}
+                // The shaper has turned resyncs into snapshots; raw SSE bytes are never queued
+                // for a WebSocket.
+                Outbound::Resync(_) | Outbound::Raw(_) => {}
                 Outbound::Close(reason) => {
                     if let Some(frame) = close_frame(reason) {
                         sink.send(Message::Close(Some(frame))).await?;
