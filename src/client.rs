@@ -117,6 +117,27 @@ pub enum Push {
     Closed,
 }
 
+/// The SSE frames of a run of events, concatenated on first use (per `envelope` setting) and
+/// shared by every receiver.
+#[derive(Default)]
+pub(crate) struct Frames {
+    plain: std::sync::OnceLock<bytes::Bytes>,
+    envelope: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Frames {
+    fn get(&self, events: &[Arc<Event>], envelope: bool) -> &bytes::Bytes {
+        let cell = if envelope { &self.envelope } else { &self.plain };
+        cell.get_or_init(|| {
+            let mut out = bytes::BytesMut::new();
+            for ev in events {
+                out.extend_from_slice(ev.sse_frame(envelope));
+            }
+            out.freeze()
+        })
+    }
+}
+
 /// An SSE connection's socket, written straight from [`Client::push`] while the connection's
 /// own task is idle (see [`crate::direct`]).
 struct Direct {
@@ -265,6 +286,44 @@ impl Client {
             Outbound::Heartbeat => Some(bytes::Bytes::from_static(b": hb\n\n")),
             _ => None,
         }
+    }
+
+    /// Gives the client several events at once (`frames`: their SSE frames, concatenated, made
+    /// once for all receivers). A direct connection that is idle gets them in one write;
+    /// otherwise each is queued as by [`Client::push`]. Returns how many were delivered.
+    pub(crate) fn push_events(&self, events: &[Arc<Event>], frames: &Frames) -> (u64, Push) {
+        {
+            let mut q = self.lock();
+            if q.closed {
+                return (0, Push::Closed);
+            }
+            let envelope = q.direct.as_ref().filter(|d| d.idle).map(|d| d.envelope);
+            if let (Some(envelope), true) = (envelope, q.items.is_empty()) {
+                let all = frames.get(events, envelope);
+                match Self::write_now(&mut q, all) {
+                    None => {
+                        drop(q);
+                        self.wrote(now_ms());
+                        return (events.len() as u64, Push::Queued);
+                    }
+                    Some(rest) if rest.len() < all.len() => {
+                        q.items.push_back(Outbound::Raw(rest));
+                        drop(q);
+                        self.ready.notify_one();
+                        return (events.len() as u64, Push::Queued);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let mut delivered = 0;
+        for ev in events {
+            match self.push(Outbound::Event(ev.clone())) {
+                Push::Queued => delivered += 1,
+                other => return (delivered, other),
+            }
+        }
+        (delivered, Push::Queued)
     }
 
     /// Queues an item. A full queue is emptied and replaced by a close, so a client that stops

@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub use crate::broker::PublishError;
 use crate::broker::{Broker, BrokerError, Command, Dispatch, MemoryBroker, Presence, RedisBroker, Replay};
 pub use crate::client::ClientInfo;
-use crate::client::{Client, CloseReason, Outbound, Push, Transport};
+use crate::client::{Client, CloseReason, Frames, Outbound, Push, Transport};
 use crate::config::Config;
 use crate::event::{now_ms, Audience, Draft, Event, EventId};
 use crate::metrics::{Metrics, TransportLabel};
@@ -219,19 +219,27 @@ fn receives(id: &Uuid, subs: &[Pattern], ev: &Event) -> bool {
 impl Dispatch for Shared {
     fn publish(
         &self,
-        mut drafts: Vec<Draft>,
+        requests: Vec<Vec<Draft>>,
         store: &mut dyn FnMut(Vec<Draft>) -> Vec<Arc<Event>>,
-    ) -> Result<Vec<Arc<Event>>, PublishError> {
+    ) -> Vec<Result<Vec<Arc<Event>>, PublishError>> {
         let mut st = lock(&self.state);
-        st.retained.apply(&mut drafts).map_err(|(index, message)| PublishError::Conflict { index, message })?;
-        let events = store(drafts);
-        let done = st.fan_out(&events);
+        let mut all = Vec::new();
+        let results: Vec<Result<Vec<Arc<Event>>, PublishError>> = requests
+            .into_iter()
+            .map(|mut drafts| {
+                st.retained.apply(&mut drafts).map_err(|(index, message)| PublishError::Conflict { index, message })?;
+                let events = store(drafts);
+                all.extend(events.iter().cloned());
+                Ok(events)
+            })
+            .collect();
+        let done = st.fan_out(&all);
         drop(st);
         for (id, transport) in &done.overflowed {
             tracing::warn!(client_id = %id, transport = transport.as_str(), "client queue full: closed, it may resume from history");
         }
         self.count(done);
-        Ok(events)
+        results
     }
 
     fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError> {
@@ -373,18 +381,40 @@ impl State {
     /// client: a full queue conflates (state updates only) or closes that client.
     fn fan_out(&mut self, events: &[Arc<Event>]) -> FanOut {
         let mut done = FanOut::default();
-        for ev in events {
+        let mut rest = events;
+        while let Some(ev) = rest.first() {
+            // A run of plain events on one topic has the same receivers: each gets the run at
+            // once (one write to an idle connection).
+            let run = match (&ev.draft.audience, ev.topic()) {
+                (Audience::Topic, Some(topic)) => rest
+                    .iter()
+                    .take_while(|e| {
+                        e.draft.audience == Audience::Topic && e.topic() == Some(topic) && e.draft.version.is_none()
+                    })
+                    .count()
+                    .max(1),
+                _ => 1,
+            };
+            let (events, after) = rest.split_at(run);
+            rest = after;
             self.round += 1;
-            self.head = ev.id;
+            self.head = events[events.len() - 1].id;
             let round = self.round;
+            let frames = Frames::default();
             let mut deliver = |c: &Arc<Client>| {
-                if c.first_in_round(round) {
-                    match c.push(Outbound::Event(ev.clone())) {
-                        Push::Queued => done.delivered += 1,
-                        Push::Conflated => done.conflated += 1,
-                        Push::Overflowed => done.overflowed.push((c.id(), c.transport())),
-                        Push::Closed => {}
-                    }
+                if !c.first_in_round(round) {
+                    return;
+                }
+                let (delivered, push) = if let [one] = events {
+                    (1, c.push(Outbound::Event(one.clone())))
+                } else {
+                    c.push_events(events, &frames)
+                };
+                match push {
+                    Push::Queued => done.delivered += delivered,
+                    Push::Conflated => done.conflated += 1,
+                    Push::Overflowed => done.overflowed.push((c.id(), c.transport())),
+                    Push::Closed => {}
                 }
             };
             match &ev.draft.audience {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio::sync::oneshot;
 
 use super::{Broker, BrokerError, Dispatch, PublishError, Replay};
 use crate::event::{now_ms, Draft, Event, EventId};
@@ -17,6 +18,27 @@ pub struct MemoryBroker {
     max_bytes: usize,
     max_age: Duration,
     history: Mutex<History>,
+    /// Publish requests waiting for the dispatcher.
+    pending: Mutex<Vec<Request>>,
+    /// Held by the publisher that dispatches.
+    dispatching: Mutex<()>,
+}
+
+/// Where a publish request's result goes.
+type Answer = oneshot::Sender<Result<Vec<Arc<Event>>, PublishError>>;
+/// A publish request waiting to be dispatched.
+type Request = (Vec<Draft>, Answer);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 struct History {
@@ -59,6 +81,8 @@ impl MemoryBroker {
             max_bytes,
             max_age,
             history: Mutex::new(History { events: VecDeque::new(), floor: start, last: start, bytes: 0 }),
+            pending: Mutex::new(Vec::new()),
+            dispatching: Mutex::new(()),
         }
     }
 
@@ -84,7 +108,31 @@ impl MemoryBroker {
     }
 
     fn lock(&self) -> MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.history)
+    }
+
+    /// Gives the requests their ids and has `sink` apply and fan them out, under the history
+    /// lock, so concurrent publishers reach every client in id order; answers each request.
+    fn dispatch(&self, requests: Vec<Request>, sink: &dyn Dispatch) {
+        let now = now_ms();
+        let (drafts, answers): (Vec<Vec<Draft>>, Vec<Answer>) = requests.into_iter().unzip();
+        let mut h = self.lock();
+        let results = sink.publish(drafts, &mut |drafts| {
+            let mut events = Vec::with_capacity(drafts.len());
+            for draft in drafts {
+                h.last = h.last.next(now);
+                let ev = Arc::new(Event::new(h.last, draft));
+                h.bytes += weight(&ev);
+                h.events.push_back(ev.clone());
+                events.push(ev);
+            }
+            events
+        });
+        h.trim(self.max_len, self.max_bytes, self.max_age, now);
+        drop(h);
+        for (answer, result) in answers.into_iter().zip(results) {
+            let _ = answer.send(result);
+        }
     }
 
     fn replay_now(&self, after: &str, upto: EventId) -> Replay {
@@ -122,24 +170,24 @@ impl Broker for MemoryBroker {
         drafts: Vec<Draft>,
         sink: &'a dyn Dispatch,
     ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, PublishError>> {
-        let now = now_ms();
-        let mut h = self.lock();
-        // Ids are assigned and dispatched under the history lock, so concurrent publishers
-        // reach every client in id order.
-        let result = sink.publish(drafts, &mut |drafts| {
-            let mut events = Vec::with_capacity(drafts.len());
-            for draft in drafts {
-                h.last = h.last.next(now);
-                let ev = Arc::new(Event::new(h.last, draft));
-                h.bytes += weight(&ev);
-                h.events.push_back(ev.clone());
-                events.push(ev);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).push((drafts, tx));
+        // One publisher at a time dispatches, taking every request waiting: publishes that
+        // arrive during a fan-out go out together in the next one, and a connection that keeps
+        // up gets them in one write.
+        while let Some(dispatching) = try_lock(&self.dispatching) {
+            let requests = std::mem::take(&mut *lock(&self.pending));
+            if !requests.is_empty() {
+                self.dispatch(requests, sink);
             }
-            events
-        });
-        h.trim(self.max_len, self.max_bytes, self.max_age, now);
-        drop(h);
-        futures::future::ready(result).boxed()
+            drop(dispatching);
+            // A request queued while the dispatch lock was held is taken on the next turn.
+            if lock(&self.pending).is_empty() {
+                break;
+            }
+        }
+        async move { rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("publish dropped".into()).into())) }
+            .boxed()
     }
 
     fn replay<'a>(&'a self, after: &'a str, upto: EventId) -> BoxFuture<'a, Result<Replay, BrokerError>> {
@@ -174,10 +222,10 @@ mod tests {
     impl Dispatch for Nobody {
         fn publish(
             &self,
-            drafts: Vec<Draft>,
+            requests: Vec<Vec<Draft>>,
             store: &mut dyn FnMut(Vec<Draft>) -> Vec<Arc<Event>>,
-        ) -> Result<Vec<Arc<Event>>, PublishError> {
-            Ok(store(drafts))
+        ) -> Vec<Result<Vec<Arc<Event>>, PublishError>> {
+            requests.into_iter().map(|drafts| Ok(store(drafts))).collect()
         }
         fn prepare(&self, _: &mut [Draft]) -> Result<Vec<crate::retained::Prepared>, PublishError> {
             Ok(Vec::new())

@@ -20,14 +20,15 @@ pub use redis::RedisBroker;
 
 /// The hub's side of publishing, which a broker calls in its order. The hub implements it.
 pub trait Dispatch: Send + Sync {
-    /// As one step, so that a client registering meanwhile sees all of it or none: applies the
-    /// drafts' state changes (refusing the whole batch if one fails), has `store` give the drafts
-    /// their ids and keep them, and fans the events out to clients. (An in-process broker.)
+    /// As one step, so that a client registering meanwhile sees all of it or none: for each
+    /// request in turn, applies its drafts' state changes (refusing the whole request if one
+    /// fails) and has `store` give the drafts their ids and keep them; then fans all the events
+    /// out to clients. Returns each request's events. (An in-process broker.)
     fn publish(
         &self,
-        drafts: Vec<Draft>,
+        requests: Vec<Vec<Draft>>,
         store: &mut dyn FnMut(Vec<Draft>) -> Vec<Arc<Event>>,
-    ) -> Result<Vec<Arc<Event>>, PublishError>;
+    ) -> Vec<Result<Vec<Arc<Event>>, PublishError>>;
 
     /// Turns the drafts' state changes into the events they become against the current state,
     /// changing nothing, and returns each changed topic's version before and state after. (A
