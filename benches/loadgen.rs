@@ -6,6 +6,13 @@
 //!
 //! `cargo bench --bench loadgen -- --clients 1000 --events 200 --rate 50` starts the release
 //! gateway itself; `--url URL --pid PID` measures one already running.
+//!
+//! `--target nchan|pushpin` drives the peers of the side-by-side comparison (`benches/compare.sh`)
+//! with the same clients and clock: Nchan subscribes at `/sub/<topic>` (EventSource or WebSocket)
+//! and publishes by POSTing the body to `/pub/<topic>`; Pushpin subscribes through its proxy port
+//! to a backend that holds every request (`benches/peers/grip_backend.py`) and publishes with
+//! `POST /publish` on `--publish-url` (its HTTP control port). `--pid` takes a comma list, so CPU
+//! and memory are summed over all of a server's processes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,9 +30,18 @@ struct Args {
     /// Gateway to measure; without it, the release binary is started on a free port.
     #[arg(long)]
     url: Option<String>,
-    /// PID of the gateway given by --url, for CPU and memory.
+    /// PIDs of the server given by --url, comma separated (every process of it), for CPU and memory.
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// What the server is: `ssegate`, `nchan` or `pushpin`; it decides the paths and the publish call.
+    #[arg(long, value_enum, default_value_t = Target::Ssegate)]
+    target: Target,
+    /// Where to publish, when not at --url (Pushpin: its HTTP control port, e.g. http://127.0.0.1:5561).
     #[arg(long)]
-    pid: Option<u32>,
+    publish_url: Option<String>,
+    /// PIDs of a helper that is not the server (Pushpin's backend), reported on their own.
+    #[arg(long, value_delimiter = ',')]
+    backend_pid: Vec<u32>,
     /// Gateway binary to start when no --url is given.
     #[arg(long, default_value = "target/release/ssegate")]
     bin: String,
@@ -50,6 +66,66 @@ struct Args {
     /// Longest wait for the last deliveries after the last publish, in seconds.
     #[arg(long, default_value_t = 20)]
     drain_s: u64,
+    /// Longest wait for all clients to connect, in seconds.
+    #[arg(long, default_value_t = 60)]
+    connect_s: u64,
+    /// How often a client whose connection fails or is refused before it is subscribed tries again,
+    /// after 0.2-1 s, as an EventSource would (0: never; retries are then reported).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Also report the load generator's own CPU per delivery (it shares the cores with the server).
+    #[arg(long)]
+    self_cpu: bool,
+}
+
+/// The server being measured: where clients subscribe and how events are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    /// ssegate: `/stream?topic=`, `/ws?topic=`, `POST /publish` with the contract's JSON.
+    Ssegate,
+    /// Nginx with Nchan: `/sub/<topic>` for EventSource and WebSocket, `POST /pub/<topic>`.
+    Nchan,
+    /// Pushpin in front of a GRIP backend: `/stream?topic=`, `/ws?topic=`, `POST /publish` (control API).
+    Pushpin,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Ssegate => "ssegate",
+            Target::Nchan => "nchan",
+            Target::Pushpin => "pushpin",
+        }
+    }
+
+    /// The request path a client subscribes with.
+    fn subscribe_path(self, ws: bool, topic: &str) -> String {
+        match (self, ws) {
+            (Target::Nchan, _) => format!("/sub/{topic}"),
+            (_, true) => format!("/ws?topic={topic}"),
+            (_, false) => format!("/stream?topic={topic}"),
+        }
+    }
+
+    /// The request that publishes event `seq` on `topic`, sent at `sent` µs.
+    fn publish(self, http: &reqwest::Client, base: &str, topic: &str, seq: u64, sent: u64) -> reqwest::RequestBuilder {
+        let data = format!(r#"{{"seq":{seq},"sent":{sent}}}"#);
+        match self {
+            Target::Ssegate => http
+                .post(format!("{base}/publish"))
+                .body(format!(r#"{{"topic":"{topic}","event":"tick","data":{data}}}"#)),
+            Target::Nchan => http.post(format!("{base}/pub/{topic}")).header("x-eventsource-event", "tick").body(data),
+            Target::Pushpin => {
+                let item = serde_json::json!({"channel": topic, "formats": {
+                    "http-stream": {"content": format!("event: tick\ndata: {data}\n\n")},
+                    "ws-message": {"content": data},
+                }});
+                http.post(format!("{base}/publish"))
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "items": [item] }).to_string())
+            }
+        }
+    }
 }
 
 /// Microseconds since the generator started: the clock of send times and arrival times.
@@ -65,6 +141,8 @@ struct Tally {
     latencies: Mutex<Vec<u32>>,
     deliveries: AtomicU64,
     connected: AtomicU64,
+    /// Connection attempts made again after a failure (see `--retries`).
+    retries: AtomicU64,
 }
 
 impl Tally {
@@ -97,30 +175,111 @@ async fn connect_from(src: SocketAddr, addr: SocketAddr) -> std::io::Result<toki
     socket.connect(addr).await
 }
 
+/// Undoes `Transfer-Encoding: chunked` on a byte stream that arrives in arbitrary pieces.
+#[derive(Default)]
+struct Dechunker {
+    /// Bytes received but not yet decoded (an incomplete size line or chunk end).
+    raw: Vec<u8>,
+    /// Bytes of the current chunk still to come; `None` while a size line is expected.
+    left: Option<usize>,
+}
+
+impl Dechunker {
+    /// Appends the payload found in `input` to `out`.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.raw.extend_from_slice(input);
+        let mut at = 0;
+        loop {
+            match self.left {
+                Some(0) => {
+                    // Each chunk's data is followed by CRLF.
+                    if self.raw.len() - at < 2 {
+                        break;
+                    }
+                    at += 2;
+                    self.left = None;
+                }
+                Some(n) => {
+                    let take = n.min(self.raw.len() - at);
+                    if take == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&self.raw[at..at + take]);
+                    at += take;
+                    self.left = Some(n - take);
+                }
+                None => {
+                    let Some(eol) = self.raw[at..].windows(2).position(|w| w == b"\r\n") else { break };
+                    let line = String::from_utf8_lossy(&self.raw[at..at + eol]);
+                    let size = line.split(';').next().unwrap_or("").trim();
+                    let size = usize::from_str_radix(size, 16)
+                        .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
+                    at += eol + 2;
+                    self.left = Some(size);
+                }
+            }
+        }
+        self.raw.drain(..at);
+        Ok(())
+    }
+}
+
 async fn sse_client(
     i: usize,
     addr: SocketAddr,
     src: SocketAddr,
-    topic: String,
-    tally: Arc<Tally>,
+    target: Target,
+    topic: &str,
+    tally: &Tally,
+    counted: &mut bool,
 ) -> std::io::Result<()> {
     let mut stream = connect_from(src, addr).await?;
-    let req = format!("GET /stream?topic={topic} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
+    let path = target.subscribe_path(false, topic);
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
     stream.write_all(req.as_bytes()).await?;
     let mut buf = vec![0u8; 16 * 1024];
+    // The response head, until it is complete; then the body, de-chunked if need be.
+    let mut head = Vec::new();
+    let mut dechunker: Option<Option<Dechunker>> = None;
+    let mut body = Vec::new();
     let mut pending = String::new();
-    let mut counted = false;
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             return Ok(());
         }
-        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if !counted && pending.contains("event: welcome") {
-            counted = true;
+        match &mut dechunker {
+            None => {
+                head.extend_from_slice(&buf[..n]);
+                let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                if !text.starts_with("http/1.1 200") && !text.starts_with("http/1.0 200") {
+                    let status = text.lines().next().unwrap_or("").to_owned();
+                    return Err(std::io::Error::other(format!("answered {status}")));
+                }
+                let mut chunked = text.contains("transfer-encoding: chunked").then(Dechunker::default);
+                let rest = head.split_off(end + 4);
+                match &mut chunked {
+                    Some(d) => d.feed(&rest, &mut body)?,
+                    None => body.extend_from_slice(&rest),
+                }
+                dechunker = Some(chunked);
+                // The peers send no greeting of their own: their answer means the subscription is in place.
+                if target != Target::Ssegate {
+                    *counted = true;
+                    tally.connected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(Some(d)) => d.feed(&buf[..n], &mut body)?,
+            Some(None) => body.extend_from_slice(&buf[..n]),
+        }
+        pending.push_str(&String::from_utf8_lossy(&body));
+        body.clear();
+        if !*counted && pending.contains("event: welcome") {
+            *counted = true;
             tally.connected.fetch_add(1, Ordering::Relaxed);
         }
-        // Chunked framing aside, each event's data line holds the JSON we look for.
+        // Each event's data line holds the JSON we look for.
         while let Some(end) = pending.find("\n\n") {
             let frame: String = pending.drain(..end + 2).collect();
             if frame.contains("event: tick") {
@@ -134,15 +293,22 @@ async fn ws_client(
     i: usize,
     addr: SocketAddr,
     src: SocketAddr,
-    topic: String,
-    tally: Arc<Tally>,
+    target: Target,
+    topic: &str,
+    tally: &Tally,
+    counted: &mut bool,
 ) -> std::io::Result<()> {
     let stream = connect_from(src, addr).await?;
-    let url = format!("ws://{addr}/ws?topic={topic}");
+    let url = format!("ws://{addr}{}", target.subscribe_path(true, topic));
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(std::io::Error::other)?;
+    if target != Target::Ssegate {
+        *counted = true;
+        tally.connected.fetch_add(1, Ordering::Relaxed);
+    }
     while let Some(msg) = ws.next().await {
         match msg.map_err(std::io::Error::other)? {
             tokio_tungstenite::tungstenite::Message::Text(t) if t.contains("\"welcome\"") => {
+                *counted = true;
                 tally.connected.fetch_add(1, Ordering::Relaxed);
             }
             tokio_tungstenite::tungstenite::Message::Text(t) => tally.record(i, &t),
@@ -153,6 +319,22 @@ async fn ws_client(
         }
     }
     Ok(())
+}
+
+/// CPU time (user + system) of some processes together, in microseconds; `None` if one is gone.
+fn cpu_micros_all(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_micros(p)).sum()
+}
+
+/// Resident memory of some processes together, in KiB; `None` if one is gone.
+fn rss_kib_all(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| rss_kib(p)).sum()
 }
 
 /// CPU time (user + system) of a process, in microseconds.
@@ -170,6 +352,19 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
+/// Milliseconds for the JSON line: two decimals, or `null` when nothing was measured.
+struct Ms(f64);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_nan() {
+            f.write_str("null")
+        } else {
+            write!(f, "{:.2}", self.0)
+        }
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -184,9 +379,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse_from(std::env::args().filter(|a| a != "--bench"));
     micros();
     let mut child = None;
-    let (base, pid) = match (&args.url, args.pid) {
-        (Some(url), pid) => (url.trim_end_matches('/').to_owned(), pid),
-        (None, _) => {
+    let (base, pids) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_owned(), args.pid.clone()),
+        None => {
+            anyhow::ensure!(args.target == Target::Ssegate, "--target {} needs --url", args.target.name());
             let limit = (args.clients + 500).to_string();
             let mut c = tokio::process::Command::new(&args.bin)
                 .args(["serve", "--listen", "127.0.0.1:0", "--demo", "false", "--max-connections", &limit])
@@ -201,18 +397,20 @@ async fn main() -> anyhow::Result<()> {
                 .strip_prefix("listening on ")
                 .ok_or_else(|| anyhow::anyhow!("unexpected: {line}"))?
                 .to_owned();
-            let pid = c.id();
+            let pids = c.id().into_iter().collect();
             child = Some(c);
-            (url, pid)
+            (url, pids)
         }
     };
     let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
-    let rss_idle = pid.and_then(rss_kib);
+    let publish_base = args.publish_url.as_deref().unwrap_or(&base).trim_end_matches('/').to_owned();
+    let rss_idle = rss_kib_all(&pids);
     let tally = Arc::new(Tally {
         seen: (0..args.clients).map(|_| Mutex::new(vec![0u8; args.events as usize])).collect(),
         latencies: Mutex::new(Vec::with_capacity(args.clients * args.events as usize / args.topics.max(1))),
         deliveries: AtomicU64::new(0),
         connected: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
     });
 
     let started = Instant::now();
@@ -222,39 +420,69 @@ async fn main() -> anyhow::Result<()> {
         let tally = tally.clone();
         let src = source(i, args.sources);
         let ws = args.transport == "ws";
+        let target = args.target;
+        let retries = args.retries;
         tasks.spawn(async move {
-            let res = if ws {
-                ws_client(i, addr, src, topic, tally).await
-            } else {
-                sse_client(i, addr, src, topic, tally).await
-            };
-            if let Err(e) = res {
-                eprintln!("client {i}: {e}");
+            for attempt in 0.. {
+                let mut counted = false;
+                let res = if ws {
+                    ws_client(i, addr, src, target, &topic, &tally, &mut counted).await
+                } else {
+                    sse_client(i, addr, src, target, &topic, &tally, &mut counted).await
+                };
+                if !counted && attempt < retries {
+                    tally.retries.fetch_add(1, Ordering::Relaxed);
+                    // Spread the retries so they do not come back as one burst.
+                    let jitter = (i as u64 * 7919 + attempt as u64 * 104_729) % 800;
+                    tokio::time::sleep(Duration::from_millis(200 + jitter)).await;
+                    continue;
+                }
+                match res {
+                    Err(e) => eprintln!("client {i}: {e}"),
+                    Ok(()) => eprintln!("client {i}: the server ended the stream"),
+                }
+                break;
             }
         });
         if i % 200 == 199 {
             tokio::task::yield_now().await;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(args.connect_s);
     while (tally.connected.load(Ordering::Relaxed) as usize) < args.clients && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connected = tally.connected.load(Ordering::Relaxed);
     let connect_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_connected = pid.and_then(rss_kib);
+    let rss_connected = rss_kib_all(&pids);
 
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let cpu_before = pid.and_then(cpu_micros);
+    let cpu_before = cpu_micros_all(&pids);
+    let self_cpu_before = cpu_micros(std::process::id());
+    let backend_cpu_before = cpu_micros_all(&args.backend_pid);
     let publish_start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.001)));
+    // Publishes go out at the rate whatever the server takes to answer (at most MAX_IN_FLIGHT
+    // unanswered), as from many backends: a server that is still fanning out one event gets
+    // the next ones meanwhile.
+    const MAX_IN_FLIGHT: usize = 256;
+    let mut in_flight = tokio::task::JoinSet::new();
     for seq in 0..args.events {
         tick.tick().await;
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            in_flight.join_next().await.expect("a publish in flight")??;
+        }
         let topic = format!("bench/{}", seq as usize % args.topics.max(1));
-        let body = format!(r#"{{"topic":"{topic}","event":"tick","data":{{"seq":{seq},"sent":{}}}}}"#, micros());
-        let res = http.post(format!("{base}/publish")).body(body).send().await?;
-        anyhow::ensure!(res.status().is_success(), "publish answered {}", res.status());
+        let request = args.target.publish(&http, &publish_base, &topic, seq, micros());
+        in_flight.spawn(async move {
+            let res = request.send().await?;
+            anyhow::ensure!(res.status().is_success(), "publish answered {}", res.status());
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done??;
     }
     let expected: u64 = (0..args.events)
         .map(|seq| {
@@ -266,20 +494,36 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = publish_start.elapsed().as_secs_f64();
-    let cpu_after = pid.and_then(cpu_micros);
+    let cpu_after = cpu_micros_all(&pids);
+    let self_cpu_after = cpu_micros(std::process::id());
+    let backend_cpu_after = cpu_micros_all(&args.backend_pid);
     let deliveries = tally.deliveries.load(Ordering::Relaxed);
 
     let (mut missing, mut doubled) = (0u64, 0u64);
+    let mut short_clients = 0usize;
     for (c, seen) in tally.seen.iter().enumerate() {
+        let (mut lost, mut first_lost) = (0u64, None);
         for (seq, &n) in seen.lock().unwrap().iter().enumerate() {
             let wanted = c % args.topics.max(1) == seq % args.topics.max(1);
             if wanted && n == 0 {
-                missing += 1;
+                lost += 1;
+                first_lost.get_or_insert(seq);
             }
             if n > 1 || (!wanted && n > 0) {
                 doubled += 1;
             }
         }
+        missing += lost;
+        if lost > 0 {
+            // On stderr, so that a loss can be told apart: whole clients, or events after some point.
+            short_clients += 1;
+            if short_clients <= 5 {
+                eprintln!("client {c}: {lost} events missing, the first is seq {}", first_lost.unwrap_or(0));
+            }
+        }
+    }
+    if short_clients > 5 {
+        eprintln!("... {short_clients} clients in all are missing events");
     }
     let mut lat = std::mem::take(&mut *tally.latencies.lock().unwrap());
     lat.sort_unstable();
@@ -287,14 +531,37 @@ async fn main() -> anyhow::Result<()> {
         (Some(a), Some(b)) if deliveries > 0 => Some((b - a) as f64 / deliveries as f64),
         _ => None,
     };
+    let backend_cpu_per_delivery = match (backend_cpu_before, backend_cpu_after) {
+        (Some(a), Some(b)) if deliveries > 0 => Some((b - a) as f64 / deliveries as f64),
+        _ => None,
+    };
     let per_conn = match (rss_idle, rss_connected) {
         (Some(a), Some(b)) if connected > 0 => Some((b.saturating_sub(a)) as f64 / connected as f64),
         _ => None,
     };
+    // The default target keeps the line it always printed; the peers' lines say what they measured.
+    let mut extra = String::new();
+    if args.target != Target::Ssegate {
+        extra.push_str(&format!(",\"target\":\"{}\"", args.target.name()));
+    }
+    if args.retries > 0 {
+        extra.push_str(&format!(",\"retries\":{}", tally.retries.load(Ordering::Relaxed)));
+    }
+    if args.self_cpu {
+        let v = match (self_cpu_before, self_cpu_after) {
+            (Some(a), Some(b)) if deliveries > 0 => format!("{:.2}", (b - a) as f64 / deliveries as f64),
+            _ => "null".into(),
+        };
+        extra.push_str(&format!(",\"loadgen_cpu_us_per_delivery\":{v}"));
+    }
+    if !args.backend_pid.is_empty() {
+        let v = backend_cpu_per_delivery.map_or("null".into(), |v| format!("{v:.2}"));
+        extra.push_str(&format!(",\"backend_cpu_us_per_delivery\":{v}"));
+    }
     println!(
         "{{\"transport\":\"{}\",\"clients\":{},\"connected\":{connected},\"topics\":{},\"events\":{},\"rate\":{},\"connect_s\":{connect_s:.2},\
          \"deliveries\":{deliveries},\"expected\":{expected},\"deliveries_per_s\":{:.0},\"cpu_us_per_delivery\":{},\
-         \"latency_ms\":{{\"p50\":{:.2},\"p99\":{:.2},\"max\":{:.2}}},\"rss_kib_per_connection\":{},\"missing\":{missing},\"doubled\":{doubled}}}",
+         \"latency_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"rss_kib_per_connection\":{},\"missing\":{missing},\"doubled\":{doubled}{extra}}}",
         args.transport,
         args.clients,
         args.topics,
@@ -302,9 +569,9 @@ async fn main() -> anyhow::Result<()> {
         args.rate,
         deliveries as f64 / elapsed,
         cpu_per_delivery.map_or("null".into(), |v| format!("{v:.2}")),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0),
+        Ms(percentile(&lat, 0.5)),
+        Ms(percentile(&lat, 0.99)),
+        Ms(percentile(&lat, 1.0)),
         per_conn.map_or("null".into(), |v| format!("{v:.2}")),
     );
     tasks.abort_all();

@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ssegate=info,warn")))
         .init();
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match listen(config.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("ssegate: cannot listen on {}: {e}", config.listen);
@@ -73,4 +73,13 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// Listens on `addr` with a long accept queue: thousands of clients reconnecting at once (after
+/// a restart) would overflow the usual 128 and wait a second for their SYN to be retried.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# The side-by-side fan-out benchmark of issue 7: runs scenarios S1-S7 against ssegate, Nchan
+# (Debian's nginx + libnginx-mod-nchan) and Pushpin (Debian's pushpin) with one load generator
+# (benches/loadgen.rs), one fresh server per scenario, on loopback only, and writes BENCHMARKS.md.
+#
+#   bash benches/compare.sh              # the full run (about 20 minutes on 2 cores)
+#   bash benches/compare.sh --quick      # a tenth of the clients, to try changes
+#   bash benches/compare.sh --only S1,S6 --servers ssegate,nchan --out /tmp/b.md
+#
+# Installs the peers with apt if they are missing (run as root). SSEGATE_BIN and LOADGEN_BIN
+# name prebuilt binaries instead of building them (SSEGATE_COMMIT then says what was measured).
+# Stops only the processes it started, by PID.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+peers="$repo/benches/peers"
+
+quick=0
+only=""
+servers="ssegate,nchan,pushpin"
+out="$repo/BENCHMARKS.md"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --only) only="$2"; shift ;;
+    --servers) servers="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 64 ;;
+  esac
+  shift
+done
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# --- what it needs -------------------------------------------------------------------------
+need_apt=()
+for pkg in nginx libnginx-mod-nchan pushpin curl jq python3; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ -z "${SSEGATE_BIN:-}" ]; then
+  log "building the release gateway"
+  cargo build --release --locked --bin ssegate >&2
+  SSEGATE_BIN="$repo/target/release/ssegate"
+fi
+if [ -z "${LOADGEN_BIN:-}" ]; then
+  log "building the load generator"
+  LOADGEN_BIN=$(cargo bench --locked --no-run --bench loadgen 2>&1 \
+    | sed -n 's/.*Executable benches\/loadgen.rs (\(.*\))$/\1/p' | tail -n 1)
+  [ -x "$LOADGEN_BIN" ] || { echo "could not build benches/loadgen.rs" >&2; exit 1; }
+fi
+commit="${SSEGATE_COMMIT:-$(git -C "$repo" log -1 --format=%h 2>/dev/null || echo unknown)}"
+if [ -z "${SSEGATE_COMMIT:-}" ] && [ -n "$(git -C "$repo" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  commit="$commit (with uncommitted changes under src/)"
+fi
+
+# A process here may hold at most 20,000 files: ask for that, never more.
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ] || [ "$hard" -gt 20000 ]; then hard=20000; fi
+ulimit -n "$hard"
+nofile=$(ulimit -n)
+
+work=$(mktemp -d /tmp/ssegate-compare.XXXXXX)
+results="$work/results.jsonl"
+: >"$results"
+log "work dir $work, open files $nofile"
+
+# --- servers: start, measure, stop ---------------------------------------------------------
+started=()   # the PIDs this script started itself and has not yet stopped
+adopted=()   # their children (nginx workers, Pushpin's services): killed only if they outlive them
+server_pids=""   # comma list the load generator measures
+backend_pid=""
+url=""
+publish_url=""
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {  # wait_port PORT PID: until PORT accepts, while PID lives (10 s at most)
+  for _ in $(seq 100); do
+    kill -0 "$2" 2>/dev/null || return 1
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+fill() {  # fill TEMPLATE OUT KEY=VALUE...: replace @KEY@ placeholders
+  local tpl=$1 dst=$2 expr=()
+  shift 2
+  for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed "${expr[@]}" "$tpl" >"$dst"
+}
+
+stop_all() {
+  local pid
+  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${started[@]}" "${adopted[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${started[@]}" "${adopted[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
+  started=()
+  adopted=()
+}
+trap 'stop_all' EXIT
+trap 'exit 130' INT TERM
+
+start_ssegate() {  # start_ssegate DIR CLIENTS
+  local dir=$1 port
+  port=$(free_port)
+  "$SSEGATE_BIN" serve --listen "127.0.0.1:$port" --demo false --max-connections $(($2 + 500)) \
+    >"$dir/ssegate.out" 2>"$dir/ssegate.err" &
+  started+=($!)
+  server_pids=$!
+  wait_port "$port" $! || { cat "$dir/ssegate.err" >&2; return 1; }
+  url="http://127.0.0.1:$port"
+  publish_url=""
+}
+
+start_nchan() {  # start_nchan DIR CLIENTS EVENTS
+  local dir=$1 port master
+  port=$(free_port)
+  mkdir -p "$dir"
+  # Accepting is not balanced between the workers, so one may get every connection.
+  fill "$peers/nchan.conf.in" "$dir/nginx.conf" DIR="$dir" PORT="$port" \
+    NOFILE="$((nofile - 100))" CONNECTIONS="$((nofile - 200))" BUFFER="$(($3 + 100))"
+  nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/nginx.out" 2>&1 &
+  master=$!
+  started+=("$master")
+  wait_port "$port" "$master" || { cat "$dir/error.log" "$dir/nginx.out" >&2; return 1; }
+  sleep 0.3
+  local workers
+  workers=$(pgrep -P "$master" | paste -sd, -)
+  adopted+=(${workers//,/ })
+  server_pids="$master,$workers"
+  url="http://127.0.0.1:$port"
+  publish_url=""
+}
+
+start_pushpin() {  # start_pushpin DIR CLIENTS
+  local dir=$1 port control backend runner zurl_pid conns=$(($2 + 1000))
+  port=$(free_port); control=$(free_port); backend=$(free_port)
+  mkdir -p "$dir/run" "$dir/log"
+  fill "$peers/pushpin.conf.in" "$dir/pushpin.conf" DIR="$dir" PORT="$port" \
+    CONTROL_PORT="$control" CONNECTIONS="$conns"
+  fill "$peers/zurl.conf.in" "$dir/zurl.conf" DIR="$dir" CONNECTIONS="$conns"
+  echo "* 127.0.0.1:$backend,over_http" >"$dir/routes"
+  python3 "$peers/grip_backend.py" "$backend" >"$dir/backend.log" 2>&1 &
+  backend_pid=$!
+  started+=("$backend_pid")
+  zurl --config="$dir/zurl.conf" >"$dir/zurl.log" 2>&1 &
+  zurl_pid=$!
+  started+=("$zurl_pid")
+  pushpin --config="$dir/pushpin.conf" >"$dir/pushpin.log" 2>&1 &
+  runner=$!
+  started+=("$runner")
+  wait_port "$backend" "$backend_pid" && wait_port "$port" "$runner" && wait_port "$control" "$runner" \
+    || { tail -n 20 "$dir/pushpin.log" "$dir"/log/*.log >&2; return 1; }
+  sleep 0.5
+  local children
+  children=$(pgrep -P "$runner" | paste -sd, -)
+  adopted+=(${children//,/ })
+  server_pids="$runner,$children,$zurl_pid"
+  url="http://127.0.0.1:$port"
+  publish_url="http://127.0.0.1:$control"
+}
+
+# --- scenarios -----------------------------------------------------------------------------
+# name transport clients topics events rate drain_s servers-it-runs-on
+scale=1
+[ $quick = 1 ] && scale=10
+scenarios=(
+  "S1 sse $((1000 / scale)) 1 200 50 20 all"
+  "S2 sse $((10000 / scale)) 1 100 5 20 all"
+  "S3 sse $((10000 / scale)) 1 1000 100 150 all"
+  "S4 sse $((10000 / scale)) 100 2000 200 20 all"
+  "S5 ws $((10000 / scale)) 1 100 5 20 all"
+  "S6 sse $((15000 / scale)) 1 0 1 5 all"
+  "S7 sse $((19000 / scale)) 1 100 5 20 ssegate"
+)
+
+run_one() {  # run_one SCENARIO SERVER TRANSPORT CLIENTS TOPICS EVENTS RATE DRAIN
+  local name=$1 server=$2 transport=$3 clients=$4 topics=$5 events=$6 rate=$7 drain=$8
+  local dir="$work/$name-$server" load line args
+  mkdir -p "$dir"
+  backend_pid=""
+  local ok=1
+  case $server in
+    ssegate) start_ssegate "$dir" "$clients" || ok=0 ;;
+    nchan) start_nchan "$dir" "$clients" "$events" || ok=0 ;;
+    pushpin) start_pushpin "$dir" "$clients" || ok=0 ;;
+  esac
+  if [ $ok = 0 ]; then
+    stop_all
+    log "$name $server: the server did not start (logs in $dir)"
+    jq -nc --arg s "$name" --arg srv "$server" '{scenario: $s, server: $srv, loadavg: "", command: "server did not start"}' \
+      | tee -a "$results" >&2
+    return
+  fi
+  args=(--target "$server" --transport "$transport" --clients "$clients" --topics "$topics"
+    --events "$events" --rate "$rate" --drain-s "$drain" --connect-s 120 --retries 20 --self-cpu)
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "$name $server: ${args[*]} (load $load)"
+  # Bounded: connecting (120 s) + publishing + draining, plus a margin.
+  line=$(timeout --foreground $((180 + events / ${rate%.*} + drain)) "$LOADGEN_BIN" "${args[@]}" \
+    --url "$url" --pid "$server_pids" ${publish_url:+--publish-url "$publish_url"} \
+    ${backend_pid:+--backend-pid "$backend_pid"} 2>"$dir/loadgen.err" | tail -n 1) || true
+  stop_all
+  # What went wrong, for the notes: client errors, streams the server ended, and the server's
+  # own warnings (with the most frequent one, numbers blanked).
+  local errors ended warnings top
+  errors=$(grep -E '^client [0-9]+: ' "$dir/loadgen.err" | grep -vc 'events missing' || true)
+  ended=$(grep -c 'the server ended the stream' "$dir/loadgen.err" || true)
+  warnings=$(cat "$dir"/ssegate.err "$dir"/error.log "$dir"/log/*.log "$dir"/zurl.log 2>/dev/null \
+    | grep -E ' (WARN|ERROR) |\[(WARN|ERR|error|crit|alert|emerg)\]' || true)
+  top=$(sed -E 's/^\S+ \S+ \S+ //; s/[0-9a-f]+-[0-9a-f-]+/ID/g; s/[0-9]+/N/g' <<<"$warnings" | sort | uniq -c \
+    | sort -rn | head -n 1 | sed -E 's/^ *[0-9]+ //')
+  warnings=$(grep -c . <<<"$warnings" || true)
+  if ! jq -e . >/dev/null 2>&1 <<<"$line"; then
+    log "$name $server: no result ($(tail -n 1 "$dir/loadgen.err"))"
+    line='{}'
+  fi
+  jq -c --arg s "$name" --arg srv "$server" --arg load "$load" --argjson errors "$errors" --argjson ended "$ended" \
+    --argjson warnings "$warnings" --arg top "$top" --arg cmd "loadgen ${args[*]}" \
+    '. + {scenario: $s, server: $srv, loadavg: $load, client_errors: $errors, streams_ended: $ended,
+      server_warnings: $warnings, top_warning: $top, command: $cmd}' \
+    <<<"$line" | tee -a "$results" >&2
+  sleep 1
+}
+
+for sc in "${scenarios[@]}"; do
+  read -r name transport clients topics events rate drain on <<<"$sc"
+  if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then continue; fi
+  for server in ${servers//,/ }; do
+    if [ "$on" != all ] && [ "$on" != "$server" ]; then continue; fi
+    run_one "$name" "$server" "$transport" "$clients" "$topics" "$events" "$rate" "$drain"
+  done
+done
+
+# --- the report ----------------------------------------------------------------------------
+args_line="bash benches/compare.sh"
+[ $quick = 1 ] && args_line+=" --quick"
+[ -n "$only" ] && args_line+=" --only $only"
+[ "$servers" != "ssegate,nchan,pushpin" ] && args_line+=" --servers $servers"
+jq -n \
+  --arg command "$args_line" \
+  --arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+  --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" \
+  --arg cores "$(nproc)" \
+  --arg mem "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
+  --arg kernel "$(uname -r)" \
+  --arg os "$(. /etc/os-release && echo "$PRETTY_NAME")" \
+  --arg commit "$commit" \
+  --arg nginx "$(dpkg-query -W -f='${Version}' nginx)" \
+  --arg nchan "$(dpkg-query -W -f='${Version}' libnginx-mod-nchan)" \
+  --arg pushpin "$(dpkg-query -W -f='${Version}' pushpin)" \
+  --arg condure "$(dpkg-query -W -f='${Version}' condure 2>/dev/null || echo '?')" \
+  --arg zurl "$(dpkg-query -W -f='${Version}' zurl)" \
+  --arg nofile "$nofile" \
+  --arg quick "$quick" \
+  '$ARGS.named' >"$work/meta.json"
+python3 "$peers/report.py" "$work/meta.json" "$results" >"$out"
+log "wrote $out (raw results in $results)"
