@@ -266,7 +266,9 @@ impl Client {
         if !d.idle {
             return Some(frame.clone());
         }
-        match d.socket.try_write(frame) {
+        // Straight to the kernel, without the runtime's readiness bookkeeping: a socket that
+        // pushes back says so here, and its task then waits for it through the runtime.
+        match socket2::SockRef::from(&*d.socket).send_with_flags(frame, libc::MSG_NOSIGNAL) {
             Ok(n) if n == frame.len() => return None,
             Ok(n) => {
                 d.idle = false;
