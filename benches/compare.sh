@@ -141,12 +141,15 @@ start_nchan() {  # start_nchan DIR CLIENTS EVENTS
   started+=("$master")
   wait_port "$port" "$master" || { cat "$dir/error.log" "$dir/nginx.out" >&2; return 1; }
   sleep 0.3
-  local workers
-  workers=$(pgrep -P "$master" | paste -sd, -)
-  adopted+=(${workers//,/ })
-  server_pids="$master,$workers"
+  adopt_children "$master"
+  server_pids="$master,$children"
   url="http://127.0.0.1:$port"
   publish_url=""
+}
+
+adopt_children() {  # adopt_children PID: sets $children (comma list) and stops them at the end too
+  children=$(pgrep -P "$1" | paste -sd, -)
+  adopted+=(${children//,/ })
 }
 
 start_pushpin() {  # start_pushpin DIR CLIENTS
@@ -169,9 +172,7 @@ start_pushpin() {  # start_pushpin DIR CLIENTS
   wait_port "$backend" "$backend_pid" && wait_port "$port" "$runner" && wait_port "$control" "$runner" \
     || { tail -n 20 "$dir/pushpin.log" "$dir"/log/*.log >&2; return 1; }
   sleep 0.5
-  local children
-  children=$(pgrep -P "$runner" | paste -sd, -)
-  adopted+=(${children//,/ })
+  adopt_children "$runner"
   server_pids="$runner,$children,$zurl_pid"
   url="http://127.0.0.1:$port"
   publish_url="http://127.0.0.1:$control"

@@ -159,6 +159,24 @@ struct Queue {
     heartbeat_queued: bool,
 }
 
+impl Queue {
+    /// The `envelope` setting of a direct connection whose task is idle: pushes may write to its
+    /// socket. Idle implies nothing is queued.
+    fn idle_direct(&self) -> Option<bool> {
+        self.direct.as_ref().filter(|d| d.idle).map(|d| d.envelope)
+    }
+
+    /// Something is queued: the connection's task writes until it is idle again.
+    fn busy(&mut self) {
+        if let Some(d) = self.direct.as_mut() {
+            d.idle = false;
+        }
+    }
+}
+
+/// An SSE comment that keeps a silent stream alive.
+pub(crate) const SSE_HEARTBEAT: &[u8] = b": hb\n\n";
+
 /// A connected client, shared by the hub (which pushes) and its transport (which drains).
 pub struct Client {
     id: Uuid,
@@ -249,44 +267,45 @@ impl Client {
     }
 
     /// Called by a direct connection's task when it has written everything: until something is
-    /// queued for it again, pushes write to the socket themselves. False if something is queued.
-    pub(crate) fn idle(&self) -> bool {
+    /// queued for it again, pushes write to the socket themselves.
+    pub(crate) fn idle(&self) {
         let mut q = self.lock();
         let empty = q.items.is_empty();
         if let Some(d) = q.direct.as_mut() {
             d.idle = empty;
         }
-        empty
     }
 
-    /// Writes `frame` straight to the socket if the task is idle. `Some(rest)` if it did not all
-    /// go out (the rest, or all of it, must be queued and the task woken); `None` if it went.
-    fn write_now(q: &mut Queue, frame: &bytes::Bytes) -> Option<bytes::Bytes> {
-        let d = q.direct.as_mut()?;
-        if !d.idle {
-            return Some(frame.clone());
-        }
+    /// Writes `frame` straight to the socket if the connection's task is idle (its queue is then
+    /// empty). True if the frame is taken care of: all written, or the rest queued for the task
+    /// (see [`Client::written`]); false if the caller must queue it as usual.
+    fn write_direct(q: &mut Queue, frame: &bytes::Bytes) -> bool {
+        let Some(d) = q.direct.as_mut().filter(|d| d.idle) else { return false };
         // Straight to the kernel, without the runtime's readiness bookkeeping: a socket that
         // pushes back says so here, and its task then waits for it through the runtime.
         match socket2::SockRef::from(&*d.socket).send_with_flags(frame, libc::MSG_NOSIGNAL) {
-            Ok(n) if n == frame.len() => return None,
+            Ok(n) if n == frame.len() => true,
             Ok(n) => {
                 d.idle = false;
-                return Some(frame.slice(n..));
+                q.items.push_back(Outbound::Raw(frame.slice(n..)));
+                true
             }
             // Pushed back or broken: the task waits for the socket, or finds the error.
-            Err(_) => d.idle = false,
+            Err(_) => {
+                d.idle = false;
+                false
+            }
         }
-        Some(frame.clone())
     }
 
-    /// The SSE frame of an item that may be written straight to the socket.
-    fn direct_frame(q: &Queue, item: &Outbound) -> Option<bytes::Bytes> {
-        let d = q.direct.as_ref().filter(|d| d.idle)?;
-        match item {
-            Outbound::Event(ev) => Some(ev.sse_frame(d.envelope).clone()),
-            Outbound::Heartbeat => Some(bytes::Bytes::from_static(b": hb\n\n")),
-            _ => None,
+    /// After [`Client::write_direct`] took a frame: wakes the task if part of it is queued.
+    fn written(&self, q: MutexGuard<'_, Queue>) {
+        let rest_queued = !q.items.is_empty();
+        drop(q);
+        if rest_queued {
+            self.ready.notify_one();
+        } else {
+            self.wrote(now_ms());
         }
     }
 
@@ -294,30 +313,17 @@ impl Client {
     /// once for all receivers). A direct connection that is idle gets them in one write;
     /// otherwise each is queued as by [`Client::push`]. Returns how many were delivered.
     pub(crate) fn push_events(&self, events: &[Arc<Event>], frames: &Frames) -> (u64, Push) {
-        {
-            let mut q = self.lock();
-            if q.closed {
-                return (0, Push::Closed);
-            }
-            let envelope = q.direct.as_ref().filter(|d| d.idle).map(|d| d.envelope);
-            if let (Some(envelope), true) = (envelope, q.items.is_empty()) {
-                let all = frames.get(events, envelope);
-                match Self::write_now(&mut q, all) {
-                    None => {
-                        drop(q);
-                        self.wrote(now_ms());
-                        return (events.len() as u64, Push::Queued);
-                    }
-                    Some(rest) if rest.len() < all.len() => {
-                        q.items.push_back(Outbound::Raw(rest));
-                        drop(q);
-                        self.ready.notify_one();
-                        return (events.len() as u64, Push::Queued);
-                    }
-                    Some(_) => {}
-                }
+        let mut q = self.lock();
+        if q.closed {
+            return (0, Push::Closed);
+        }
+        if let Some(envelope) = q.idle_direct() {
+            if Self::write_direct(&mut q, frames.get(events, envelope)) {
+                self.written(q);
+                return (events.len() as u64, Push::Queued);
             }
         }
+        drop(q);
         let mut delivered = 0;
         for ev in events {
             match self.push(Outbound::Event(ev.clone())) {
@@ -335,28 +341,18 @@ impl Client {
         if q.closed {
             return Push::Closed;
         }
-        if q.items.is_empty() {
-            if let Some(frame) = Self::direct_frame(&q, &item) {
-                match Self::write_now(&mut q, &frame) {
-                    None => {
-                        drop(q);
-                        self.wrote(now_ms());
-                        return Push::Queued;
-                    }
-                    Some(rest) if rest.len() < frame.len() => {
-                        q.items.push_back(Outbound::Raw(rest));
-                        drop(q);
-                        self.ready.notify_one();
-                        return Push::Queued;
-                    }
-                    Some(_) => {}
-                }
+        if let Some(envelope) = q.idle_direct() {
+            let written = match &item {
+                Outbound::Event(ev) => Self::write_direct(&mut q, ev.sse_frame(envelope)),
+                Outbound::Heartbeat => Self::write_direct(&mut q, &bytes::Bytes::from_static(SSE_HEARTBEAT)),
+                _ => false,
+            };
+            if written {
+                self.written(q);
+                return Push::Queued;
             }
         }
-        if let Some(d) = q.direct.as_mut() {
-            // The task takes over until it has written what is queued.
-            d.idle = false;
-        }
+        q.busy();
         let was_empty = q.items.is_empty();
         // A close always fits: it is the last item.
         if q.items.len() >= self.capacity && !matches!(item, Outbound::Close(_)) {
@@ -404,10 +400,11 @@ impl Client {
         if q.closed || q.heartbeat_queued || (!always && !q.items.is_empty()) {
             return false;
         }
-        if q.items.is_empty() && q.direct.as_ref().is_some_and(|d| d.idle) {
-            drop(q);
-            return self.push(Outbound::Heartbeat) == Push::Queued;
+        if q.idle_direct().is_some() && Self::write_direct(&mut q, &bytes::Bytes::from_static(SSE_HEARTBEAT)) {
+            self.written(q);
+            return true;
         }
+        q.busy();
         let was_empty = q.items.is_empty();
         q.items.push_back(Outbound::Heartbeat);
         q.heartbeat_queued = true;
@@ -427,6 +424,7 @@ impl Client {
         if q.closed || items.is_empty() {
             return;
         }
+        q.busy();
         let at = q.items.iter().position(|i| matches!(i, Outbound::Event(ev) if ev.id > head)).unwrap_or(q.items.len());
         let was_empty = q.items.is_empty();
         for (n, item) in items.into_iter().enumerate() {

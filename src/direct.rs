@@ -120,11 +120,10 @@ fn parse(head: &[u8]) -> Result<Asked, ApiError> {
 /// The `Access-Control-Allow-Origin` the router's CORS layer would send.
 fn allow_origin(hub: &Hub, origin: Option<&str>) -> Option<String> {
     let origin = origin?;
-    let allowed = hub.config().cors_origins.trim();
-    if allowed == "*" {
-        return Some("*".to_owned());
+    match crate::cors_origins(&hub.config().cors_origins) {
+        None => Some("*".to_owned()),
+        Some(mut list) => list.any(|o| o == origin).then(|| origin.to_owned()),
     }
-    allowed.split(',').map(str::trim).any(|o| o == origin).then(|| origin.to_owned())
 }
 
 fn response_head(status: StatusCode, headers: &[(&str, &str)], cors: Option<&str>) -> BytesMut {
@@ -144,7 +143,7 @@ fn response_head(status: StatusCode, headers: &[(&str, &str)], cors: Option<&str
 
 /// Answers an error as the router would: the contract's JSON body, then the connection closes.
 async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) -> io::Result<()> {
-    let body = serde_json::json!({ "error": { "code": e.code, "message": e.message } }).to_string();
+    let body = e.body().to_string();
     let length = body.len().to_string();
     let retry = e.retry_after.map(|s| s.to_string());
     let mut headers = vec![("content-type", "application/json"), ("content-length", &*length), ("connection", "close")];
@@ -189,7 +188,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         }
     };
     let (mut pump, first) = Pump::new(opened);
-    pump.client().write_directly(stream.clone(), pump.envelope());
+    pump.write_directly(stream.clone());
     let mut out = response_head(StatusCode::OK, &sse::HEADERS, cors.as_deref());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&first);
@@ -199,7 +198,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
             write_all(&stream, &out).await?;
             out.clear();
             // Until something is queued again, pushes write to the socket themselves.
-            pump.client().idle();
+            pump.idle();
             if let Flow::End(_) = pump.fill(&mut out).await {
                 // The last bytes (a `retry:` hint) get a while to go out, even to a client
                 // that stopped reading.

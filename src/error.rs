@@ -44,10 +44,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The contract's body, `{"error":{"code","message"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error": { "code": self.code, "message": self.message } })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        let mut res = (self.status, Json(body)).into_response();
+        let mut res = (self.status, Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -126,12 +126,17 @@ struct Entry {
 
 impl Entry {
     fn info(&self) -> ClientInfo {
-        ClientInfo {
-            client_id: self.client.id(),
-            transport: self.client.transport(),
-            topics: self.subs.iter().map(ToString::to_string).collect(),
-            connected_at: self.client.connected_at_ms(),
-        }
+        info(&self.client, &self.subs)
+    }
+}
+
+/// A client's line in `GET /clients`.
+fn info(client: &Client, subs: &[Pattern]) -> ClientInfo {
+    ClientInfo {
+        client_id: client.id(),
+        transport: client.transport(),
+        topics: subs.iter().map(ToString::to_string).collect(),
+        connected_at: client.connected_at_ms(),
     }
 }
 
@@ -154,6 +159,19 @@ struct State {
 }
 
 impl State {
+    /// Calls `f` for each subscription to `topic`, exact or by pattern (a client subscribed both
+    /// ways comes twice: dispatch rounds tell).
+    fn each_subscriber(&self, topic: &str, mut f: impl FnMut(&Arc<Client>)) {
+        if let Some(set) = self.exact.get(topic) {
+            set.values().for_each(&mut f);
+        }
+        for (pattern, set) in &self.patterns {
+            if pattern.matches(topic) {
+                set.values().for_each(&mut f);
+            }
+        }
+    }
+
     fn index(&mut self, pattern: &Pattern) -> &mut Subscribers {
         match pattern {
             Pattern::Exact(t) => self.exact.entry(t.clone()).or_default(),
@@ -278,16 +296,9 @@ impl Dispatch for Shared {
                 continue;
             }
             // Its subscribers get the new state in place of the changes they missed.
-            let mut receivers: Vec<Arc<Client>> =
-                st.exact.get(&topic).into_iter().flat_map(|s| s.values().cloned()).collect();
-            for (pattern, set) in &st.patterns {
-                if pattern.matches(&topic) {
-                    receivers.extend(set.values().cloned());
-                }
-            }
-            for c in receivers {
+            st.each_subscriber(&topic, |c| {
                 let _ = c.push(Outbound::Resync(topic.clone()));
-            }
+            });
         }
     }
 
@@ -296,10 +307,7 @@ impl Dispatch for Shared {
     }
 
     fn resume_all(&self) {
-        let clients: Vec<Arc<Client>> = lock(&self.state).clients.values().map(|e| e.client.clone()).collect();
-        for c in clients {
-            c.close(CloseReason::Overflow);
-        }
+        self.close_all(CloseReason::Overflow);
     }
 
     fn command(&self, client: Uuid, command: &Command) -> Option<Vec<String>> {
@@ -318,6 +326,14 @@ impl Dispatch for Shared {
 }
 
 impl Shared {
+    /// Closes every client connected here.
+    fn close_all(&self, reason: CloseReason) {
+        let clients: Vec<Arc<Client>> = lock(&self.state).clients.values().map(|e| e.client.clone()).collect();
+        for c in clients {
+            c.close(reason);
+        }
+    }
+
     fn count(&self, done: FanOut) {
         self.metrics.delivered.inc_by(done.delivered);
         self.metrics.overflows.inc_by(done.overflowed.len() as u64);
@@ -420,14 +436,7 @@ impl State {
             match &ev.draft.audience {
                 Audience::Topic => {
                     let Some(topic) = ev.topic() else { continue };
-                    if let Some(set) = self.exact.get(topic) {
-                        set.values().for_each(&mut deliver);
-                    }
-                    for (pattern, set) in &self.patterns {
-                        if pattern.matches(topic) {
-                            set.values().for_each(&mut deliver);
-                        }
-                    }
+                    self.each_subscriber(topic, &mut deliver);
                 }
                 Audience::Clients(ids) => {
                     for id in ids.iter() {
@@ -642,14 +651,7 @@ impl Hub {
         if self.shared.shutdown.is_cancelled() {
             client.close(CloseReason::Shutdown);
         }
-        self.shared.presence(|| {
-            Presence::Here(ClientInfo {
-                client_id: id,
-                transport,
-                topics: subs.iter().map(ToString::to_string).collect(),
-                connected_at: client.connected_at_ms(),
-            })
-        });
+        self.shared.presence(|| Presence::Here(info(&client, &subs)));
         Some(Connection { hub: self.clone(), client, head, snapshots })
     }
 
@@ -819,10 +821,7 @@ impl Hub {
         self.shared.shutdown.cancel();
         // Sessions hold the hub: dropping them breaks the cycle.
         self.shared.polls.clear();
-        let clients: Vec<Arc<Client>> = lock(&self.shared.state).clients.values().map(|e| e.client.clone()).collect();
-        for c in clients {
-            c.close(CloseReason::Shutdown);
-        }
+        self.shared.close_all(CloseReason::Shutdown);
     }
 }
 

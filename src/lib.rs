@@ -103,12 +103,16 @@ pub fn router(hub: Hub) -> Router {
 }
 
 fn cors(origins: &str) -> CorsLayer {
-    let allow = if origins.trim() == "*" {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.split(',').filter_map(|o| o.trim().parse().ok()))
+    let allow = match cors_origins(origins) {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list.filter_map(|o| o.parse().ok())),
     };
     CorsLayer::new().allow_origin(allow).allow_methods(Any).allow_headers(Any).expose_headers(Any)
+}
+
+/// The origins `--cors-origins` allows, or `None` for any (`*`).
+pub(crate) fn cors_origins(origins: &str) -> Option<impl Iterator<Item = &str>> {
+    (origins.trim() != "*").then(|| origins.split(',').map(str::trim))
 }
 
 /// Why the gateway could not run.

@@ -13,9 +13,10 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::BytesMut;
 use serde_json::json;
+use tokio::net::TcpStream;
 
 use crate::api::parse_patterns;
-use crate::client::{Client, CloseReason, Outbound, Transport};
+use crate::client::{CloseReason, Outbound, Transport, SSE_HEARTBEAT};
 use crate::conflate::{self, Shaper};
 use crate::error::ApiError;
 use crate::event::{now_ms, sse_frame, EventId};
@@ -137,10 +138,8 @@ pub(crate) enum Flow {
 
 /// Renders a client's queue as SSE, whatever carries the bytes.
 pub(crate) struct Pump {
-    /// Held for the registration: dropping the pump unregisters the client.
-    _conn: Connection,
-    client: Arc<Client>,
-    hub: Hub,
+    /// The registration: dropping the pump unregisters the client.
+    conn: Connection,
     envelope: bool,
     batch: VecDeque<Outbound>,
     items: Vec<Outbound>,
@@ -151,13 +150,9 @@ pub(crate) struct Pump {
 impl Pump {
     pub(crate) fn new(opened: Opened) -> (Pump, Bytes) {
         let Opened { conn, first, envelope } = opened;
-        let client = conn.client().clone();
-        let hub = conn.hub().clone();
-        client.wrote(now_ms());
+        conn.client().wrote(now_ms());
         let pump = Pump {
-            _conn: conn,
-            client,
-            hub,
+            conn,
             envelope,
             batch: VecDeque::new(),
             items: Vec::new(),
@@ -167,28 +162,30 @@ impl Pump {
         (pump, first)
     }
 
-    /// The client.
-    pub(crate) fn client(&self) -> &Arc<Client> {
-        &self.client
+    /// Lets the hub write the client's events straight to `socket` while [`Pump::idle`].
+    pub(crate) fn write_directly(&self, socket: Arc<TcpStream>) {
+        self.conn.client().write_directly(socket, self.envelope);
     }
 
-    /// Whether events go out as their whole JSON (`envelope=1`).
-    pub(crate) fn envelope(&self) -> bool {
-        self.envelope
+    /// Everything rendered so far is written: until something is queued again, the hub writes
+    /// to the socket itself.
+    pub(crate) fn idle(&self) {
+        self.conn.client().idle();
     }
 
     /// Waits until something is due for the client and renders all of it into `out`.
     /// Shutdown arrives through the queue like everything else: `Hub::shutdown` closes every
     /// client, and the close ends the stream after a `retry:` hint.
     pub(crate) async fn fill(&mut self, out: &mut BytesMut) -> Flow {
+        let (client, hub) = (self.conn.client(), self.conn.hub());
         let open = tokio::select! {
-            open = self.client.next_batch(&mut self.batch) => open,
+            open = client.next_batch(&mut self.batch) => open,
             _ = conflate::until(self.shaper.next_due()) => true,
         };
         if !open {
-            return Flow::End(self.client.close_reason().unwrap_or(CloseReason::Kicked));
+            return Flow::End(client.close_reason().unwrap_or(CloseReason::Kicked));
         }
-        self.shaper.shape(&self.hub, &self.client, &mut self.batch, &mut self.items);
+        self.shaper.shape(hub, client, &mut self.batch, &mut self.items);
         let mut end = None;
         for item in self.items.drain(..) {
             match item {
@@ -203,7 +200,7 @@ impl Pump {
                     out.extend_from_slice(ev.sse_frame(self.envelope));
                 }
                 Outbound::Snapshot(s) => out.extend_from_slice(s.sse_frame()),
-                Outbound::Heartbeat => out.extend_from_slice(b": hb\n\n"),
+                Outbound::Heartbeat => out.extend_from_slice(SSE_HEARTBEAT),
                 Outbound::Raw(bytes) => out.extend_from_slice(&bytes),
                 // Replies to frame-based requests never go to an SSE client; the shaper has
                 // turned resyncs into snapshots.
@@ -212,10 +209,10 @@ impl Pump {
             }
         }
         if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout)) {
-            out.extend_from_slice(&retry_line(&self.hub));
+            out.extend_from_slice(&retry_line(hub));
         }
         if !out.is_empty() {
-            self.client.wrote(now_ms());
+            client.wrote(now_ms());
         }
         match end {
             Some(reason) => Flow::End(reason),

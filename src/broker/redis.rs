@@ -325,16 +325,42 @@ impl Inner {
             within(conn.xrange(&self.keys.stream, format!("({after}"), upto.to_string())).await?;
         // Read after the range: if nothing after `after` had been trimmed by then, the range is
         // whole.
-        let info: RedisValue =
-            match within(redis::cmd("XINFO").arg("STREAM").arg(&self.keys.stream).query_async(&mut conn)).await {
-                Ok(info) => info,
-                Err(_) if range.ids.is_empty() => RedisValue::Nil,
-                Err(e) => return Err(e),
-            };
-        if after < max_deleted(&info) {
+        let trimmed = match self.trimmed(&mut conn).await {
+            Ok(t) => t,
+            // No stream yet.
+            Err(_) if range.ids.is_empty() => EventId::default(),
+            Err(e) => return Err(e),
+        };
+        if after < trimmed {
             return Ok(Replay::Expired);
         }
         Ok(Replay::Missed(range.ids.iter().filter_map(decode).collect()))
+    }
+
+    /// The last entry trimmed from the stream (`XINFO STREAM`'s `max-deleted-entry-id`).
+    async fn trimmed(&self, conn: &mut MultiplexedConnection) -> Result<EventId, BrokerError> {
+        let info: RedisValue =
+            within(redis::cmd("XINFO").arg("STREAM").arg(&self.keys.stream).query_async(conn)).await?;
+        Ok(max_deleted(&info))
+    }
+
+    /// Moves this node to the end of the stream (or the floor, for an empty one, which clients
+    /// can resume from) with the stored states, which hold every change before it.
+    async fn start_at_tail(
+        &self,
+        conn: &mut MultiplexedConnection,
+        hub: &dyn Dispatch,
+        position: &mut Option<EventId>,
+    ) -> Result<EventId, BrokerError> {
+        let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
+        let last: EventId = last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or_default();
+        let tail = last.max(*lock(&self.floor)).max(position.unwrap_or_default());
+        let states: HashMap<String, String> = within(conn.hgetall(&self.keys.states)).await?;
+        hub.restore(states.values().filter_map(|raw| topic_state(raw)).collect());
+        hub.deliver(Vec::new(), tail);
+        self.read.send_replace(tail);
+        *position = Some(tail);
+        Ok(tail)
     }
 
     /// Keeps a session with Redis going, reconnecting with backoff, until `stop`.
@@ -399,18 +425,8 @@ impl Inner {
         let Some(hub) = self.hub() else { return Ok(()) };
         match *position {
             None => {
-                // Start at the end of the stream with the stored states; later changes follow.
-                let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
-                // An empty stream starts at the floor, which clients can resume from.
-                let first: EventId = last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or_default();
-                let tail = first.max(*lock(&self.floor));
-                let states: HashMap<String, String> = within(conn.hgetall(&self.keys.states)).await?;
-                let topics: Vec<SavedTopic> = states.values().filter_map(|raw| topic_state(raw)).collect();
-                tracing::info!(topics = topics.len(), from = %tail, "following the Redis stream");
-                hub.restore(topics);
-                hub.deliver(Vec::new(), tail);
-                self.read.send_replace(tail);
-                *position = Some(tail);
+                let tail = self.start_at_tail(&mut conn, &*hub, position).await?;
+                tracing::info!(from = %tail, "following the Redis stream");
             }
             Some(at) if lost => {
                 tracing::warn!(at = %at, "Redis lost its data: writing the retained state back; clients resuming from before get a reset");
@@ -423,22 +439,12 @@ impl Inner {
                 }
             }
             Some(at) => {
-                let info: RedisValue =
-                    within(redis::cmd("XINFO").arg("STREAM").arg(&self.keys.stream).query_async(&mut conn))
-                        .await
-                        .unwrap_or(RedisValue::Nil);
-                if max_deleted(&info) > at {
-                    // Entries this node had not read were trimmed meanwhile: take the stored
-                    // states, and have its clients resume (those that cannot get a reset).
+                if self.trimmed(&mut conn).await.unwrap_or_default() > at {
+                    // Entries this node had not read were trimmed meanwhile: have its clients
+                    // resume (those that cannot get a reset).
                     tracing::warn!(at = %at, "the stream moved past this node while it was away: clients resume");
-                    let states: HashMap<String, String> = within(conn.hgetall(&self.keys.states)).await?;
-                    hub.restore(states.values().filter_map(|raw| topic_state(raw)).collect());
+                    self.start_at_tail(&mut conn, &*hub, position).await?;
                     hub.resume_all();
-                    let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
-                    let tail = last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or(at);
-                    hub.deliver(Vec::new(), tail);
-                    self.read.send_replace(tail);
-                    *position = Some(tail);
                 } else {
                     tracing::info!(from = %at, "Redis reachable again: reading on");
                 }
@@ -565,19 +571,16 @@ impl Inner {
                 // Written whole: the changes in hand are part of it.
                 pipe.del(&key).ignore();
                 let clients = self.hub().map(|h| h.local_clients()).unwrap_or_default();
-                for c in &clients {
-                    pipe.hset(&key, c.client_id.to_string(), serde_json::to_string(c).unwrap_or_default()).ignore();
-                }
-            } else {
-                for change in &batch {
-                    match change {
-                        Presence::Here(c) => {
-                            pipe.hset(&key, c.client_id.to_string(), serde_json::to_string(c).unwrap_or_default())
-                        }
-                        Presence::Gone(id) => pipe.hdel(&key, id.to_string()),
+                batch = clients.into_iter().map(Presence::Here).collect();
+            }
+            for change in &batch {
+                match change {
+                    Presence::Here(c) => {
+                        pipe.hset(&key, c.client_id.to_string(), serde_json::to_string(c).unwrap_or_default())
                     }
-                    .ignore();
+                    Presence::Gone(id) => pipe.hdel(&key, id.to_string()),
                 }
+                .ignore();
             }
             pipe.expire(&key, PRESENCE_TTL_S).ignore().sadd(&self.keys.nodes, &self.node).ignore();
             pipe.xlen(&self.keys.stream);
