@@ -87,7 +87,8 @@ pub enum Outbound {
     Resync(Arc<str>),
     /// The last message: the stream ends after it.
     Close(CloseReason),
-    /// The rest of an SSE frame whose start was written straight to the socket.
+    /// Bytes for the socket as they are: the rest of a frame whose start was written straight
+    /// to it, or a WebSocket control frame the protocol answers with (pong, close).
     Raw(bytes::Bytes),
 }
 
@@ -117,33 +118,67 @@ pub enum Push {
     Closed,
 }
 
-/// The SSE frames of a run of events, concatenated on first use (per `envelope` setting) and
-/// shared by every receiver.
+/// How a connection served on its socket wants its events written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// SSE frames; `envelope=1` sends the whole event JSON as data.
+    Sse {
+        /// `envelope=1`.
+        envelope: bool,
+    },
+    /// WebSocket text frames.
+    Ws,
+}
+
+impl Wire {
+    /// An event's frame in this format, made once and shared.
+    fn event<'a>(self, ev: &'a Event) -> &'a bytes::Bytes {
+        match self {
+            Wire::Sse { envelope } => ev.sse_frame(envelope),
+            Wire::Ws => ev.ws_frame(),
+        }
+    }
+
+    /// What keeps the connection alive: an SSE comment, or a WebSocket ping.
+    pub(crate) fn heartbeat(self) -> &'static [u8] {
+        match self {
+            Wire::Sse { .. } => SSE_HEARTBEAT,
+            Wire::Ws => WS_PING,
+        }
+    }
+}
+
+/// The frames of a run of events, concatenated on first use (per format) and shared by every
+/// receiver.
 #[derive(Default)]
 pub(crate) struct Frames {
     plain: std::sync::OnceLock<bytes::Bytes>,
     envelope: std::sync::OnceLock<bytes::Bytes>,
+    ws: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Frames {
-    fn get(&self, events: &[Arc<Event>], envelope: bool) -> &bytes::Bytes {
-        let cell = if envelope { &self.envelope } else { &self.plain };
+    fn get(&self, events: &[Arc<Event>], wire: Wire) -> &bytes::Bytes {
+        let cell = match wire {
+            Wire::Sse { envelope: false } => &self.plain,
+            Wire::Sse { envelope: true } => &self.envelope,
+            Wire::Ws => &self.ws,
+        };
         cell.get_or_init(|| {
             let mut out = bytes::BytesMut::new();
             for ev in events {
-                out.extend_from_slice(ev.sse_frame(envelope));
+                out.extend_from_slice(wire.event(ev));
             }
             out.freeze()
         })
     }
 }
 
-/// An SSE connection's socket, written straight from [`Client::push`] while the connection's
-/// own task is idle (see [`crate::direct`]).
+/// A connection's socket, written straight from [`Client::push`] while the connection's own task
+/// is idle (see [`crate::direct`]).
 struct Direct {
     socket: Arc<TcpStream>,
-    /// `envelope=1`: the whole event JSON as data.
-    envelope: bool,
+    wire: Wire,
     /// The task has written everything and waits: a push may write to the socket itself.
     idle: bool,
 }
@@ -160,10 +195,10 @@ struct Queue {
 }
 
 impl Queue {
-    /// The `envelope` setting of a direct connection whose task is idle: pushes may write to its
-    /// socket. Idle implies nothing is queued.
-    fn idle_direct(&self) -> Option<bool> {
-        self.direct.as_ref().filter(|d| d.idle).map(|d| d.envelope)
+    /// The format of a direct connection whose task is idle: pushes may write to its socket.
+    /// Idle implies nothing is queued.
+    fn idle_direct(&self) -> Option<Wire> {
+        self.direct.as_ref().filter(|d| d.idle).map(|d| d.wire)
     }
 
     /// Something is queued: the connection's task writes until it is idle again.
@@ -176,6 +211,8 @@ impl Queue {
 
 /// An SSE comment that keeps a silent stream alive.
 pub(crate) const SSE_HEARTBEAT: &[u8] = b": hb\n\n";
+/// A WebSocket ping with no payload (RFC 6455 §5.5.2).
+pub(crate) const WS_PING: &[u8] = &[0x89, 0x00];
 
 /// A connected client, shared by the hub (which pushes) and its transport (which drains).
 pub struct Client {
@@ -258,12 +295,19 @@ impl Client {
         self.last_round.swap(round, Ordering::Relaxed) != round
     }
 
-    /// Lets pushes write SSE frames straight to `socket` while the connection's task waits
-    /// (not for throttled clients, whose events the task holds back and reorders).
-    pub(crate) fn write_directly(&self, socket: Arc<TcpStream>, envelope: bool) {
+    /// Lets pushes write frames straight to `socket` while the connection's task waits (not
+    /// while any subscription is throttled: the task holds those events back and reorders them).
+    pub(crate) fn write_directly(&self, socket: Arc<TcpStream>, wire: Wire) {
         if !self.is_throttled() {
-            self.lock().direct = Some(Direct { socket, envelope, idle: false });
+            self.lock().direct = Some(Direct { socket, wire, idle: false });
         }
+    }
+
+    /// Stops pushes from writing to the socket until the connection's task has written what is
+    /// queued next: a new subscription's opening (ack, missed events, snapshot) must go out
+    /// before the live events that follow it.
+    pub(crate) fn hold(&self) {
+        self.lock().busy();
     }
 
     /// Called by a direct connection's task when it has written everything: until something is
@@ -317,8 +361,8 @@ impl Client {
         if q.closed {
             return (0, Push::Closed);
         }
-        if let Some(envelope) = q.idle_direct() {
-            if Self::write_direct(&mut q, frames.get(events, envelope)) {
+        if let Some(wire) = q.idle_direct() {
+            if Self::write_direct(&mut q, frames.get(events, wire)) {
                 self.written(q);
                 return (events.len() as u64, Push::Queued);
             }
@@ -341,10 +385,14 @@ impl Client {
         if q.closed {
             return Push::Closed;
         }
-        if let Some(envelope) = q.idle_direct() {
+        if let Some(wire) = q.idle_direct() {
             let written = match &item {
-                Outbound::Event(ev) => Self::write_direct(&mut q, ev.sse_frame(envelope)),
-                Outbound::Heartbeat => Self::write_direct(&mut q, &bytes::Bytes::from_static(SSE_HEARTBEAT)),
+                Outbound::Event(ev) => Self::write_direct(&mut q, wire.event(ev)),
+                Outbound::Heartbeat => Self::write_direct(&mut q, &bytes::Bytes::from_static(wire.heartbeat())),
+                Outbound::Raw(bytes) => Self::write_direct(&mut q, bytes),
+                Outbound::Frame(text) if wire == Wire::Ws => {
+                    Self::write_direct(&mut q, &crate::event::ws_text_frame(text.as_bytes()))
+                }
                 _ => false,
             };
             if written {
@@ -400,9 +448,11 @@ impl Client {
         if q.closed || q.heartbeat_queued || (!always && !q.items.is_empty()) {
             return false;
         }
-        if q.idle_direct().is_some() && Self::write_direct(&mut q, &bytes::Bytes::from_static(SSE_HEARTBEAT)) {
-            self.written(q);
-            return true;
+        if let Some(wire) = q.idle_direct() {
+            if Self::write_direct(&mut q, &bytes::Bytes::from_static(wire.heartbeat())) {
+                self.written(q);
+                return true;
+            }
         }
         q.busy();
         let was_empty = q.items.is_empty();
@@ -492,7 +542,13 @@ impl Client {
         if let Some(every) = throttle.filter(|d| !d.is_zero()) {
             t.extend(patterns.iter().map(|p| (p.clone(), every)));
         }
-        self.throttled.store(!t.is_empty(), Ordering::Relaxed);
+        let throttled = !t.is_empty();
+        self.throttled.store(throttled, Ordering::Relaxed);
+        drop(t);
+        if throttled {
+            // From now on the task holds events back and reorders them: no more direct writes.
+            self.lock().direct = None;
+        }
     }
 
     /// Whether any subscription is throttled.

@@ -11,14 +11,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::Wire;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::server::ConnHandle;
 use crate::sse::{self, Flow, Pump};
+use crate::ws;
 
 /// Longest request head accepted on this path.
 const MAX_HEAD: usize = 16 * 1024;
@@ -27,17 +30,36 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last bytes of a closed stream may take to go out.
 const LAST_WRITE: Duration = Duration::from_secs(5);
 
-/// Whether the connection starts with a `GET /stream` request: waits for its first bytes.
-/// `None` if the peer sent nothing in time or went away.
-pub async fn sniff(stream: &TcpStream) -> Option<bool> {
-    const PREFIX: &[u8] = b"GET /stream";
-    let mut first = [0u8; PREFIX.len() + 1];
+/// What a new connection starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// `GET /stream`: served here.
+    Stream,
+    /// `GET /ws`: served here.
+    Ws,
+    /// Anything else: the HTTP framework serves it.
+    Other,
+}
+
+/// What the connection starts with: waits for its first bytes. `None` if the peer sent nothing
+/// in time or went away.
+pub async fn sniff(stream: &TcpStream) -> Option<Sniffed> {
+    const LONGEST: usize = b"GET /stream".len() + 1;
+    let mut first = [0u8; LONGEST];
     let n = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first)).await.ok()?.ok()?;
     if n == 0 {
         return None;
     }
     // A request split before its path is rare; it goes the general way.
-    Some(n == first.len() && first.starts_with(PREFIX) && matches!(first[PREFIX.len()], b'?' | b' '))
+    let is =
+        |prefix: &[u8]| n > prefix.len() && first.starts_with(prefix) && matches!(first[prefix.len()], b'?' | b' ');
+    Some(if is(b"GET /stream") {
+        Sniffed::Stream
+    } else if is(b"GET /ws") {
+        Sniffed::Ws
+    } else {
+        Sniffed::Other
+    })
 }
 
 /// Reads bytes until the request head is complete.
@@ -62,7 +84,7 @@ async fn read_head(stream: &TcpStream) -> io::Result<Vec<u8>> {
 }
 
 /// Writes all of `buf`, waiting while the socket pushes back.
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         match stream.try_write(buf) {
             Ok(n) => buf = &buf[n..],
@@ -90,31 +112,46 @@ async fn peer_gone(stream: &TcpStream) {
     }
 }
 
-/// What the request asks for.
-struct Asked {
+/// A request head, parsed.
+struct Head {
     query: Option<String>,
-    last_event_id: Option<String>,
-    origin: Option<String>,
+    headers: HeaderMap,
+    /// Where the head ends in the bytes read: anything after it came early.
+    len: usize,
 }
 
-fn parse(head: &[u8]) -> Result<Asked, ApiError> {
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether a comma-separated header holds `token` (any case).
+    fn lists(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Head, ApiError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    let bad = |m: &str| ApiError::bad_request("invalid_request", m);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(bad("malformed HTTP request")),
-    }
-    let path = req.path.unwrap_or("");
-    let query = path.split_once('?').map(|(_, q)| q.to_owned());
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::to_owned)
+    let bad = || ApiError::bad_request("invalid_request", "malformed HTTP request");
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return Err(bad()),
     };
-    Ok(Asked { query, last_event_id: header("last-event-id"), origin: header("origin") })
+    let query = req.path.unwrap_or("").split_once('?').map(|(_, q)| q.to_owned());
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad())?;
+        map.append(name, value);
+    }
+    Ok(Head { query, headers: map, len })
 }
 
 /// The `Access-Control-Allow-Origin` the router's CORS layer would send.
@@ -156,17 +193,19 @@ async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) -> io::Resu
     write_all(stream, &out).await
 }
 
+/// Reads the request head, unless the peer is too slow or the connection is cut.
+async fn head_of(stream: &TcpStream, kill: &CancellationToken) -> Option<Vec<u8>> {
+    tokio::select! {
+        head = tokio::time::timeout(HEAD_TIMEOUT, read_head(stream)) => head.ok()?.ok(),
+        _ = kill.cancelled() => None,
+    }
+}
+
 /// Serves one `GET /stream` connection until the stream ends, the peer goes away or `kill` is
 /// cancelled.
 pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     let stream = Arc::new(stream);
-    let head = tokio::select! {
-        head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream)) => match head {
-            Ok(Ok(head)) => head,
-            _ => return,
-        },
-        _ = kill.cancelled() => return,
-    };
+    let Some(head) = head_of(&stream, &kill).await else { return };
     let asked = match parse(&head) {
         Ok(a) => a,
         Err(e) => {
@@ -175,9 +214,9 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         }
     };
     drop(head);
-    let cors = allow_origin(&hub, asked.origin.as_deref());
+    let cors = allow_origin(&hub, asked.header("origin"));
     let opened = tokio::select! {
-        opened = sse::open(&hub, asked.query.as_deref(), asked.last_event_id.as_deref()) => opened,
+        opened = sse::open(&hub, asked.query.as_deref(), asked.header("last-event-id")) => opened,
         _ = kill.cancelled() => return,
     };
     let opened = match opened {
@@ -217,4 +256,68 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         _ = kill.cancelled() => {}
     }
     // Dropping the pump unregisters the client; dropping the socket closes it.
+}
+
+/// Checks that a `GET /ws` head asks for a WebSocket (RFC 6455 §4.2.1) and returns its
+/// `Sec-WebSocket-Accept`.
+fn accept_key(head: &Head) -> Result<String, ApiError> {
+    let refuse = |m: &str| ApiError::bad_request("websocket_required", m);
+    if !head.lists("connection", "upgrade") {
+        return Err(refuse("Connection header did not include 'upgrade'"));
+    }
+    if !head.lists("upgrade", "websocket") {
+        return Err(refuse("`Upgrade` header did not include 'websocket'"));
+    }
+    if head.header("sec-websocket-version") != Some("13") {
+        return Err(refuse("`Sec-WebSocket-Version` header did not include '13'"));
+    }
+    let key = head.header("sec-websocket-key").ok_or_else(|| refuse("`Sec-WebSocket-Key` header missing"))?;
+    Ok(tungstenite::handshake::derive_accept_key(key.trim().as_bytes()))
+}
+
+/// Serves one `GET /ws` connection: the handshake here, then the session of [`crate::ws`] with
+/// frames written straight to the socket and the peer's frames decoded by tungstenite.
+pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
+    let kill = handle.token();
+    let stream = Arc::new(stream);
+    let Some(bytes) = head_of(&stream, &kill).await else { return };
+    let accepted = parse(&bytes).and_then(|head| {
+        let setup = ws::Setup::read(&hub, head.query.as_deref(), &head.headers)?;
+        Ok((setup, accept_key(&head)?, bytes[head.len..].to_vec()))
+    });
+    let (setup, accept, early) = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tokio::time::timeout(HEAD_TIMEOUT, refuse(&stream, e, None)).await;
+            return;
+        }
+    };
+    drop(bytes);
+    let mut out = response_head(
+        StatusCode::SWITCHING_PROTOCOLS,
+        &[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-accept", &accept)],
+        None,
+    );
+    out.extend_from_slice(b"\r\n");
+    let switched = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, write_all(&stream, &out)) => matches!(r, Ok(Ok(()))),
+        _ = kill.cancelled() => false,
+    };
+    if !switched {
+        return;
+    }
+    drop(out);
+    let limit = hub.config().max_body_bytes;
+    ws::session(hub, setup, Some(handle), |hub, client| {
+        client.write_directly(stream.clone(), Wire::Ws);
+        let messages = Box::pin(ws::socket_messages(stream.clone(), client.clone(), early, limit));
+        let writer = async move {
+            if let Err(e) = ws::write_socket(&hub, &client, &stream).await {
+                tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");
+            }
+        };
+        (messages, writer)
+    })
+    .await;
+    // The session has unregistered the client; dropping the socket closes it.
 }

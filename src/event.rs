@@ -138,6 +138,7 @@ pub struct Event {
     sse: OnceLock<Bytes>,
     sse_envelope: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
+    ws_frame: OnceLock<Bytes>,
     ws: OnceLock<Utf8Bytes>,
 }
 
@@ -151,6 +152,7 @@ impl Event {
             sse: OnceLock::new(),
             sse_envelope: OnceLock::new(),
             json: OnceLock::new(),
+            ws_frame: OnceLock::new(),
             ws: OnceLock::new(),
         }
     }
@@ -165,13 +167,14 @@ impl Event {
         self.json.get_or_init(|| Bytes::from(self.encode_json(b"{\"id\":")))
     }
 
-    /// The WebSocket frame `{"type":"event", id, topic, event, data, ts}`.
+    /// The WebSocket message `{"type":"event", id, topic, event, data, ts}`.
     pub fn ws_text(&self) -> &Utf8Bytes {
-        self.ws.get_or_init(|| {
-            let json = self.encode_json(b"{\"type\":\"event\",\"id\":");
-            // Built from JSON text only, so always UTF-8.
-            Utf8Bytes::from(String::from_utf8(json).unwrap_or_default())
-        })
+        self.ws.get_or_init(|| ws_text_of(self.ws_frame()))
+    }
+
+    /// The same message as a whole WebSocket text frame, header included, ready for the socket.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame.get_or_init(|| ws_text_frame(&self.encode_json(b"{\"type\":\"event\",\"id\":")))
     }
 
     fn encode_json(&self, opening: &[u8]) -> Vec<u8> {
@@ -205,6 +208,29 @@ impl Event {
             self.sse.get_or_init(|| sse_frame(Some(&self.id_text), &self.draft.event, self.draft.data.get().as_bytes()))
         }
     }
+}
+
+/// A server-to-client WebSocket text frame (final, unmasked) carrying `text`.
+pub fn ws_text_frame(text: &[u8]) -> Bytes {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let header = tungstenite::protocol::frame::FrameHeader { opcode: OpCode::Data(Data::Text), ..Default::default() };
+    let len = text.len() as u64;
+    let mut out = Vec::with_capacity(header.len(len) + text.len());
+    // Writing to a Vec cannot fail.
+    let _ = header.format(len, &mut out);
+    out.extend_from_slice(text);
+    Bytes::from(out)
+}
+
+/// The text a frame made by [`ws_text_frame`] carries, sharing its bytes.
+pub(crate) fn ws_text_of(frame: &Bytes) -> Utf8Bytes {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    // Frames are built from JSON text only, so always UTF-8.
+    Utf8Bytes::try_from(frame.slice(header.min(frame.len())..)).unwrap_or_else(|_| Utf8Bytes::from_static(""))
 }
 
 /// Encodes one SSE frame. `data` is split into one `data:` line per line of text.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::event::{now_ms, push_json_str, sse_frame, Draft, StateChange};
+use crate::event::{now_ms, push_json_str, sse_frame, ws_text_frame, ws_text_of, Draft, StateChange};
 use crate::topic::Pattern;
 
 /// A topic's state at one version, as `{"topic","version","state"}` JSON.
@@ -24,12 +24,13 @@ pub struct Snapshot {
     /// `{"topic","version","state"}`.
     pub json: Bytes,
     sse: OnceLock<Bytes>,
+    ws_frame: OnceLock<Bytes>,
     ws: OnceLock<Utf8Bytes>,
 }
 
 impl Snapshot {
     fn new(topic: Arc<str>, version: u64, json: Bytes) -> Self {
-        Snapshot { topic, version, json, sse: OnceLock::new(), ws: OnceLock::new() }
+        Snapshot { topic, version, json, sse: OnceLock::new(), ws_frame: OnceLock::new(), ws: OnceLock::new() }
     }
 
     /// `event: snapshot` with the JSON as data (no `id:`: it is state, not a position).
@@ -37,13 +38,18 @@ impl Snapshot {
         self.sse.get_or_init(|| sse_frame(None, "snapshot", &self.json))
     }
 
-    /// The WebSocket frame `{"type":"snapshot","topic","version","state"}`.
+    /// The WebSocket message `{"type":"snapshot","topic","version","state"}`.
     pub fn ws_text(&self) -> &Utf8Bytes {
-        self.ws.get_or_init(|| {
-            let mut text = String::with_capacity(self.json.len() + 20);
-            text.push_str("{\"type\":\"snapshot\",");
-            text.push_str(std::str::from_utf8(&self.json[1..]).unwrap_or("}"));
-            Utf8Bytes::from(text)
+        self.ws.get_or_init(|| ws_text_of(self.ws_frame()))
+    }
+
+    /// The same message as a whole WebSocket text frame.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame.get_or_init(|| {
+            let mut text = Vec::with_capacity(self.json.len() + 20);
+            text.extend_from_slice(b"{\"type\":\"snapshot\",");
+            text.extend_from_slice(self.json.get(1..).unwrap_or(b"}"));
+            ws_text_frame(&text)
         })
     }
 

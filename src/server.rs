@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::direct::Sniffed;
 use crate::hub::Hub;
 
 /// A handle on one TCP connection, put in each request's extensions. It can cut the connection,
@@ -40,6 +41,11 @@ impl ConnHandle {
     /// Completes when the connection is to be dropped (cut by the server or by [`Self::kill`]).
     pub async fn killed(&self) {
         self.kill.cancelled().await
+    }
+
+    /// The token whose cancellation drops the connection.
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.kill.clone()
     }
 
     /// Drops the connection after `grace` unless it ended before.
@@ -130,17 +136,17 @@ pub async fn serve(
         let hub = hub.clone();
         tracker.spawn(async move {
             let kill = handle.kill.clone();
-            if hub.config().transports.sse {
-                let sniffed = tokio::select! {
-                    s = crate::direct::sniff(&stream) => s,
-                    _ = kill.cancelled() => return,
-                    _ = draining.cancelled() => return,
-                };
-                match sniffed {
-                    None => return,
-                    Some(true) => return crate::direct::serve(hub, stream, kill).await,
-                    Some(false) => {}
-                }
+            let sniffed = tokio::select! {
+                s = crate::direct::sniff(&stream) => s,
+                _ = kill.cancelled() => return,
+                _ = draining.cancelled() => return,
+            };
+            let transports = hub.config().transports;
+            match sniffed {
+                None => return,
+                Some(Sniffed::Stream) if transports.sse => return crate::direct::serve(hub, stream, kill).await,
+                Some(Sniffed::Ws) if transports.ws => return crate::direct::serve_ws(hub, stream, handle).await,
+                Some(_) => {}
             }
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::api::parse_patterns;
-use crate::client::{CloseReason, Outbound, Transport, SSE_HEARTBEAT};
+use crate::client::{CloseReason, Outbound, Transport, Wire, SSE_HEARTBEAT};
 use crate::conflate::{self, Shaper};
 use crate::error::ApiError;
 use crate::event::{now_ms, sse_frame, EventId};
@@ -164,7 +164,7 @@ impl Pump {
 
     /// Lets the hub write the client's events straight to `socket` while [`Pump::idle`].
     pub(crate) fn write_directly(&self, socket: Arc<TcpStream>) {
-        self.conn.client().write_directly(socket, self.envelope);
+        self.conn.client().write_directly(socket, Wire::Sse { envelope: self.envelope });
     }
 
     /// Everything rendered so far is written: until something is queued again, the hub writes

@@ -10,18 +10,20 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use bytes::BytesMut;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::api::parse_patterns;
 use crate::auth;
-use crate::client::{Client, CloseReason, Outbound, Transport};
+use crate::client::{Client, CloseReason, Outbound, Transport, WS_PING};
 use crate::conflate::{self, Shaper};
 use crate::error::ApiError;
-use crate::event::{now_ms, null_data, Audience, Draft, Event};
+use crate::event::{now_ms, null_data, ws_text_frame, Audience, Draft, Event};
 use crate::hub::{Connection, Hub, Start};
 use crate::retained::Snapshot;
 use crate::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
@@ -56,7 +58,25 @@ pub struct Setup {
     pub throttle: Option<std::time::Duration>,
 }
 
-/// `GET /ws`.
+impl Setup {
+    /// Reads a `GET /ws` request: its query string and the headers that may carry an API key.
+    pub(crate) fn read(hub: &Hub, raw_query: Option<&str>, headers: &HeaderMap) -> Result<Setup, ApiError> {
+        if !hub.config().transports.ws {
+            return Err(ApiError::not_found("transport_disabled", "the ws transport is disabled on this server"));
+        }
+        let q = StreamQuery::parse(raw_query)?;
+        let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+        // Publishing over a WebSocket needs a key: a browser on the gateway's own machine is not
+        // a backend, so the loopback rule of the HTTP API does not apply here.
+        let key = auth::key_in(headers).or(q.token.as_deref());
+        let can_publish = !hub.config().api_key.is_empty() && auth::check(hub, key, None).is_ok();
+        Ok(Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) })
+    }
+}
+
+/// `GET /ws` through the HTTP framework: in an app that nests the router, or on a connection
+/// that began with another request. The gateway's own server serves a fresh `GET /ws` connection
+/// on its socket instead (see [`crate::direct`]).
 pub async fn upgrade(
     State(hub): State<Hub>,
     RawQuery(raw): RawQuery,
@@ -64,18 +84,8 @@ pub async fn upgrade(
     handle: Option<axum::Extension<ConnHandle>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    if !hub.config().transports.ws {
-        return Err(ApiError::not_found("transport_disabled", "the ws transport is disabled on this server"));
-    }
+    let setup = Setup::read(&hub, raw.as_deref(), &headers)?;
     let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
-    let q = StreamQuery::parse(raw.as_deref())?;
-    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
-    // Publishing over a WebSocket needs a key: a browser on the gateway's own machine is not a
-    // backend, so the loopback rule of the HTTP API does not apply here.
-    let key = auth::key_in(&headers).or(q.token.as_deref());
-    let can_publish = !hub.config().api_key.is_empty() && auth::check(&hub, key, None).is_ok();
-    let setup =
-        Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) };
     let limit = hub.config().max_body_bytes;
     let handle = handle.map(|h| h.0);
     // Small buffers: a connection mostly receives little and its writes are batched per wake-up;
@@ -87,7 +97,15 @@ pub async fn upgrade(
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            session(hub, sink, stream, setup, handle).await;
+            session(hub, setup, handle, |hub, client| {
+                let writer = async move {
+                    if let Err(e) = write_loop(&hub, &client, sink).await {
+                        tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");
+                    }
+                };
+                (stream, writer)
+            })
+            .await;
         }))
 }
 
@@ -129,11 +147,14 @@ fn opening(start: Option<Start>, snapshots: &[Arc<Snapshot>]) -> Vec<Outbound> {
     out
 }
 
-/// Runs one WebSocket client until it leaves, the hub closes it, or the server cuts it.
-pub async fn session<S, R>(hub: Hub, mut sink: S, mut stream: R, setup: Setup, handle: Option<ConnHandle>)
+/// Runs one WebSocket client until it leaves, the hub closes it, or the server cuts it. Once the
+/// client is registered, `io` gives the peer's messages and a writer that sends the client's
+/// queue until the client is closed.
+pub async fn session<R, W, F>(hub: Hub, setup: Setup, handle: Option<ConnHandle>, io: W)
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    W: FnOnce(Hub, Arc<Client>) -> (R, F),
+    F: std::future::Future<Output = ()>,
 {
     let topics: Vec<String> = setup.patterns.iter().map(ToString::to_string).collect();
     hub.catch_up(setup.last_event_id.as_deref()).await;
@@ -165,6 +186,7 @@ where
     first.extend(opening(start, conn.snapshots()));
     client.insert_at(conn.head(), first);
 
+    let (mut stream, writer) = io(hub.clone(), client.clone());
     let mut rpcs = JoinSet::new();
     let killed = async {
         match &handle {
@@ -179,11 +201,7 @@ where
         tokio::time::sleep(CLOSE_GRACE).await;
     };
     tokio::select! {
-        res = write_loop(&hub, &client, &mut sink) => {
-            if let Err(e) = res {
-                tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");
-            }
-        }
+        _ = writer => {}
         _ = read_loop(&conn, &mut stream, setup.can_publish, &mut rpcs) => {}
         _ = killed => {}
         _ = closed_for_good => {}
@@ -192,20 +210,24 @@ where
     rpcs.abort_all();
 }
 
-fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
-    let (code, why) = match reason {
+/// The close code and reason the peer gets, if it is still there to read them.
+fn close_of(reason: CloseReason) -> Option<(u16, &'static str)> {
+    Some(match reason {
         CloseReason::Shutdown => (close::GOING_AWAY, "the gateway is shutting down; reconnect later"),
         CloseReason::Overflow => (close::TRY_AGAIN_LATER, "too slow: reconnect and resume from your last event id"),
         CloseReason::Kicked => (close::NORMAL, "disconnected by the backend"),
         CloseReason::TooLarge => (close::TOO_BIG, "frame over the size limit"),
         // The peer is gone: nothing would read a close frame.
         CloseReason::Timeout => return None,
-    };
-    Some(CloseFrame { code, reason: Utf8Bytes::from_static(why) })
+    })
 }
 
-/// Sends everything queued for the client, one flush (one write) per batch.
-async fn write_loop<S>(hub: &Hub, client: &Client, sink: &mut S) -> Result<(), axum::Error>
+fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
+    close_of(reason).map(|(code, why)| CloseFrame { code, reason: Utf8Bytes::from_static(why) })
+}
+
+/// Sends everything queued for the client through a `Sink`, one flush (one write) per batch.
+pub async fn write_loop<S>(hub: &Hub, client: &Client, mut sink: S) -> Result<(), axum::Error>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -240,6 +262,131 @@ where
         }
         sink.flush().await?;
         client.wrote(now_ms());
+    }
+}
+
+/// Sends everything queued for the client straight to its socket, one write per batch. While
+/// nothing is queued, the hub writes frames to the socket itself (see [`Client::write_directly`]).
+pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream) -> std::io::Result<()> {
+    let mut batch = VecDeque::new();
+    let mut items = Vec::new();
+    let mut shaper = Shaper::default();
+    let mut out = BytesMut::new();
+    loop {
+        // Everything so far is written: until something is queued again, pushes write.
+        client.idle();
+        let open = tokio::select! {
+            open = client.next_batch(&mut batch) => open,
+            _ = conflate::until(shaper.next_due()) => true,
+        };
+        if !open {
+            return Ok(());
+        }
+        shaper.shape(hub, client, &mut batch, &mut items);
+        let mut end = false;
+        for item in items.drain(..) {
+            match item {
+                Outbound::Event(ev) => out.extend_from_slice(ev.ws_frame()),
+                Outbound::Snapshot(s) => out.extend_from_slice(s.ws_frame()),
+                Outbound::Heartbeat => out.extend_from_slice(WS_PING),
+                Outbound::Frame(t) => out.extend_from_slice(&ws_text_frame(t.as_bytes())),
+                Outbound::Raw(bytes) => out.extend_from_slice(&bytes),
+                // The shaper has turned resyncs into snapshots.
+                Outbound::Resync(_) => {}
+                Outbound::Close(reason) => {
+                    if let Some((code, why)) = close_of(reason) {
+                        let frame =
+                            tungstenite::protocol::frame::Frame::close(Some(tungstenite::protocol::CloseFrame {
+                                code: code.into(),
+                                reason: why.into(),
+                            }));
+                        let mut bytes = Vec::new();
+                        // Writing to a Vec cannot fail.
+                        let _ = frame.format(&mut bytes);
+                        out.extend_from_slice(&bytes);
+                    }
+                    end = true;
+                    break;
+                }
+            }
+        }
+        crate::direct::write_all(socket, &out).await?;
+        out.clear();
+        if end {
+            return Ok(());
+        }
+        client.wrote(now_ms());
+    }
+}
+
+/// The socket as tungstenite sees it when it only reads: what the protocol itself answers (a
+/// pong, the reply to a close) is kept for the client's queue, so that it never lands in the
+/// middle of a frame the hub is writing.
+struct ReadSide {
+    socket: Arc<TcpStream>,
+    answers: Vec<u8>,
+}
+
+impl std::io::Read for ReadSide {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.socket.try_read(buf)
+    }
+}
+
+impl std::io::Write for ReadSide {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.answers.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The peer's messages on `socket`, decoded by tungstenite (masking, fragments, UTF-8, control
+/// frames, size limits). Its automatic answers go to `client`'s queue.
+pub(crate) fn socket_messages(
+    socket: Arc<TcpStream>,
+    client: Arc<Client>,
+    early: Vec<u8>,
+    limit: usize,
+) -> impl Stream<Item = Result<Message, axum::Error>> {
+    use tungstenite::protocol::{Role, WebSocketConfig};
+    async_stream::stream! {
+        // A small read buffer: clients send little, and it is allocated for every connection.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(1024)
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit));
+        let side = ReadSide { socket: socket.clone(), answers: Vec::new() };
+        // Frames the peer sent right behind its request head are read first.
+        let mut ws = tungstenite::WebSocket::from_partially_read(side, early, Role::Server, Some(config));
+        loop {
+            let read = ws.read();
+            let answers = std::mem::take(&mut ws.get_mut().answers);
+            if !answers.is_empty() {
+                client.push(Outbound::Raw(answers.into()));
+            }
+            match read {
+                Ok(tungstenite::Message::Text(t)) => yield Ok(Message::Text(Utf8Bytes::from(t.as_str()))),
+                Ok(tungstenite::Message::Binary(b)) => yield Ok(Message::Binary(b)),
+                Ok(tungstenite::Message::Ping(p)) => yield Ok(Message::Ping(p)),
+                Ok(tungstenite::Message::Pong(p)) => yield Ok(Message::Pong(p)),
+                Ok(tungstenite::Message::Close(_)) => yield Ok(Message::Close(None)),
+                Ok(tungstenite::Message::Frame(_)) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if socket.readable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return,
+                Err(e) => {
+                    yield Err(axum::Error::new(e));
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -398,6 +545,7 @@ async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> R
     let client = conn.client();
     let hub = conn.hub();
     hub.catch_up(f.last_event_id.as_deref()).await;
+    client.hold();
     let subscribed =
         hub.subscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
     client.set_throttle(&patterns, conflate::throttle(f.throttle_ms));

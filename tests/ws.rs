@@ -263,3 +263,93 @@ async fn a_peer_that_stops_reading_is_cut_after_its_queue_overflows() {
     drop(stalled);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_plain_get_on_ws_gets_a_json_error() {
+    let s = TestServer::start().await;
+    let res = s.http.get(s.url("/ws?topic=a")).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "websocket_required");
+    let res = s.http.get(s.url("/ws?topic=a/../b")).send().await.unwrap();
+    assert_eq!(res.status(), 400, "a bad topic is refused before the upgrade");
+    s.stop().await;
+}
+
+/// A client frame masked as RFC 6455 requires of clients.
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    assert!(payload.len() < 126);
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+#[tokio::test]
+async fn frames_sent_right_behind_the_handshake_are_read_and_pings_get_pongs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let s = TestServer::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // One write: the request head, an application ping and a protocol ping.
+    let mut bytes = format!(
+        "GET /ws?topic=a HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        s.addr
+    )
+    .into_bytes();
+    bytes.extend(masked(0x1, br#"{"type":"ping","ref":"early"}"#));
+    bytes.extend(masked(0x9, b"are you there"));
+    tcp.write_all(&bytes).await.unwrap();
+
+    let mut got = Vec::new();
+    let head_end = within("the 101 response", async {
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed during the handshake");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                return at + 4;
+            }
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // The accept key of RFC 6455's own example.
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"), "{head}");
+
+    let rest = got[head_end..].to_vec();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(tcp, rest, Role::Client, None).await;
+    let mut seen = Vec::new();
+    within("the welcome, the ack and the pong", async {
+        while seen.len() < 3 {
+            match futures::StreamExt::next(&mut ws).await {
+                Some(Ok(Message::Text(t))) => seen.push(serde_json::from_str::<Value>(&t).unwrap()["type"].clone()),
+                Some(Ok(Message::Pong(p))) => {
+                    assert_eq!(&p[..], b"are you there");
+                    seen.push(json!("pong"));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen, [json!("welcome"), json!("ack"), json!("pong")]);
+    // The connection goes on: a published event arrives.
+    let ids = s.publish_ok(json!({"topic": "a", "data": 5})).await;
+    let mut events = Vec::new();
+    within("the event", async {
+        while let Some(Ok(msg)) = futures::StreamExt::next(&mut ws).await {
+            if let Message::Text(t) = msg {
+                events.push(serde_json::from_str::<Value>(&t).unwrap());
+                return;
+            }
+        }
+    })
+    .await;
+    assert_eq!((events[0]["id"].as_str(), &events[0]["data"]), (Some(ids[0].as_str()), &json!(5)));
+    s.stop().await;
+}
