@@ -132,7 +132,7 @@ pub(crate) enum Wire {
 
 impl Wire {
     /// An event's frame in this format, made once and shared.
-    fn event<'a>(self, ev: &'a Event) -> &'a bytes::Bytes {
+    fn event(self, ev: &Event) -> &bytes::Bytes {
         match self {
             Wire::Sse { envelope } => ev.sse_frame(envelope),
             Wire::Ws => ev.ws_frame(),
