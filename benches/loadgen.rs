@@ -300,7 +300,13 @@ async fn ws_client(
 ) -> std::io::Result<()> {
     let stream = connect_from(src, addr).await?;
     let url = format!("ws://{addr}{}", target.subscribe_path(true, topic));
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(std::io::Error::other)?;
+    // Small buffers, as a browser's: the library's 128 KiB default per connection would make the
+    // load generator itself the heaviest process on the machine at 10,000 clients.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.map_err(std::io::Error::other)?;
     if target != Target::Ssegate {
         *counted = true;
         tally.connected.fetch_add(1, Ordering::Relaxed);

@@ -163,11 +163,11 @@ impl State {
     /// ways comes twice: dispatch rounds tell).
     fn each_subscriber(&self, topic: &str, mut f: impl FnMut(&Arc<Client>)) {
         if let Some(set) = self.exact.get(topic) {
-            set.values().for_each(&mut f);
+            visit(set, &mut f);
         }
         for (pattern, set) in &self.patterns {
             if pattern.matches(topic) {
-                set.values().for_each(&mut f);
+                visit(set, &mut f);
             }
         }
     }
@@ -452,6 +452,27 @@ impl State {
             self.remove(id);
         }
         done
+    }
+}
+
+/// Calls `f` on every client of `set`, a run at a time: each run is warmed first (see
+/// [`Client::warm`]), so that a large fan-out waits on memory once per run rather than once per
+/// client.
+fn visit(set: &Subscribers, f: &mut impl FnMut(&Arc<Client>)) {
+    const RUN: usize = 16;
+    let mut clients = set.values();
+    let mut run: [Option<&Arc<Client>>; RUN] = [None; RUN];
+    loop {
+        let mut n = 0;
+        for c in clients.by_ref().take(RUN) {
+            c.warm();
+            run[n] = Some(c);
+            n += 1;
+        }
+        run[..n].iter().flatten().for_each(|c| f(c));
+        if n < RUN {
+            return;
+        }
     }
 }
 
