@@ -1,11 +1,13 @@
-//! `GET /stream` served straight on the socket. The gateway's own server sees an event-stream
-//! request coming (by peeking at the first bytes) and answers it without the HTTP framework:
-//! the request head is parsed once, the response is a plain body that ends with the connection
-//! (no chunked framing), and each wake-up writes everything waiting for the client with one
-//! `write`. A connection holds only its socket, its client queue and a small task, instead of an
-//! HTTP connection's read and write buffers. Everything else (and `/stream` on a keep-alive
-//! connection that began with another request, or in an app that nests the router) goes through
-//! axum with the same rendering ([`crate::sse::Pump`]).
+//! `GET /stream` and `GET /ws` served straight on the socket. The gateway's own server sees such a
+//! request coming (by peeking at the first bytes) and answers it without the HTTP framework: the
+//! request head is parsed once; an event stream is a plain body that ends with the connection (no
+//! chunked framing); a WebSocket handshake is answered here and its frames go straight to the
+//! socket. Each wake-up writes everything waiting for the client with one `write`, and while
+//! nothing waits the fan-out writes to the socket itself. A connection holds only its socket, its
+//! client queue and a small task, instead of an HTTP connection's read and write buffers.
+//! Everything else (and these paths on a keep-alive connection that began with another request,
+//! or in an app that nests the router) goes through axum with the same rendering
+//! ([`crate::sse::Pump`], [`crate::ws::session`]).
 
 use std::io;
 use std::sync::Arc;
@@ -64,13 +66,15 @@ pub async fn sniff(stream: &TcpStream) -> Option<Sniffed> {
 
 /// Reads bytes until the request head is complete.
 async fn read_head(stream: &TcpStream) -> io::Result<Vec<u8>> {
+    // Read into the Vec itself: a buffer on the stack would be kept in every connection's task
+    // (a task is as large as its largest state).
     let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
         stream.readable().await?;
-        match stream.try_read(&mut chunk) {
+        head.reserve(1024);
+        match stream.try_read_buf(&mut head) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
@@ -98,7 +102,7 @@ pub(crate) async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<
 /// Completes when the peer closes its side (or the connection fails). Anything it sends after
 /// its request is read and ignored.
 async fn peer_gone(stream: &TcpStream) {
-    let mut sink = [0u8; 256];
+    let mut sink = [0u8; 64];
     loop {
         if stream.readable().await.is_err() {
             return;

@@ -19,15 +19,17 @@
 //! - [`api`]: `POST /publish`, client and topic administration, health checks, metrics.
 //! - [`auth`]: publisher rights. [`error`]: the JSON errors of the HTTP edge.
 //! - [`metrics`]: Prometheus counters. [`config`]: flags and environment.
-//! - [`server`]: the accept loop, connection limits and graceful shutdown.
+//! - [`server`]: the accept loop, connection limits and graceful shutdown; `direct` serves a
+//!   fresh `/stream` or `/ws` connection on its socket, without the HTTP framework.
 //!
 //! # How an event flows
 //! `POST /publish` → [`api::parse_publish`] checks the whole request → [`Hub::publish`] hands the
 //! drafts to the broker → the broker assigns ids, appends history and calls the hub's dispatch
 //! in id order → dispatch pushes one `Arc<Event>` into the queue of each receiving client (never
-//! waiting on a client; a full queue closes that client, which resumes from history) → the
-//! client's transport takes everything queued and writes it as one chunk, each event's frame
-//! encoded once and shared by all connections.
+//! waiting on a client; a full queue closes that client, which resumes from history). A
+//! connection that has written everything gets the event's frame written to its socket by the
+//! dispatch itself; otherwise its transport takes everything queued and writes it as one chunk.
+//! Each event's frame is encoded once per wire format and shared by all connections.
 //!
 //! # Embedding
 //! ```no_run

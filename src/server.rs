@@ -2,6 +2,7 @@
 //! connection limit, and graceful shutdown with a time limit.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +135,7 @@ pub async fn serve(
         let app = app.clone();
         let draining = draining.clone();
         let hub = hub.clone();
-        tracker.spawn(async move {
+        let fut = async move {
             let kill = handle.kill.clone();
             let sniffed = tokio::select! {
                 s = crate::direct::sniff(&stream) => s,
@@ -145,36 +146,16 @@ pub async fn serve(
             match sniffed {
                 None => return,
                 Some(Sniffed::Stream) if transports.sse => return crate::direct::serve(hub, stream, kill).await,
-                Some(Sniffed::Ws) if transports.ws => return crate::direct::serve_ws(hub, stream, handle).await,
+                Some(Sniffed::Ws) if transports.ws => {
+                    return Box::pin(crate::direct::serve_ws(hub, stream, handle)).await
+                }
                 Some(_) => {}
             }
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req.extensions_mut().insert(handle.clone());
-                app.clone().oneshot(req.map(Body::new))
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = draining.cancelled() => {}
-                _ = kill.cancelled() => return,
-            }
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = kill.cancelled() => {}
-            }
-        });
+            // Boxed, like the WebSocket session: a task is as large as its largest branch, and
+            // most connections are event streams.
+            Box::pin(http(stream, peer, handle, app, draining)).await;
+        };
+        tracker.spawn(fut);
     }
 
     drop(listener);
@@ -201,6 +182,37 @@ pub async fn serve(
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Serves a connection through hyper and the router until it closes, is cut, or drains.
+async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Router, draining: CancellationToken) {
+    let kill = handle.kill.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(handle.clone());
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = draining.cancelled() => {}
+        _ = kill.cancelled() => return,
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = kill.cancelled() => {}
+    }
 }
 
 /// Answers a connection over the limit with `503` and `Retry-After`, then closes it.

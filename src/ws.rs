@@ -76,7 +76,7 @@ impl Setup {
 
 /// `GET /ws` through the HTTP framework: in an app that nests the router, or on a connection
 /// that began with another request. The gateway's own server serves a fresh `GET /ws` connection
-/// on its socket instead (see [`crate::direct`]).
+/// on its socket instead (the `direct` module).
 pub async fn upgrade(
     State(hub): State<Hub>,
     RawQuery(raw): RawQuery,
