@@ -135,7 +135,7 @@ pub async fn serve(
         let app = app.clone();
         let draining = draining.clone();
         let hub = hub.clone();
-        let fut = async move {
+        tracker.spawn(async move {
             let kill = handle.kill.clone();
             let sniffed = tokio::select! {
                 s = crate::direct::sniff(&stream) => s,
@@ -154,8 +154,7 @@ pub async fn serve(
             // Boxed, like the WebSocket session: a task is as large as its largest branch, and
             // most connections are event streams.
             Box::pin(http(stream, peer, handle, app, draining)).await;
-        };
-        tracker.spawn(fut);
+        });
     }
 
     drop(listener);
