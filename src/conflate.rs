@@ -85,6 +85,26 @@ impl Shaper {
         }
     }
 
+    /// Waits until something is due for `client` (queued for it, or a held update falling due)
+    /// and moves it into `out` as [`Shaper::shape`] does. False, at once, once the client's close
+    /// has been taken. Cancel-safe.
+    pub async fn next(
+        &mut self,
+        hub: &Hub,
+        client: &Client,
+        batch: &mut VecDeque<Outbound>,
+        out: &mut Vec<Outbound>,
+    ) -> bool {
+        let open = tokio::select! {
+            open = client.next_batch(batch) => open,
+            _ = until(self.next_due()) => true,
+        };
+        if open {
+            self.shape(hub, client, batch, out);
+        }
+        open
+    }
+
     /// Records a snapshot sent outside the queue: queued updates it includes are now stale.
     pub fn note_sent(&mut self, snapshot: &Snapshot) {
         self.sent_version.insert(snapshot.topic.clone(), snapshot.version);

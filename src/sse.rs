@@ -178,14 +178,9 @@ impl Pump {
     /// client, and the close ends the stream after a `retry:` hint.
     pub(crate) async fn fill(&mut self, out: &mut BytesMut) -> Flow {
         let (client, hub) = (self.conn.client(), self.conn.hub());
-        let open = tokio::select! {
-            open = client.next_batch(&mut self.batch) => open,
-            _ = conflate::until(self.shaper.next_due()) => true,
-        };
-        if !open {
+        if !self.shaper.next(hub, client, &mut self.batch, &mut self.items).await {
             return Flow::End(client.close_reason().unwrap_or(CloseReason::Kicked));
         }
-        self.shaper.shape(hub, client, &mut self.batch, &mut self.items);
         let mut end = None;
         for item in self.items.drain(..) {
             match item {

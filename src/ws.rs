@@ -235,14 +235,9 @@ where
     let mut items = Vec::new();
     let mut shaper = Shaper::default();
     loop {
-        let open = tokio::select! {
-            open = client.next_batch(&mut batch) => open,
-            _ = conflate::until(shaper.next_due()) => true,
-        };
-        if !open {
+        if !shaper.next(hub, client, &mut batch, &mut items).await {
             return Ok(());
         }
-        shaper.shape(hub, client, &mut batch, &mut items);
         for item in items.drain(..) {
             match item {
                 Outbound::Event(ev) => sink.feed(Message::Text(ev.ws_text().clone())).await?,
@@ -275,14 +270,9 @@ pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream)
     loop {
         // Everything so far is written: until something is queued again, pushes write.
         client.idle();
-        let open = tokio::select! {
-            open = client.next_batch(&mut batch) => open,
-            _ = conflate::until(shaper.next_due()) => true,
-        };
-        if !open {
+        if !shaper.next(hub, client, &mut batch, &mut items).await {
             return Ok(());
         }
-        shaper.shape(hub, client, &mut batch, &mut items);
         let mut end = false;
         for item in items.drain(..) {
             match item {
