@@ -419,9 +419,16 @@ impl Client {
         let was_empty = q.items.is_empty();
         // A close always fits: it is the last item.
         if q.items.len() >= self.capacity && !matches!(item, Outbound::Close(_)) {
+            // The rest of a frame already begun on the socket always goes out: without it the
+            // next bytes would land inside that frame. It can only be first (see `write_direct`).
+            let begun = match q.items.front() {
+                Some(Outbound::Raw(_)) => q.items.pop_front(),
+                _ => None,
+            };
             if let Some(topics) = conflatable(&q.items, &item, self.capacity) {
                 // Only state updates wait: one fresh snapshot per topic replaces them all.
                 q.items.clear();
+                q.items.extend(begun);
                 q.items.extend(topics.into_iter().map(Outbound::Resync));
                 q.heartbeat_queued = false;
                 drop(q);
@@ -431,6 +438,7 @@ impl Client {
             q.items.clear();
             q.items.shrink_to(16);
             q.heartbeat_queued = false;
+            q.items.extend(begun);
             q.items.push_back(Outbound::Close(CloseReason::Overflow));
             q.closed = true;
             q.reason = Some(CloseReason::Overflow);
@@ -625,6 +633,43 @@ fn conflatable(items: &VecDeque<Outbound>, item: &Outbound, capacity: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Audience, Draft};
+
+    fn state_update(seq: u64) -> Outbound {
+        let data = serde_json::value::to_raw_value(&seq).unwrap();
+        let mut draft = Draft::new(Some("t".into()), "patch", data, Audience::Topic);
+        draft.version = Some(seq);
+        Outbound::Event(Arc::new(Event::new(EventId { ms: 1, seq }, draft)))
+    }
+
+    async fn drained(c: &Client) -> Vec<Outbound> {
+        let mut out = VecDeque::new();
+        assert!(c.next_batch(&mut out).await);
+        out.into_iter().collect()
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_begun_frame_survives_conflation_and_overflow() {
+        let rest = bytes::Bytes::from_static(b"tail of a frame\n\n");
+        // Conflation: the state updates become one resync, behind the rest of the frame.
+        let c = Client::new(Uuid::new_v4(), Transport::Sse, 3);
+        c.push(Outbound::Raw(rest.clone()));
+        for seq in 1..=3 {
+            c.push(state_update(seq));
+        }
+        let out = drained(&c).await;
+        assert!(matches!(&out[..], [Outbound::Raw(r), Outbound::Resync(t)] if *r == rest && &**t == "t"), "{out:?}");
+        // Overflow: the rest of the frame, then the close.
+        let c = Client::new(Uuid::new_v4(), Transport::Sse, 2);
+        c.push(Outbound::Raw(rest.clone()));
+        c.push(Outbound::Heartbeat);
+        assert_eq!(c.push(Outbound::Heartbeat), Push::Overflowed);
+        let out = drained(&c).await;
+        assert!(
+            matches!(&out[..], [Outbound::Raw(r), Outbound::Close(CloseReason::Overflow)] if *r == rest),
+            "{out:?}"
+        );
+    }
 
     #[tokio::test]
     async fn a_full_queue_turns_into_one_close() {
