@@ -149,16 +149,19 @@ impl Wire {
 }
 
 /// The frames of a run of events, concatenated on first use (per format) and shared by every
-/// receiver.
+/// receiver. A run of one is the event's own frame.
 #[derive(Default)]
 pub(crate) struct Frames {
-    plain: std::sync::OnceLock<bytes::Bytes>,
-    envelope: std::sync::OnceLock<bytes::Bytes>,
-    ws: std::sync::OnceLock<bytes::Bytes>,
+    plain: OnceLock<bytes::Bytes>,
+    envelope: OnceLock<bytes::Bytes>,
+    ws: OnceLock<bytes::Bytes>,
 }
 
 impl Frames {
-    fn get(&self, events: &[Arc<Event>], wire: Wire) -> &bytes::Bytes {
+    fn get<'a>(&'a self, events: &'a [Arc<Event>], wire: Wire) -> &'a bytes::Bytes {
+        if let [one] = events {
+            return wire.event(one);
+        }
         let cell = match wire {
             Wire::Sse { envelope: false } => &self.plain,
             Wire::Sse { envelope: true } => &self.envelope,
@@ -184,7 +187,7 @@ struct Direct {
 
 struct Queue {
     items: VecDeque<Outbound>,
-    /// Set for an SSE connection served on its socket.
+    /// Set for a connection served on its socket (SSE or WebSocket), unless it is throttled.
     direct: Option<Direct>,
     closed: bool,
     /// Why it was closed.
@@ -368,9 +371,10 @@ impl Client {
         }
     }
 
-    /// Gives the client several events at once (`frames`: their SSE frames, concatenated, made
-    /// once for all receivers). A direct connection that is idle gets them in one write;
-    /// otherwise each is queued as by [`Client::push`]. Returns how many were delivered.
+    /// Gives the client a run of events (`frames`: their frames, concatenated once for all
+    /// receivers). A direct connection that is idle gets them in one write, without touching the
+    /// events' reference counts; otherwise each is queued as by [`Client::push`]. Returns how
+    /// many were delivered.
     pub(crate) fn push_events(&self, events: &[Arc<Event>], frames: &Frames) -> (u64, Push) {
         let mut q = self.lock();
         if q.closed {

@@ -183,7 +183,8 @@ fn response_head(status: StatusCode, headers: &[(&str, &str)], cors: Option<&str
 }
 
 /// Answers an error as the router would: the contract's JSON body, then the connection closes.
-async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) -> io::Result<()> {
+/// A peer that does not read gets [`HEAD_TIMEOUT`] for it.
+async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) {
     let body = e.body().to_string();
     let length = body.len().to_string();
     let retry = e.retry_after.map(|s| s.to_string());
@@ -194,7 +195,7 @@ async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) -> io::Resu
     let mut out = response_head(e.status, &headers, cors);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
-    write_all(stream, &out).await
+    let _ = tokio::time::timeout(HEAD_TIMEOUT, write_all(stream, &out)).await;
 }
 
 /// Reads the request head, unless the peer is too slow or the connection is cut.
@@ -213,7 +214,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     let asked = match parse(&head) {
         Ok(a) => a,
         Err(e) => {
-            let _ = refuse(&stream, e, None).await;
+            refuse(&stream, e, None).await;
             return;
         }
     };
@@ -226,7 +227,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     let opened = match opened {
         Ok(o) => o,
         Err(e) => {
-            let _ = tokio::time::timeout(HEAD_TIMEOUT, refuse(&stream, e, cors.as_deref())).await;
+            refuse(&stream, e, cors.as_deref()).await;
             return;
         }
     };
@@ -292,7 +293,7 @@ pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     let (setup, accept, early) = match accepted {
         Ok(a) => a,
         Err(e) => {
-            let _ = tokio::time::timeout(HEAD_TIMEOUT, refuse(&stream, e, None)).await;
+            refuse(&stream, e, None).await;
             return;
         }
     };

@@ -421,11 +421,7 @@ impl State {
                 if !c.first_in_round(round) {
                     return;
                 }
-                let (delivered, push) = if let [one] = events {
-                    (1, c.push(Outbound::Event(one.clone())))
-                } else {
-                    c.push_events(events, &frames)
-                };
+                let (delivered, push) = c.push_events(events, &frames);
                 match push {
                     Push::Queued => done.delivered += delivered,
                     Push::Conflated => done.conflated += 1,
