@@ -50,6 +50,18 @@ pub struct Config {
     /// Most open connections; more get `503` with `Retry-After`.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
+    /// Most open connections (and long-poll sessions) from one source address; more get `503`
+    /// with `Retry-After`. Keeps one address from taking every slot.
+    #[arg(long, default_value_t = 4_096)]
+    pub max_per_address: usize,
+    /// Most topics and patterns one client may subscribe to, and most topics one request may
+    /// name (a `subscribe`, a `/stream` URL, a publish's `topics`); more: `400 too_many_topics`.
+    #[arg(long, default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_topics_per_client: u64,
+    /// Largest retained state, as JSON text; a change that would make it larger:
+    /// `413 state_too_large`, nothing changed.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_state_bytes: usize,
     /// A WebSocket peer not heard from for this long is dropped (it is pinged after a heartbeat
     /// interval of silence); 0 means three heartbeat intervals.
     #[arg(long, default_value_t = 0)]
