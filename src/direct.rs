@@ -104,6 +104,7 @@ pub(crate) async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<
 async fn peer_gone(stream: &TcpStream) {
     let mut sink = [0u8; 64];
     loop {
+        tokio::task::consume_budget().await;
         if stream.readable().await.is_err() {
             return;
         }
@@ -233,6 +234,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     };
     let (mut pump, first) = Pump::new(opened);
     pump.write_directly(stream.clone());
+    let client = pump.client().clone();
     let mut out = response_head(StatusCode::OK, &sse::HEADERS, cors.as_deref());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&first);
@@ -251,6 +253,13 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
             }
         }
     };
+    // Once the hub has closed the client (its queue overflowed, the backend or shutdown), the
+    // rest and a `retry:` hint get a grace period; a peer that does not read keeps the writer
+    // blocked, and is then cut.
+    let closed_for_good = async {
+        client.closed().await;
+        tokio::time::sleep(LAST_WRITE).await;
+    };
     tokio::select! {
         r = streaming => {
             if let Err(e) = r {
@@ -259,6 +268,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         }
         _ = peer_gone(&stream) => {}
         _ = kill.cancelled() => {}
+        _ = closed_for_good => {}
     }
     // Dropping the pump unregisters the client; dropping the socket closes it.
 }

@@ -162,6 +162,11 @@ impl Pump {
         (pump, first)
     }
 
+    /// The client this pump renders.
+    pub(crate) fn client(&self) -> &Arc<crate::client::Client> {
+        self.conn.client()
+    }
+
     /// Lets the hub write the client's events straight to `socket` while [`Pump::idle`].
     pub(crate) fn write_directly(&self, socket: Arc<TcpStream>) {
         self.conn.client().write_directly(socket, Wire::Sse { envelope: self.envelope });

@@ -353,6 +353,9 @@ pub(crate) fn socket_messages(
         // Frames the peer sent right behind its request head are read first.
         let mut ws = tungstenite::WebSocket::from_partially_read(side, early, Role::Server, Some(config));
         loop {
+            // A peer that sends as fast as it can must not hold a runtime worker: each message
+            // spends from the task's cooperative budget, which yields to other tasks when spent.
+            tokio::task::consume_budget().await;
             let read = ws.read();
             let answers = std::mem::take(&mut ws.get_mut().answers);
             if !answers.is_empty() {
@@ -399,6 +402,8 @@ where
 {
     let client = conn.client();
     while let Some(msg) = stream.next().await {
+        // Whatever the stream underneath, a flood of frames yields to other tasks.
+        tokio::task::consume_budget().await;
         client.heard(now_ms());
         match msg {
             Ok(Message::Text(t)) => on_text(conn, t.as_str(), can_publish, rpcs).await,
