@@ -90,6 +90,21 @@ pub enum Outbound {
     /// Bytes for the socket as they are: the rest of a frame whose start was written straight
     /// to it, or a WebSocket control frame the protocol answers with (pong, close).
     Raw(bytes::Bytes),
+    /// The rest of a resume: the missed events after a position, read from the shared history
+    /// a page at a time when the transport gets to it (see [`crate::conflate::Shaper::next`]).
+    Resume(Box<Resume>),
+}
+
+/// Where a client's resume goes on: after `after`, up to `upto`, through `only` those patterns
+/// (or, with `None`, everything the client receives).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The last history position read.
+    pub after: EventId,
+    /// Where live events start: the resume ends there.
+    pub upto: EventId,
+    /// The subscriptions being resumed, when not all of them.
+    pub only: Option<Arc<[Pattern]>>,
 }
 
 impl Outbound {
@@ -506,6 +521,26 @@ impl Client {
         let was_empty = q.items.is_empty();
         for (n, item) in items.into_iter().enumerate() {
             q.items.insert(at + n, item);
+        }
+        drop(q);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Puts `items` back in front of the queue, in order: what a writer took but will send later
+    /// (the rest of a resume and what waits behind it).
+    pub(crate) fn requeue_front(&self, items: impl DoubleEndedIterator<Item = Outbound>) {
+        let mut q = self.lock();
+        if q.closed && q.items.iter().any(|i| matches!(i, Outbound::Close(_))) {
+            // Closed meanwhile (its queue overflowed, say): the client resumes later from what
+            // it has, so what was taken is dropped rather than held.
+            return;
+        }
+        q.busy();
+        let was_empty = q.items.is_empty();
+        for item in items.rev() {
+            q.items.push_front(item);
         }
         drop(q);
         if was_empty {

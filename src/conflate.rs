@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::{Client, Outbound};
+use crate::client::{Client, Outbound, Resume};
+use crate::hub::Page;
 use crate::hub::Hub;
 use crate::retained::Snapshot;
 
@@ -99,10 +100,40 @@ impl Shaper {
             open = client.next_batch(batch) => open,
             _ = until(self.next_due()) => true,
         };
-        if open {
-            self.shape(hub, client, batch, out);
+        if !open {
+            return false;
         }
-        open
+        let Some(at) = batch.iter().position(|i| matches!(i, Outbound::Resume(_))) else {
+            self.shape(hub, client, batch, out);
+            return true;
+        };
+        // A resume in progress: what comes before it, then its next page from history. The rest
+        // waits in the queue for the next call, so a client far behind gets its missed events
+        // page by page, as fast as it reads them, and holds no copy of them.
+        let mut rest = batch.split_off(at);
+        let Some(Outbound::Resume(resume)) = rest.pop_front() else { return true };
+        self.shape(hub, client, batch, out);
+        // Pages that the client's subscriptions filter out entirely come back at once.
+        tokio::task::consume_budget().await;
+        match hub.resume_page(client.id(), &resume).await {
+            Ok(Page::Missed(events, more)) => {
+                let now = Instant::now();
+                for ev in events {
+                    out.extend(self.admit(hub, client, Outbound::Event(ev), now));
+                }
+                if let Some(after) = more {
+                    rest.push_front(Outbound::Resume(Box::new(Resume { after, ..*resume })));
+                }
+                client.requeue_front(rest.into_iter());
+            }
+            // History moved past the resume (or cannot be read): live events would follow a gap,
+            // so the client is closed instead, to resume from the last event it got.
+            Ok(Page::Lost(_)) | Err(_) => {
+                tracing::info!(client_id = %client.id(), "resume overtaken by history trimming: closed to resume again");
+                client.close(crate::client::CloseReason::Overflow);
+            }
+        }
+        true
     }
 
     /// Records a snapshot sent outside the queue: queued updates it includes are now stale.

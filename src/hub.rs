@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub use crate::broker::PublishError;
 use crate::broker::{Broker, BrokerError, Command, Dispatch, MemoryBroker, Presence, RedisBroker, Replay};
 pub use crate::client::ClientInfo;
-use crate::client::{Client, CloseReason, Frames, Outbound, Push, Transport};
+use crate::client::{Client, CloseReason, Outbound, Resume, Transport};
 use crate::config::Config;
 use crate::event::{now_ms, Audience, Draft, Event, EventId};
 use crate::metrics::{Metrics, TransportLabel};
@@ -65,11 +65,19 @@ pub struct TopicInfo {
     pub version: Option<u64>,
 }
 
+/// Events a resume reads from history at a time: a client far behind is sent its missed events
+/// a page at a time, each read when the last one is written, never all at once.
+pub const RESUME_PAGE: usize = 256;
+
 /// What a client that resumes after an id gets before live events.
 #[derive(Debug)]
 pub struct Start {
-    /// Events it missed, already filtered to what it receives, oldest first.
+    /// The first page of the events it missed, already filtered to what it receives, oldest
+    /// first.
     pub missed: Vec<Arc<Event>>,
+    /// Where the rest of the missed events continue, if the first page did not hold them all:
+    /// queue it as [`Outbound::Resume`] right behind the first page.
+    pub more: Option<Resume>,
     /// Set when it must reload state: the reason sent in the `reset` event. Not set when every
     /// subscription is a retained topic, whose snapshot is the reload.
     pub reset: Option<&'static str>,
@@ -117,6 +125,10 @@ struct Shared {
     /// The last event delivered from a shared broker, for clients that resume from a position
     /// another node has reached and this one not yet.
     delivered: tokio::sync::watch::Sender<EventId>,
+    /// Runs of events for the fan-out writer thread, sent under the state lock in dispatch order.
+    fanout: crate::fanout::Queue,
+    /// The last event the fan-out writer has handed to every receiver.
+    fanned: tokio::sync::watch::Sender<EventId>,
 }
 
 struct Entry {
@@ -151,6 +163,9 @@ struct State {
     /// Dispatch round counter, for delivering an event once to a client with overlapping
     /// subscriptions.
     round: u64,
+    /// Raised by every change of who subscribes to what: runs collected at the same generation
+    /// for the same topic have the same receivers.
+    generation: u64,
     /// The last event dispatched. Read under the same lock as a registration, it splits what a
     /// new subscriber gets from history (up to it) from what it gets live (after it).
     head: EventId,
@@ -188,6 +203,7 @@ impl State {
 
     fn remove(&mut self, id: &Uuid) -> Option<Entry> {
         let entry = self.clients.remove(id)?;
+        self.generation += 1;
         for p in &entry.subs {
             self.unindex(p, id);
         }
@@ -197,6 +213,7 @@ impl State {
     fn subscribe(&mut self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
         let entry = self.clients.get_mut(id).ok_or(UnknownClient)?;
         let client = entry.client.clone();
+        self.generation += 1;
         let mut added: Vec<Pattern> = Vec::new();
         for p in patterns {
             if !entry.subs.contains(p) && !added.contains(p) {
@@ -225,6 +242,27 @@ where
     }
 }
 
+/// One page of a resume.
+pub(crate) enum Page {
+    /// The events the client receives in this page (maybe none), and the position the next page
+    /// starts after, if there is more.
+    Missed(Vec<Arc<Event>>, Option<EventId>),
+    /// The position is not in history (any more): the reason for the `reset`.
+    Lost(&'static str),
+}
+
+/// Whether every subscription is a retained topic, whose snapshot is a reload.
+fn patterns_all_retained<'a>(st: &State, patterns: impl IntoIterator<Item = &'a Pattern>) -> bool {
+    let mut any = false;
+    for p in patterns {
+        any = true;
+        if !matches!(p, Pattern::Exact(t) if st.retained.contains(t)) {
+            return false;
+        }
+    }
+    any
+}
+
 /// Whether a client with these subscriptions receives the event.
 fn receives(id: &Uuid, subs: &[Pattern], ev: &Event) -> bool {
     match &ev.draft.audience {
@@ -251,12 +289,8 @@ impl Dispatch for Shared {
                 Ok(events)
             })
             .collect();
-        let done = st.fan_out(&all);
+        st.fan_out(&all, &self.fanout);
         drop(st);
-        for (id, transport) in &done.overflowed {
-            tracing::warn!(client_id = %id, transport = transport.as_str(), "client queue full: closed, it may resume from history");
-        }
-        self.count(done);
         results
     }
 
@@ -280,15 +314,15 @@ impl Dispatch for Shared {
                 }
             }
         }
-        let done = st.fan_out(&send);
         st.head = st.head.max(head);
+        st.fan_out(&send, &self.fanout);
         drop(st);
-        self.count(done);
         self.delivered.send_if_modified(|d| std::mem::replace(d, head) != head);
         gaps
     }
 
     fn restore(&self, topics: Vec<SavedTopic>) {
+        let mut resync: Vec<(Arc<Client>, Arc<str>)> = Vec::new();
         let mut st = lock(&self.state);
         for saved in topics {
             let topic: Arc<str> = Arc::from(saved.topic.as_str());
@@ -296,9 +330,11 @@ impl Dispatch for Shared {
                 continue;
             }
             // Its subscribers get the new state in place of the changes they missed.
-            st.each_subscriber(&topic, |c| {
-                let _ = c.push(Outbound::Resync(topic.clone()));
-            });
+            st.each_subscriber(&topic, |c| resync.push((c.clone(), topic.clone())));
+        }
+        drop(st);
+        for (c, topic) in resync {
+            let _ = c.push(Outbound::Resync(topic));
         }
     }
 
@@ -334,10 +370,30 @@ impl Shared {
         }
     }
 
-    fn count(&self, done: FanOut) {
+    /// Called by the fan-out writer after each group of batches: closed clients leave the
+    /// index, the counters move, and waiters learn how far delivery has come.
+    fn fanned(&self, done: crate::fanout::Outcome, head: EventId) {
         self.metrics.delivered.inc_by(done.delivered);
         self.metrics.overflows.inc_by(done.overflowed.len() as u64);
         self.metrics.conflations.inc_by(done.conflated);
+        if !done.overflowed.is_empty() {
+            let mut st = lock(&self.state);
+            for c in &done.overflowed {
+                // The id may have been taken since by a new client.
+                if st.clients.get(&c.id()).is_some_and(|e| Arc::ptr_eq(&e.client, c)) {
+                    st.remove(&c.id());
+                }
+            }
+            drop(st);
+            for c in &done.overflowed {
+                tracing::warn!(client_id = %c.id(), transport = c.transport().as_str(), "client queue full: closed, it may resume from history");
+            }
+        }
+        self.fanned.send_if_modified(|h| {
+            let newer = head > *h;
+            *h = (*h).max(head);
+            newer
+        });
     }
 
     /// Tells the cluster, if there is one, about a client's change.
@@ -371,6 +427,7 @@ impl Shared {
         for p in &gone {
             st.unindex(p, id);
         }
+        st.generation += 1;
         drop(st);
         self.presence(|| Presence::Here(info));
         Ok(topics)
@@ -384,70 +441,58 @@ impl Shared {
     }
 }
 
-/// What one fan-out did.
-#[derive(Default)]
-struct FanOut {
-    delivered: u64,
-    conflated: u64,
-    overflowed: Vec<(Uuid, Transport)>,
-}
-
 impl State {
-    /// Pushes each event into the queue of every client that receives it. Never waits on a
-    /// client: a full queue conflates (state updates only) or closes that client.
-    fn fan_out(&mut self, events: &[Arc<Event>]) -> FanOut {
-        let mut done = FanOut::default();
+    /// Decides who receives each event and sends the runs to the fan-out writer, which writes
+    /// them outside this lock. Moves the head: a client registering from now on receives only
+    /// what comes after these events live.
+    fn fan_out(&mut self, events: &[Arc<Event>], writer: &crate::fanout::Queue) {
+        let mut runs = Vec::new();
         let mut rest = events;
         while let Some(ev) = rest.first() {
             // A run of plain events on one topic has the same receivers: each gets the run at
             // once (one write to an idle connection).
-            let run = match (&ev.draft.audience, ev.topic()) {
-                (Audience::Topic, Some(topic)) => rest
+            let plain_topic = match (&ev.draft.audience, ev.topic()) {
+                (Audience::Topic, Some(topic)) if ev.draft.version.is_none() => Some(topic),
+                _ => None,
+            };
+            let run = match plain_topic {
+                Some(topic) => rest
                     .iter()
                     .take_while(|e| {
                         e.draft.audience == Audience::Topic && e.topic() == Some(topic) && e.draft.version.is_none()
                     })
                     .count()
                     .max(1),
-                _ => 1,
+                None => 1,
             };
             let (events, after) = rest.split_at(run);
             rest = after;
             self.round += 1;
-            self.head = events[events.len() - 1].id;
-            let round = self.round;
-            let frames = Frames::default();
-            let mut deliver = |c: &Arc<Client>| {
-                if !c.first_in_round(round) {
-                    return;
-                }
-                let (delivered, push) = c.push_events(events, &frames);
-                match push {
-                    Push::Queued => done.delivered += delivered,
-                    Push::Conflated => done.conflated += 1,
-                    Push::Overflowed => done.overflowed.push((c.id(), c.transport())),
-                    Push::Closed => {}
-                }
-            };
+            self.head = self.head.max(events[events.len() - 1].id);
+            let mut receivers = Vec::new();
             match &ev.draft.audience {
                 Audience::Topic => {
-                    let Some(topic) = ev.topic() else { continue };
-                    self.each_subscriber(topic, &mut deliver);
-                }
-                Audience::Clients(ids) => {
-                    for id in ids.iter() {
-                        if let Some(e) = self.clients.get(id) {
-                            deliver(&e.client);
-                        }
+                    if let Some(topic) = ev.topic() {
+                        self.each_subscriber(topic, |c| receivers.push(c.clone()));
                     }
                 }
-                Audience::All => self.clients.values().for_each(|e| deliver(&e.client)),
+                Audience::Clients(ids) => {
+                    receivers.extend(ids.iter().filter_map(|id| self.clients.get(id)).map(|e| e.client.clone()));
+                }
+                Audience::All => receivers.extend(self.clients.values().map(|e| e.client.clone())),
             }
+            if receivers.is_empty() {
+                continue;
+            }
+            runs.push(crate::fanout::Run {
+                events: events.to_vec(),
+                receivers,
+                round: self.round,
+                key: plain_topic.and(ev.draft.topic.clone()).map(|t| (t, self.generation)),
+            });
         }
-        for (id, _) in &done.overflowed {
-            self.remove(id);
-        }
-        done
+        // The writer lives as long as the hub; if it is gone, so is everyone to write to.
+        let _ = writer.send(crate::fanout::Batch { runs, head: self.head });
     }
 }
 
@@ -556,8 +601,15 @@ impl Hub {
     /// A hub over a given broker.
     pub fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
         let head = broker.head();
-        let hub = Hub {
-            shared: Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me: &Weak<Shared>| {
+            let me = me.clone();
+            let fanout = crate::fanout::spawn(move |done, head| {
+                if let Some(shared) = me.upgrade() {
+                    shared.fanned(done, head);
+                }
+            })
+            .expect("the fan-out thread could not be started");
+            Shared {
                 config,
                 broker,
                 state: Mutex::new(State {
@@ -565,6 +617,7 @@ impl Hub {
                     exact: HashMap::new(),
                     patterns: HashMap::new(),
                     round: 0,
+                    generation: 0,
                     head,
                     retained: Store::default(),
                 }),
@@ -573,8 +626,11 @@ impl Hub {
                 rpc: RwLock::new(None),
                 polls: crate::poll::Sessions::default(),
                 delivered: tokio::sync::watch::Sender::new(head),
-            }),
-        };
+                fanout,
+                fanned: tokio::sync::watch::Sender::new(head),
+            }
+        });
+        let hub = Hub { shared };
         tokio::spawn(heartbeats(Arc::downgrade(&hub.shared), hub.shared.shutdown.clone()));
         let weak: Weak<Shared> = Arc::downgrade(&hub.shared);
         hub.shared.broker.attach(weak, hub.shared.shutdown.clone());
@@ -693,7 +749,8 @@ impl Hub {
 
     /// What a client that last saw `after` missed up to `upto` (its [`Connection::head`] or a
     /// [`Subscribed::head`]): the events it receives through `only` (those patterns alone) or,
-    /// with `None`, through all its subscriptions, its id and broadcasts.
+    /// with `None`, through all its subscriptions, its id and broadcasts. The first page of them;
+    /// [`Start::more`] says where the rest continues.
     pub async fn replay(
         &self,
         client_id: Uuid,
@@ -701,38 +758,61 @@ impl Hub {
         after: &str,
         upto: EventId,
     ) -> Result<Start, BrokerError> {
-        let replay = self.shared.broker.replay(after, upto).await?;
         let m = &self.shared.metrics;
-        let subs = match only {
-            Some(patterns) => patterns.to_vec(),
-            None => lock(&self.shared.state).clients.get(&client_id).map(|e| e.subs.clone()).unwrap_or_default(),
-        };
-        let reset = |reason| {
-            m.resets.inc();
-            // Retained topics reload from their snapshots; anything else needs a reset.
-            let st = lock(&self.shared.state);
-            let all_retained =
-                !subs.is_empty() && subs.iter().all(|p| matches!(p, Pattern::Exact(t) if st.retained.contains(t)));
-            Start { missed: Vec::new(), reset: (!all_retained).then_some(reason), head: upto, reload: true }
-        };
-        Ok(match replay {
-            Replay::Missed(events) => {
+        let only: Option<Arc<[Pattern]>> = only.map(Arc::from);
+        Ok(match self.page(client_id, only.as_ref(), after, upto).await? {
+            Page::Missed(missed, more) => {
                 m.resumes.inc();
-                let missed: Vec<Arc<Event>> = match only {
-                    Some(patterns) => events
-                        .into_iter()
-                        .filter(|ev| {
-                            ev.draft.audience == Audience::Topic
-                                && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
-                        })
-                        .collect(),
-                    None => events.into_iter().filter(|ev| receives(&client_id, &subs, ev)).collect(),
-                };
-                Start { missed, reset: None, head: upto, reload: false }
+                Start { missed, more: more.map(|after| Resume { after, upto, only }), reset: None, head: upto, reload: false }
             }
-            Replay::Unknown => reset("unknown_event_id"),
-            Replay::Expired => reset("history_expired"),
+            Page::Lost(reason) => {
+                m.resets.inc();
+                // Retained topics reload from their snapshots; anything else needs a reset.
+                let st = lock(&self.shared.state);
+                let all_retained = match &only {
+                    Some(patterns) => patterns_all_retained(&st, patterns.iter()),
+                    None => st.clients.get(&client_id).is_some_and(|e| patterns_all_retained(&st, &e.subs)),
+                };
+                Start { missed: Vec::new(), more: None, reset: (!all_retained).then_some(reason), head: upto, reload: true }
+            }
         })
+    }
+
+    /// The next page of a resume (see [`Outbound::Resume`]).
+    pub(crate) async fn resume_page(&self, client_id: Uuid, resume: &Resume) -> Result<Page, BrokerError> {
+        let after = resume.after.to_string();
+        self.page(client_id, resume.only.as_ref(), &after, resume.upto).await
+    }
+
+    /// Reads up to [`RESUME_PAGE`] events after `after` from history and keeps those the client
+    /// receives.
+    async fn page(
+        &self,
+        client_id: Uuid,
+        only: Option<&Arc<[Pattern]>>,
+        after: &str,
+        upto: EventId,
+    ) -> Result<Page, BrokerError> {
+        let events = match self.shared.broker.replay(after, upto, RESUME_PAGE).await? {
+            Replay::Missed(events) => events,
+            Replay::Unknown => return Ok(Page::Lost("unknown_event_id")),
+            Replay::Expired => return Ok(Page::Lost("history_expired")),
+        };
+        let more = (events.len() >= RESUME_PAGE).then(|| events[events.len() - 1].id);
+        let missed: Vec<Arc<Event>> = match only {
+            Some(patterns) => events
+                .into_iter()
+                .filter(|ev| {
+                    ev.draft.audience == Audience::Topic && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
+                })
+                .collect(),
+            None => {
+                let st = lock(&self.shared.state);
+                let Some(entry) = st.clients.get(&client_id) else { return Ok(Page::Missed(Vec::new(), None)) };
+                events.into_iter().filter(|ev| receives(&client_id, &entry.subs, ev)).collect()
+            }
+        };
+        Ok(Page::Missed(missed, more))
     }
 
     /// Publishes drafts, all or none, in order. Returns the events with their ids.
@@ -745,7 +825,30 @@ impl Hub {
         }
         let events = self.shared.broker.publish(drafts, &*self.shared).await?;
         self.shared.metrics.published.inc_by(events.len() as u64);
+        // With the in-process broker, a publish is answered once its events have reached every
+        // receiver (written or queued): publishers cannot outrun the fan-out writer.
+        if self.shared.broker.cluster().is_none() {
+            if let Some(last) = events.last() {
+                self.fanned_to(last.id).await;
+            }
+        }
         Ok(events)
+    }
+
+    /// The last event the fan-out writer has handed to every receiver: everything up to it is
+    /// in their queues (or written).
+    pub(crate) fn fanned(&self) -> EventId {
+        *self.shared.fanned.borrow()
+    }
+
+    /// Waits until the fan-out writer has handed every event up to `id` to its receivers.
+    pub(crate) async fn fanned_to(&self, id: EventId) {
+        if *self.shared.fanned.borrow() >= id {
+            return;
+        }
+        let mut fanned = self.shared.fanned.subscribe();
+        // The sender lives in the hub, which `self` holds: this cannot fail.
+        let _ = fanned.wait_for(|h| *h >= id).await;
     }
 
     /// Adds subscriptions to a client connected here.

@@ -52,6 +52,7 @@ pub mod demo;
 pub(crate) mod direct;
 pub mod error;
 pub mod event;
+pub(crate) mod fanout;
 pub mod hub;
 pub mod metrics;
 pub mod negotiate;

@@ -280,6 +280,10 @@ async fn answer(
         // what lies between the client's cursor and what this session has handed out.
         let start = hub.replay(client.id(), None, asked, state.cursor).await?;
         let mut events: Vec<bytes::Bytes> = start.missed.iter().map(|e| e.json().clone()).collect();
+        if let Some(more) = start.more {
+            // A page of history at a time: the next poll goes on from the end of this one.
+            return Ok(Answer { events, cursor: more.after });
+        }
         events.extend(start.reset.map(|reason| reset_event(state.cursor, reason)));
         if start.reload {
             events.extend(snapshots(hub, session, state, fresh));
@@ -299,9 +303,9 @@ async fn answer(
             _ = tokio::time::sleep_until(deadline) => true,
             _ = session.superseded.notified() => true,
         };
-        // Everything up to the head is in the queue by now: take it all, and the cursor may move
-        // there.
-        let head = hub.head();
+        // Everything the fan-out has handed out is in the queue by now: take it all, and the
+        // cursor may move there.
+        let head = hub.fanned();
         client.drain_into(&mut batch);
         let mut overflowed = false;
         for item in &batch {
@@ -323,6 +327,7 @@ async fn answer(
                 | Outbound::Frame(_)
                 | Outbound::Resync(_)
                 | Outbound::Raw(_)
+                | Outbound::Resume(_)
                 | Outbound::Close(_) => {}
             }
         }

@@ -78,7 +78,8 @@ fn prelude(hub: &Hub, conn: &Connection, topics: &[String], start: Option<&Start
     let head = conn.head().to_string();
     // The welcome carries the position the stream continues from, so a client that drops before
     // any event arrives still resumes without loss; missed events and resets carry their own.
-    let welcome_id = start.is_none_or(|s| s.missed.is_empty() && s.reset.is_none()).then_some(head.as_str());
+    let welcome_id =
+        start.is_none_or(|s| s.missed.is_empty() && s.more.is_none() && s.reset.is_none()).then_some(head.as_str());
     out.extend_from_slice(&sse_frame(welcome_id, "welcome", welcome.to_string().as_bytes()));
     if let Some(start) = start {
         for ev in &start.missed {
@@ -125,6 +126,10 @@ pub(crate) async fn open(hub: &Hub, raw_query: Option<&str>, last_event_id: Opti
         None => None,
     };
     let first = prelude(hub, &conn, &topics, start.as_ref(), q.envelope);
+    if let Some(more) = start.and_then(|s| s.more) {
+        // The rest of the missed events, page by page, before any live event.
+        conn.client().insert_at(conn.head(), vec![Outbound::Resume(Box::new(more))]);
+    }
     Ok(Opened { conn, first, envelope: q.envelope })
 }
 
@@ -203,8 +208,8 @@ impl Pump {
                 Outbound::Heartbeat => out.extend_from_slice(SSE_HEARTBEAT),
                 Outbound::Raw(bytes) => out.extend_from_slice(&bytes),
                 // Replies to frame-based requests never go to an SSE client; the shaper has
-                // turned resyncs into snapshots.
-                Outbound::Frame(_) | Outbound::Resync(_) => {}
+                // turned resyncs into snapshots and resumes into events.
+                Outbound::Frame(_) | Outbound::Resync(_) | Outbound::Resume(_) => {}
                 Outbound::Close(reason) => end = Some(reason),
             }
         }

@@ -137,6 +137,7 @@ fn opening(start: Option<Start>, snapshots: &[Arc<Snapshot>]) -> Vec<Outbound> {
         None => true,
         Some(start) => {
             out.extend(start.missed.into_iter().map(Outbound::Event));
+            out.extend(start.more.map(|more| Outbound::Resume(Box::new(more))));
             out.extend(start.reset.map(reset_frame));
             start.reload
         }
@@ -244,9 +245,9 @@ where
                 Outbound::Snapshot(s) => sink.feed(Message::Text(s.ws_text().clone())).await?,
                 Outbound::Heartbeat => sink.feed(Message::Ping(Default::default())).await?,
                 Outbound::Frame(t) => sink.feed(Message::Text(Utf8Bytes::from(t))).await?,
-                // The shaper has turned resyncs into snapshots; raw SSE bytes are never queued
-                // for a WebSocket.
-                Outbound::Resync(_) | Outbound::Raw(_) => {}
+                // The shaper has turned resyncs into snapshots and resumes into events; raw bytes
+                // are only queued for a connection on its socket.
+                Outbound::Resync(_) | Outbound::Resume(_) | Outbound::Raw(_) => {}
                 Outbound::Close(reason) => {
                     if let Some(frame) = close_frame(reason) {
                         sink.send(Message::Close(Some(frame))).await?;
@@ -281,8 +282,8 @@ pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream)
                 Outbound::Heartbeat => out.extend_from_slice(WS_PING),
                 Outbound::Frame(t) => out.extend_from_slice(&ws_text_frame(t.as_bytes())),
                 Outbound::Raw(bytes) => out.extend_from_slice(&bytes),
-                // The shaper has turned resyncs into snapshots.
-                Outbound::Resync(_) => {}
+                // The shaper has turned resyncs into snapshots and resumes into events.
+                Outbound::Resync(_) | Outbound::Resume(_) => {}
                 Outbound::Close(reason) => {
                     if let Some((code, why)) = close_of(reason) {
                         let frame =
@@ -544,6 +545,9 @@ async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> R
     let subscribed =
         hub.subscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
     client.set_throttle(&patterns, conflate::throttle(f.throttle_ms));
+    // Events dispatched before the subscription may still be on their way to this client's
+    // queue; what opens the subscription goes behind them.
+    hub.fanned_to(subscribed.head).await;
     // The ack and what opens the new subscription go before any live event queued since it was
     // made, so each topic's events stay in order.
     let mut first: Vec<Outbound> = r.map(ack).into_iter().collect();

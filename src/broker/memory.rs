@@ -135,7 +135,7 @@ impl MemoryBroker {
         }
     }
 
-    fn replay_now(&self, after: &str, upto: EventId) -> Replay {
+    fn replay_now(&self, after: &str, upto: EventId, limit: usize) -> Replay {
         let mut h = self.lock();
         h.trim(self.max_len, self.max_bytes, self.max_age, now_ms());
         let Ok(after) = after.parse::<EventId>() else {
@@ -155,8 +155,8 @@ impl MemoryBroker {
                 Err(_) => return Replay::Unknown,
             }
         };
-        let end = h.events.partition_point(|e| e.id <= upto);
-        Replay::Missed(h.events.range(start..end.max(start)).cloned().collect())
+        let end = h.events.partition_point(|e| e.id <= upto).max(start).min(start.saturating_add(limit));
+        Replay::Missed(h.events.range(start..end).cloned().collect())
     }
 }
 
@@ -190,8 +190,13 @@ impl Broker for MemoryBroker {
             .boxed()
     }
 
-    fn replay<'a>(&'a self, after: &'a str, upto: EventId) -> BoxFuture<'a, Result<Replay, BrokerError>> {
-        futures::future::ready(Ok(self.replay_now(after, upto))).boxed()
+    fn replay<'a>(
+        &'a self,
+        after: &'a str,
+        upto: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Replay, BrokerError>> {
+        futures::future::ready(Ok(self.replay_now(after, upto, limit))).boxed()
     }
 
     fn head(&self) -> EventId {
@@ -273,11 +278,14 @@ mod tests {
         let ev = b.publish(drafts(5), &Nobody).await.unwrap();
         assert!(ev.windows(2).all(|w| w[0].id < w[1].id));
         let head = ev[4].id;
-        let replay = |after: String, upto| b.replay_now(&after, upto);
+        let replay = |after: String, upto| b.replay_now(&after, upto, usize::MAX);
         // Kept: 2, 3, 4. A client that saw 1 has missed nothing that was dropped.
         assert_eq!(missed(replay(ev[1].id.to_string(), head)), ["2", "3", "4"]);
         assert_eq!(missed(replay(ev[1].id.to_string(), ev[3].id)), ["2", "3"]);
         assert_eq!(missed(replay(ev[3].id.to_string(), head)), ["4"]);
+        // Page by page: at most `limit`, continuing after the last one given.
+        assert_eq!(missed(b.replay_now(&ev[1].id.to_string(), head, 2)), ["2", "3"]);
+        assert_eq!(missed(b.replay_now(&ev[3].id.to_string(), head, 2)), ["4"]);
         assert!(missed(replay(ev[4].id.to_string(), head)).is_empty());
         assert!(matches!(replay(ev[0].id.to_string(), head), Replay::Expired));
         assert!(matches!(replay(start, head), Replay::Expired));

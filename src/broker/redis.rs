@@ -312,7 +312,7 @@ impl Inner {
         Err(unavailable("the topics' state kept changing on other nodes; retry").into())
     }
 
-    async fn replay(&self, after: &str, upto: EventId) -> Result<Replay, BrokerError> {
+    async fn replay(&self, after: &str, upto: EventId, limit: usize) -> Result<Replay, BrokerError> {
         let Ok(after) = after.parse::<EventId>() else { return Ok(Replay::Unknown) };
         if after > upto {
             return Ok(Replay::Unknown);
@@ -322,7 +322,7 @@ impl Inner {
         }
         let mut conn = self.conn()?;
         let range: StreamRangeReply =
-            within(conn.xrange(&self.keys.stream, format!("({after}"), upto.to_string())).await?;
+            within(conn.xrange_count(&self.keys.stream, format!("({after}"), upto.to_string(), limit)).await?;
         // Read after the range: if nothing after `after` had been trimmed by then, the range is
         // whole.
         let trimmed = match self.trimmed(&mut conn).await {
@@ -655,8 +655,13 @@ impl Broker for RedisBroker {
         self.inner.publish(drafts, sink).boxed()
     }
 
-    fn replay<'a>(&'a self, after: &'a str, upto: EventId) -> BoxFuture<'a, Result<Replay, BrokerError>> {
-        self.inner.replay(after, upto).boxed()
+    fn replay<'a>(
+        &'a self,
+        after: &'a str,
+        upto: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Replay, BrokerError>> {
+        self.inner.replay(after, upto, limit).boxed()
     }
 
     fn head(&self) -> EventId {

@@ -1,0 +1,121 @@
+//! The fan-out writer: one thread of its own that hands each run of events to its receivers
+//! (writing straight to idle sockets, queueing for busy ones). The hub decides who receives what
+//! under its lock, which is short; the writing, which for a large audience takes milliseconds,
+//! happens here, outside every lock and off the async runtime's workers, so registrations,
+//! subscriptions, health checks and other clients' tasks never wait on a fan-out.
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use crate::client::{Client, Frames, Push};
+use crate::event::{Event, EventId};
+
+/// A run of events that go to the same receivers, collected under the hub's lock.
+pub(crate) struct Run {
+    /// The events, in id order.
+    pub events: Vec<Arc<Event>>,
+    /// Who receives them; a client matched through several subscriptions may appear more than
+    /// once (the round tells).
+    pub receivers: Vec<Arc<Client>>,
+    /// The dispatch round, for delivering once to a client listed several times.
+    pub round: u64,
+    /// For a run of plain events on one topic: the topic and the subscription generation it was
+    /// collected at. Runs with the same key have the same receivers and may be written as one.
+    pub key: Option<(Arc<str>, u64)>,
+}
+
+/// Everything one dispatch collected, and the position it brings the hub to.
+pub(crate) struct Batch {
+    /// The runs, in order.
+    pub runs: Vec<Run>,
+    /// The last event dispatched with this batch.
+    pub head: EventId,
+}
+
+/// What writing a batch did.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    /// Events delivered (written or queued), counted per receiver.
+    pub delivered: u64,
+    /// Receivers whose full queue was conflated into snapshots.
+    pub conflated: u64,
+    /// Receivers closed because their queue was full.
+    pub overflowed: Vec<Arc<Client>>,
+}
+
+/// Batches waiting for the writer. Sending never blocks: how far the writer has come is
+/// published back (see `Hub::fanned_to`), and in-process publishers wait on that, which bounds
+/// what can wait here.
+pub(crate) type Queue = Sender<Batch>;
+
+/// Starts the writer thread. `done` is called after each group of batches with what it did and
+/// the position reached. The thread ends when every [`Queue`] is dropped.
+pub(crate) fn spawn(done: impl Fn(Outcome, EventId) + Send + 'static) -> std::io::Result<Queue> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("ssegate-fanout".into()).spawn(move || run(&rx, &done))?;
+    Ok(tx)
+}
+
+/// How many batches waiting together are written as one group.
+const GROUP: usize = 64;
+
+fn run(rx: &Receiver<Batch>, done: &dyn Fn(Outcome, EventId)) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        batches.extend(rx.try_iter().take(GROUP - 1));
+        let head = batches.iter().map(|b| b.head).max().unwrap_or_default();
+        let runs = merge(batches);
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut out = Outcome::default();
+            for run in &runs {
+                write(run, &mut out);
+            }
+            out
+        }));
+        drop(runs);
+        match written {
+            Ok(out) => done(out, head),
+            Err(_) => {
+                tracing::error!("fan-out panicked; the batch's remaining deliveries are lost");
+                done(Outcome::default(), head);
+            }
+        }
+    }
+}
+
+/// Joins consecutive runs that have the same receivers (plain events on one topic, collected
+/// with no subscription change in between): publishes that arrive during a fan-out then reach
+/// each connection in one write.
+fn merge(batches: Vec<Batch>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for run in batches.into_iter().flat_map(|b| b.runs) {
+        match runs.last_mut() {
+            Some(last) if last.key.is_some() && last.key == run.key => last.events.extend(run.events),
+            _ => runs.push(run),
+        }
+    }
+    runs
+}
+
+/// Gives a run to each of its receivers, a group of 16 at a time: each group is warmed first
+/// (see [`Client::warm`]), so a large fan-out waits on memory once per group rather than once
+/// per client.
+fn write(run: &Run, out: &mut Outcome) {
+    const GROUP: usize = 16;
+    let frames = Frames::default();
+    for group in run.receivers.chunks(GROUP) {
+        group.iter().for_each(|c| c.warm());
+        for c in group {
+            if !c.first_in_round(run.round) {
+                continue;
+            }
+            let (delivered, push) = c.push_events(&run.events, &frames);
+            match push {
+                Push::Queued => out.delivered += delivered,
+                Push::Conflated => out.conflated += 1,
+                Push::Overflowed => out.overflowed.push(c.clone()),
+                Push::Closed => {}
+            }
+        }
+    }
+}
