@@ -2,9 +2,10 @@
 //! connection limit, and graceful shutdown with a time limit.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -62,14 +63,60 @@ impl ConnHandle {
     }
 }
 
-/// The number of open connections, and a signal when it reaches zero.
+/// Connections kept, beyond `--max-connections`, for requests that are not event streams
+/// (publishing, health checks, administration): subscribers that take every slot never lock the
+/// backend or the orchestrator out.
+pub const RESERVED_CONNECTIONS: usize = 64;
+
+/// Refusals (`503` answers) being written at once; past this, connections over a limit are
+/// dropped without an answer, so a connection flood cannot take file descriptors through them.
+const MAX_REFUSING: usize = 256;
+
+/// The key a source address is counted under for `--max-per-address`: an IPv4 address, or an
+/// IPv6 /64 (one host usually holds a whole /64).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(s.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// The number of open connections (in all and per source address), and a signal when it
+/// reaches zero.
 #[derive(Debug, Default)]
 struct Open {
     count: AtomicUsize,
     none: Notify,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    refusing: AtomicUsize,
 }
 
 impl Open {
+    /// Counts a connection from `key`; returns how many it has open now.
+    fn add(&self, key: IpAddr) -> usize {
+        let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key).or_default();
+        *n += 1;
+        *n
+    }
+
+    fn remove(&self, key: IpAddr) {
+        let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+
     async fn until_none(&self) {
         loop {
             let none = self.none.notified();
@@ -83,12 +130,13 @@ impl Open {
     }
 }
 
-/// One open connection; dropping it gives the slot back.
+/// One open connection from a source address; dropping it gives the slot back.
 #[derive(Debug)]
-struct Slot(Arc<Open>);
+struct Slot(Arc<Open>, IpAddr);
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.0.remove(self.1);
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.none.notify_waiters();
         }
@@ -109,6 +157,7 @@ pub async fn serve(
     let cut = CancellationToken::new();
     let open = Arc::new(Open::default());
     let max = hub.config().max_connections;
+    let max_per_address = hub.config().max_per_address;
     tokio::pin!(shutdown);
 
     loop {
@@ -124,17 +173,23 @@ pub async fn serve(
                 }
             },
         };
-        if open.count.fetch_add(1, Ordering::AcqRel) >= max {
-            open.count.fetch_sub(1, Ordering::AcqRel);
-            tracker.spawn(refuse(stream));
+        let key = address_key(peer.ip());
+        let total = open.count.fetch_add(1, Ordering::AcqRel) + 1;
+        let slot = Arc::new(Slot(open.clone(), key));
+        let from_address = open.add(key);
+        if total > max + RESERVED_CONNECTIONS || from_address > max_per_address {
+            drop(slot);
+            let why = if from_address > max_per_address { Refusal::Address } else { Refusal::Full };
+            refuse_soon(&tracker, &open, stream, why);
             continue;
         }
-        let slot = Arc::new(Slot(open.clone()));
         let _ = stream.set_nodelay(true);
         let handle = ConnHandle { kill: cut.child_token(), _slot: slot };
         let app = app.clone();
         let draining = draining.clone();
         let hub = hub.clone();
+        let open = open.clone();
+        let refusals = tracker.clone();
         tracker.spawn(async move {
             let kill = handle.kill.clone();
             let sniffed = tokio::select! {
@@ -143,6 +198,13 @@ pub async fn serve(
                 _ = draining.cancelled() => return,
             };
             let transports = hub.config().transports;
+            let subscriber = matches!(sniffed, Some(Sniffed::Stream | Sniffed::Ws));
+            if subscriber && open.count.load(Ordering::Acquire) > max {
+                // The last slots are kept for publishers and health checks.
+                drop(handle);
+                refuse_soon(&refusals, &open, stream, Refusal::Full);
+                return;
+            }
             match sniffed {
                 None => return,
                 Some(Sniffed::Stream) if transports.sse => return crate::direct::serve(hub, stream, kill).await,
@@ -214,10 +276,39 @@ async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Rout
     }
 }
 
-/// Answers a connection over the limit with `503` and `Retry-After`, then closes it.
-async fn refuse(mut stream: TcpStream) {
-    let body =
-        r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#;
+/// Which limit a refused connection met.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `--max-connections` (for event streams) or the reserve on top of it (for everything).
+    Full,
+    /// `--max-per-address`.
+    Address,
+}
+
+/// Answers a connection over a limit with `503` in a task of its own, unless too many such
+/// answers are being written already: then the connection is dropped at once.
+fn refuse_soon(tracker: &TaskTracker, open: &Arc<Open>, stream: TcpStream, why: Refusal) {
+    if open.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        open.refusing.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let open = open.clone();
+    tracker.spawn(async move {
+        refuse(stream, why).await;
+        open.refusing.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+/// Answers a connection over a limit with `503` and `Retry-After`, then closes it.
+async fn refuse(mut stream: TcpStream, why: Refusal) {
+    let body = match why {
+        Refusal::Full => {
+            r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#
+        }
+        Refusal::Address => {
+            r#"{"error":{"code":"too_many_connections","message":"too many connections from your address; retry later"}}"#
+        }
+    };
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
