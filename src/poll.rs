@@ -3,12 +3,13 @@
 //! response or an expired session is made good from history.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use serde_json::json;
@@ -29,6 +30,8 @@ pub const DEFAULT_TIMEOUT_S: f64 = 25.0;
 /// One long-poll client, kept between its polls.
 struct Session {
     conn: Connection,
+    /// The source address it was opened from (see [`crate::server::address_key`]), if known.
+    address: Option<IpAddr>,
     patterns: Vec<Pattern>,
     /// The cursor last handed out and the conflation state; one poll at a time holds them.
     state: tokio::sync::Mutex<PollState>,
@@ -44,36 +47,82 @@ struct PollState {
     shaper: Shaper,
 }
 
-/// The open long-poll sessions, by client id.
+/// The open long-poll sessions, by client id, and how many each source address holds.
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<Uuid, Arc<Session>>>,
+    inner: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    map: HashMap<Uuid, Arc<Session>>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl Table {
+    fn insert(&mut self, session: Arc<Session>) {
+        if let Some(a) = session.address {
+            *self.per_address.entry(a).or_default() += 1;
+        }
+        if let Some(old) = self.map.insert(session.conn.client().id(), session) {
+            self.forget(&old);
+        }
+    }
+
+    fn forget(&mut self, session: &Session) {
+        let Some(a) = session.address else { return };
+        if let Some(n) = self.per_address.get_mut(&a) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&a);
+            }
+        }
+    }
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Session>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops sessions not polled since `idle_since` (unix ms); their clients unregister and what
     /// was kept for them goes. A session the hub closed stays until then, so that its next poll
     /// learns why (a client the backend disconnected comes back under a new id).
     pub(crate) fn expire(&self, idle_since: u64) {
-        self.lock()
-            .retain(|_, s| s.polling.load(Ordering::Relaxed) || s.last_poll_ms.load(Ordering::Relaxed) >= idle_since);
+        let mut t = self.lock();
+        let expired: Vec<Uuid> = t
+            .map
+            .iter()
+            .filter(|(_, s)| !s.polling.load(Ordering::Relaxed) && s.last_poll_ms.load(Ordering::Relaxed) < idle_since)
+            .map(|(id, _)| *id)
+            .collect();
+        let gone: Vec<Arc<Session>> = expired.iter().filter_map(|id| t.map.remove(id)).collect();
+        for s in &gone {
+            t.forget(s);
+        }
+        drop(t);
+        // The sessions' clients unregister here, outside the table's lock.
+        drop(gone);
     }
 
     fn remove(&self, id: &Uuid) {
-        self.lock().remove(id);
+        let mut t = self.lock();
+        let gone = t.map.remove(id);
+        if let Some(s) = &gone {
+            t.forget(s);
+        }
     }
 
     /// Drops every session (at shutdown).
     pub(crate) fn clear(&self) {
-        self.lock().clear();
+        let gone = std::mem::take(&mut *self.lock());
+        drop(gone);
     }
 
-    fn len(&self) -> usize {
-        self.lock().len()
+    /// How many sessions there are in all, and from `address`.
+    fn counts(&self, address: Option<IpAddr>) -> (usize, usize) {
+        let t = self.lock();
+        (t.map.len(), address.and_then(|a| t.per_address.get(&a).copied()).unwrap_or(0))
     }
 }
 
@@ -121,11 +170,16 @@ fn wait_time(hub: &Hub, q: &PollQuery, headers: &HeaderMap) -> Result<Duration, 
 
 /// Finds the session a poll belongs to, or opens one (under the client's old id if it gives
 /// one that no connected client holds).
-fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> Result<(Arc<Session>, bool), ApiError> {
+fn session_for(
+    hub: &Hub,
+    id: Option<Uuid>,
+    patterns: Vec<Pattern>,
+    address: Option<IpAddr>,
+) -> Result<(Arc<Session>, bool), ApiError> {
     let sessions = hub.polls();
     let mut reuse_id = id;
     if let Some(id) = id {
-        let found = sessions.lock().get(&id).cloned();
+        let found = sessions.lock().map.get(&id).cloned();
         if let Some(s) = found {
             match s.conn.client().close_reason() {
                 None if s.patterns == patterns => return Ok((s, false)),
@@ -137,10 +191,18 @@ fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> Result<(A
             sessions.remove(&id);
         }
     }
-    if sessions.len() >= hub.config().max_connections {
+    let (all, from_address) = sessions.counts(address);
+    if all >= hub.config().max_connections {
         return Err(ApiError::unavailable(
             "too_many_connections",
             "the gateway is at its long-poll session limit; retry later",
+            1,
+        ));
+    }
+    if from_address >= hub.config().max_per_address {
+        return Err(ApiError::unavailable(
+            "too_many_connections",
+            "too many long-poll sessions from your address; let some expire or reuse your client_id",
             1,
         ));
     }
@@ -150,13 +212,14 @@ fn session_for(hub: &Hub, id: Option<Uuid>, patterns: Vec<Pattern>) -> Result<(A
     let head = conn.head();
     let session = Arc::new(Session {
         conn,
+        address,
         patterns,
         state: tokio::sync::Mutex::new(PollState { cursor: head, shaper: Shaper::default() }),
         superseded: Notify::new(),
         polling: AtomicBool::new(false),
         last_poll_ms: AtomicU64::new(now_ms()),
     });
-    sessions.lock().insert(session.conn.client().id(), session.clone());
+    sessions.lock().insert(session.clone());
     Ok((session, true))
 }
 
@@ -211,7 +274,12 @@ fn respond(client_id: Uuid, answer: Answer) -> Response {
 }
 
 /// `GET /poll`.
-pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn poll(
+    State(hub): State<Hub>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+) -> Result<Response, ApiError> {
     if !hub.config().transports.long_poll {
         return Err(ApiError::not_found("transport_disabled", "the long-poll transport is disabled on this server"));
     }
@@ -225,7 +293,8 @@ pub async fn poll(State(hub): State<Hub>, RawQuery(raw): RawQuery, headers: Head
         None => None,
     };
     hub.catch_up(q.cursor.as_deref()).await;
-    let (session, fresh) = session_for(&hub, id, patterns)?;
+    let address = peer.map(|p| crate::server::address_key(p.0 .0.ip()));
+    let (session, fresh) = session_for(&hub, id, patterns, address)?;
     let client = session.conn.client().clone();
     let client_id = client.id();
 
