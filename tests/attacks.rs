@@ -414,8 +414,8 @@ async fn resumers_that_never_read(ws: bool, clients: usize, bound_mib: f64) {
     let grown = peak - before;
     let kind = if ws { "WebSocket" } else { "SSE" };
     println!(
-        "{clients} {kind} resumers of ~{} MiB of history: RSS {before:.1} -> {peak:.1} MiB (+{grown:.1})",
-        HISTORY_EVENTS * EVENT_BYTES >> 20
+        "{clients} {kind} resumers of {:.1} MiB of history: RSS {before:.1} -> {peak:.1} MiB (+{grown:.1})",
+        (HISTORY_EVENTS * EVENT_BYTES) as f64 / f64::from(1 << 20)
     );
     assert!(
         grown < bound_mib,
