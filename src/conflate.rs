@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::{Client, Outbound, Resume};
-use crate::hub::Page;
 use crate::hub::Hub;
+use crate::hub::Page;
 use crate::retained::Snapshot;
 
 /// What waits for a throttled topic's interval to end.

@@ -325,7 +325,7 @@ pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     let limit = hub.config().max_body_bytes;
     ws::session(hub, setup, Some(handle), |hub, client| {
         client.write_directly(stream.clone(), Wire::Ws);
-        let messages = Box::pin(ws::socket_messages(stream.clone(), client.clone(), early, limit));
+        let messages = Box::pin(ws::socket_messages(&hub, stream.clone(), client.clone(), early, limit));
         let writer = async move {
             if let Err(e) = ws::write_socket(&hub, &client, &stream).await {
                 tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");

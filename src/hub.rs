@@ -69,6 +69,9 @@ pub struct TopicInfo {
 /// a page at a time, each read when the last one is written, never all at once.
 pub const RESUME_PAGE: usize = 256;
 
+/// Unfinished WebSocket messages may hold this many times `--max-body-bytes` across the gateway.
+pub const UNFINISHED_BUDGET_FACTOR: usize = 16;
+
 /// What a client that resumes after an id gets before live events.
 #[derive(Debug)]
 pub struct Start {
@@ -129,6 +132,8 @@ struct Shared {
     fanout: crate::fanout::Queue,
     /// The last event the fan-out writer has handed to every receiver.
     fanned: tokio::sync::watch::Sender<EventId>,
+    /// Bytes of unfinished WebSocket messages held across all connections.
+    unfinished: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Entry {
@@ -628,6 +633,7 @@ impl Hub {
                 delivered: tokio::sync::watch::Sender::new(head),
                 fanout,
                 fanned: tokio::sync::watch::Sender::new(head),
+                unfinished: Arc::default(),
             }
         });
         let hub = Hub { shared };
@@ -763,7 +769,13 @@ impl Hub {
         Ok(match self.page(client_id, only.as_ref(), after, upto).await? {
             Page::Missed(missed, more) => {
                 m.resumes.inc();
-                Start { missed, more: more.map(|after| Resume { after, upto, only }), reset: None, head: upto, reload: false }
+                Start {
+                    missed,
+                    more: more.map(|after| Resume { after, upto, only }),
+                    reset: None,
+                    head: upto,
+                    reload: false,
+                }
             }
             Page::Lost(reason) => {
                 m.resets.inc();
@@ -773,7 +785,13 @@ impl Hub {
                     Some(patterns) => patterns_all_retained(&st, patterns.iter()),
                     None => st.clients.get(&client_id).is_some_and(|e| patterns_all_retained(&st, &e.subs)),
                 };
-                Start { missed: Vec::new(), more: None, reset: (!all_retained).then_some(reason), head: upto, reload: true }
+                Start {
+                    missed: Vec::new(),
+                    more: None,
+                    reset: (!all_retained).then_some(reason),
+                    head: upto,
+                    reload: true,
+                }
             }
         })
     }
@@ -803,7 +821,8 @@ impl Hub {
             Some(patterns) => events
                 .into_iter()
                 .filter(|ev| {
-                    ev.draft.audience == Audience::Topic && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
+                    ev.draft.audience == Audience::Topic
+                        && ev.topic().is_some_and(|t| patterns.iter().any(|p| p.matches(t)))
                 })
                 .collect(),
             None => {
@@ -833,6 +852,12 @@ impl Hub {
             }
         }
         Ok(events)
+    }
+
+    /// The bytes of unfinished WebSocket messages held across the gateway's connections, and the
+    /// most they may take together: 16 times `--max-body-bytes` (16 MiB by default).
+    pub(crate) fn unfinished_input(&self) -> (Arc<std::sync::atomic::AtomicUsize>, usize) {
+        (self.shared.unfinished.clone(), self.shared.config.max_body_bytes.saturating_mul(UNFINISHED_BUDGET_FACTOR))
     }
 
     /// The last event the fan-out writer has handed to every receiver: everything up to it is

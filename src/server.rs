@@ -1,8 +1,8 @@
 //! Serving: the accept loop, per-connection control (a handle that can cut a connection), the
 //! connection limit, and graceful shutdown with a time limit.
 
-use std::future::Future;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

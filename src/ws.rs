@@ -316,13 +316,48 @@ pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream)
 struct ReadSide {
     socket: Arc<TcpStream>,
     answers: Vec<u8>,
+    /// Bytes read since the peer's last whole message: what tungstenite may be holding of an
+    /// unfinished one.
+    unfinished: usize,
+    /// The same, summed over every connection of the gateway (see [`Hub::unfinished_input`]).
+    total: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most `total` may reach; a read that would pass it fails.
+    budget: usize,
+}
+
+impl ReadSide {
+    /// A whole message came out: what was held for it is free again.
+    fn finished(&mut self) {
+        self.total.fetch_sub(std::mem::take(&mut self.unfinished), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for ReadSide {
+    fn drop(&mut self) {
+        self.finished();
+    }
 }
 
 impl std::io::Read for ReadSide {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.socket.try_read(buf)
+        use std::sync::atomic::Ordering;
+        // Each connection may hold up to the message size limit of an unfinished message, but
+        // all of them together no more than the budget: past it, the peer that asks for more is
+        // closed as sending too much (1009), and nobody else notices.
+        if self.unfinished > 0 && self.total.load(Ordering::Relaxed) + buf.len() > self.budget {
+            return Err(std::io::Error::other(UnfinishedOverBudget));
+        }
+        let n = self.socket.try_read(buf)?;
+        self.unfinished += n;
+        self.total.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
     }
 }
+
+/// The gateway's budget for unfinished WebSocket messages is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("too much of unfinished WebSocket messages held across the gateway")]
+struct UnfinishedOverBudget;
 
 impl std::io::Write for ReadSide {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -338,11 +373,13 @@ impl std::io::Write for ReadSide {
 /// The peer's messages on `socket`, decoded by tungstenite (masking, fragments, UTF-8, control
 /// frames, size limits). Its automatic answers go to `client`'s queue.
 pub(crate) fn socket_messages(
+    hub: &Hub,
     socket: Arc<TcpStream>,
     client: Arc<Client>,
     early: Vec<u8>,
     limit: usize,
 ) -> impl Stream<Item = Result<Message, axum::Error>> {
+    let (total, budget) = hub.unfinished_input();
     use tungstenite::protocol::{Role, WebSocketConfig};
     async_stream::stream! {
         // A small read buffer: clients send little, and it is allocated for every connection.
@@ -350,7 +387,7 @@ pub(crate) fn socket_messages(
             .read_buffer_size(1024)
             .max_message_size(Some(limit))
             .max_frame_size(Some(limit));
-        let side = ReadSide { socket: socket.clone(), answers: Vec::new() };
+        let side = ReadSide { socket: socket.clone(), answers: Vec::new(), unfinished: 0, total, budget };
         // Frames the peer sent right behind its request head are read first.
         let mut ws = tungstenite::WebSocket::from_partially_read(side, early, Role::Server, Some(config));
         loop {
@@ -361,6 +398,9 @@ pub(crate) fn socket_messages(
             let answers = std::mem::take(&mut ws.get_mut().answers);
             if !answers.is_empty() {
                 client.push(Outbound::Raw(answers.into()));
+            }
+            if matches!(read, Ok(tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) {
+                ws.get_mut().finished();
             }
             match read {
                 Ok(tungstenite::Message::Text(t)) => yield Ok(Message::Text(Utf8Bytes::from(t.as_str()))),
@@ -388,8 +428,12 @@ pub(crate) fn socket_messages(
 fn too_large(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match err.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => return true,
+            Some(tungstenite::Error::Io(io)) if io.get_ref().is_some_and(|e| e.is::<UnfinishedOverBudget>()) => {
+                return true
+            }
+            _ => {}
         }
         source = err.source();
     }

@@ -190,12 +190,7 @@ impl Broker for MemoryBroker {
             .boxed()
     }
 
-    fn replay<'a>(
-        &'a self,
-        after: &'a str,
-        upto: EventId,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Replay, BrokerError>> {
+    fn replay<'a>(&'a self, after: &'a str, upto: EventId, limit: usize) -> BoxFuture<'a, Result<Replay, BrokerError>> {
         futures::future::ready(Ok(self.replay_now(after, upto, limit))).boxed()
     }
 

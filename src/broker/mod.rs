@@ -149,12 +149,7 @@ pub trait Broker: Send + Sync + 'static {
     /// The events after `after` (an id as a client sent it) up to and including `upto` (the
     /// position from which the client receives live events), at most `limit` of them: a client
     /// far behind is served page by page, each page asked for when the last one is written.
-    fn replay<'a>(
-        &'a self,
-        after: &'a str,
-        upto: EventId,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Replay, BrokerError>>;
+    fn replay<'a>(&'a self, after: &'a str, upto: EventId, limit: usize) -> BoxFuture<'a, Result<Replay, BrokerError>>;
 
     /// The id of the last event dispatched on this node (at start: where the history begins).
     fn head(&self) -> EventId;

@@ -655,12 +655,7 @@ impl Broker for RedisBroker {
         self.inner.publish(drafts, sink).boxed()
     }
 
-    fn replay<'a>(
-        &'a self,
-        after: &'a str,
-        upto: EventId,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Replay, BrokerError>> {
+    fn replay<'a>(&'a self, after: &'a str, upto: EventId, limit: usize) -> BoxFuture<'a, Result<Replay, BrokerError>> {
         self.inner.replay(after, upto, limit).boxed()
     }
 
