@@ -301,6 +301,9 @@ impl Store {
 
     /// Snapshots of every topic with state that `patterns` match, in topic order.
     pub fn matching(&mut self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
+        if self.topics.is_empty() {
+            return Vec::new();
+        }
         let mut topics: Vec<Arc<str>> = match patterns {
             [] => return Vec::new(),
             // Exact topics are looked up; only wildcard patterns scan.

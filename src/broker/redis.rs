@@ -756,7 +756,8 @@ mod tests {
             Message::Request { command: Command::Subscribe(t), .. } if t == ["a/*"]
         ));
         // A refusal travels back whole; a reply without one (an older node's) reads as before.
-        let refused = serde_json::to_string(&Message::reply(Uuid::nil(), Some(Err(TooManyTopics { limit: 8 })))).unwrap();
+        let refused =
+            serde_json::to_string(&Message::reply(Uuid::nil(), Some(Err(TooManyTopics { limit: 8 })))).unwrap();
         assert!(matches!(
             serde_json::from_str::<Message>(&refused).unwrap(),
             Message::Reply { topics: None, refused: Some(TooManyTopics { limit: 8 }), .. }
