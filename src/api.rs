@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use indexmap::IndexSet;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -118,14 +119,28 @@ fn state_change(
     }
 }
 
-/// Parses a publish body: one item or an array of items.
-pub fn parse_publish(body: &[u8]) -> Result<Vec<Draft>, ApiError> {
-    parse_items(body).map(|(drafts, _)| drafts)
+/// Refuses an item whose `topics` names more than `limit` topics (`--max-topics-per-client`),
+/// before any of them is looked at.
+fn check_topic_count(item: &Item<'_>, limit: u64, at: &str) -> Result<(), ApiError> {
+    let n = item.topics.as_ref().map_or(0, Vec::len);
+    if n as u64 > limit {
+        return Err(ApiError::bad_request(
+            "too_many_topics",
+            format!("{at}topics names {n} topics; an item may name at most {limit}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a publish body: one item or an array of items, each naming at most `max_topics`
+/// topics (`--max-topics-per-client`).
+pub fn parse_publish(body: &[u8], max_topics: u64) -> Result<Vec<Draft>, ApiError> {
+    parse_items(body, max_topics).map(|(drafts, _)| drafts)
 }
 
 /// Parses a publish body into drafts, with the request item each draft came from (an item with
 /// `topics` makes one draft per topic).
-fn parse_items(body: &[u8]) -> Result<(Vec<Draft>, Vec<usize>), ApiError> {
+fn parse_items(body: &[u8], max_topics: u64) -> Result<(Vec<Draft>, Vec<usize>), ApiError> {
     let ts = now_ms();
     let mut drafts = Vec::new();
     let mut item_of = Vec::new();
@@ -135,6 +150,7 @@ fn parse_items(body: &[u8]) -> Result<(Vec<Draft>, Vec<usize>), ApiError> {
         for (i, raw) in items.iter().enumerate() {
             let at = format!("item {i}: ");
             let item: Item<'_> = serde_json::from_str(raw.get()).map_err(|e| json_error(e, &at))?;
+            check_topic_count(&item, max_topics, &at)?;
             drafts_of(item, ts, &mut drafts)
                 .map_err(|m| ApiError::bad_request("invalid_request", format!("{at}{m}")))?;
             item_of.resize(drafts.len(), i);
@@ -149,6 +165,7 @@ fn parse_items(body: &[u8]) -> Result<(Vec<Draft>, Vec<usize>), ApiError> {
             ));
         }
         let item: Item<'_> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
+        check_topic_count(&item, max_topics, "")?;
         drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", m))?;
         item_of.resize(drafts.len(), 0);
     }
@@ -182,7 +199,7 @@ pub async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let result = async {
         let body = read_body(&hub, &headers, body).await?;
-        let (drafts, item_of) = parse_items(&body)?;
+        let (drafts, item_of) = parse_items(&body, hub.config().max_topics_per_client)?;
         // The hub counts drafts; the client counts the items it sent.
         let item = |index: usize| item_of.get(index).copied().unwrap_or(index);
         hub.publish(drafts)
@@ -223,19 +240,31 @@ async fn patterns_in(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Vec<P
     if req.topics.is_empty() {
         return Err(ApiError::bad_request("invalid_request", "topics must not be empty"));
     }
-    parse_patterns(req.topics.iter().map(String::as_str))
+    parse_patterns(req.topics.iter().map(String::as_str), hub.config().max_topics_per_client)
 }
 
-/// Parses subscription patterns, refusing the request on the first bad one.
-pub fn parse_patterns<'a>(topics: impl IntoIterator<Item = &'a str>) -> Result<Vec<Pattern>, ApiError> {
-    let mut out: Vec<Pattern> = Vec::new();
+/// Parses the subscription patterns one request names (each once, in order), refusing the request
+/// on the first bad one, and at once, before parsing any, when it names more than `limit`
+/// (`--max-topics-per-client`): `400 too_many_topics`. So a huge list costs little to refuse.
+pub fn parse_patterns<'a, I>(topics: I, limit: u64) -> Result<Vec<Pattern>, ApiError>
+where
+    I: IntoIterator<Item = &'a str>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let topics = topics.into_iter();
+    let n = topics.len();
+    if n as u64 > limit {
+        return Err(ApiError::bad_request(
+            "too_many_topics",
+            format!("the request names {n} topics and patterns; at most {limit} are allowed"),
+        ));
+    }
+    let mut out: IndexSet<Pattern> = IndexSet::with_capacity(n);
     for t in topics {
         let p = Pattern::parse(t).map_err(|e| ApiError::bad_request("invalid_topic", format!("{t:?}: {e}")))?;
-        if !out.contains(&p) {
-            out.push(p);
-        }
+        out.insert(p);
     }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
 /// `POST /clients/{client_id}/subscribe` and `/unsubscribe`: the client's subscriptions after.
@@ -317,7 +346,7 @@ mod tests {
 
     #[test]
     fn one_item_becomes_one_draft_per_topic() {
-        let d = parse_publish(br#"{"topics":["a","b"],"event":"x","data":{"k":[1, 2]}}"#).unwrap();
+        let d = parse_publish(br#"{"topics":["a","b"],"event":"x","data":{"k":[1, 2]}}"#, 8).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d[1].topic.as_deref(), Some("b"));
         assert_eq!(d[0].data.get(), r#"{"k":[1, 2]}"#);
@@ -325,14 +354,30 @@ mod tests {
 
     #[test]
     fn bad_bodies_say_what_is_wrong() {
-        let code = |b: &[u8]| parse_publish(b).unwrap_err().code;
+        let code = |b: &[u8]| parse_publish(b, 8).unwrap_err().code;
         assert_eq!(code(b"{\"topic\":"), "invalid_json");
         assert_eq!(code(b"42"), "invalid_request");
         assert_eq!(code(br#"{"data":1}"#), "invalid_request");
         assert_eq!(code(br#"{"topic":"a","topics":["b"]}"#), "invalid_request");
         assert_eq!(code(br#"{"topic":"a","tpoic":1}"#), "invalid_request");
         assert_eq!(code(br#"{"clients":["nope"]}"#), "invalid_request");
-        let e = parse_publish(br#"[{"topic":"a"},{"data":2}]"#).unwrap_err();
+        let e = parse_publish(br#"[{"topic":"a"},{"data":2}]"#, 8).unwrap_err();
         assert!(e.message.starts_with("item 1:"), "{}", e.message);
+    }
+
+    #[test]
+    fn too_many_topics_are_refused_before_any_is_parsed() {
+        let names = |n: usize| (0..n).map(|i| format!("t/{i}")).collect::<Vec<_>>();
+        let body = |n: usize| serde_json::to_vec(&json!([{"topic": "a"}, {"topics": names(n)}])).unwrap();
+        assert_eq!(parse_publish(&body(3), 3).unwrap().len(), 4);
+        let e = parse_publish(&body(4), 3).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "too_many_topics"));
+        assert!(e.message.starts_with("item 1:"), "{}", e.message);
+
+        let ok = parse_patterns(["a", "b/*", "a"], 3).unwrap();
+        assert_eq!(ok.iter().map(ToString::to_string).collect::<Vec<_>>(), ["a", "b/*"], "each once, in order");
+        // Four names, one of them invalid: the count is what refuses it.
+        assert_eq!(parse_patterns(["a", "b", "c", "*/bad"], 3).unwrap_err().code, "too_many_topics");
+        assert_eq!(parse_patterns(["a", "*/bad"], 3).unwrap_err().code, "invalid_topic");
     }
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::broker::BrokerError;
-use crate::hub::{PublishError, UnknownClient};
+use crate::hub::{PublishError, SubscribeError, TooManyTopics, UnknownClient};
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone)]
@@ -84,10 +84,26 @@ impl From<UnknownClient> for ApiError {
     }
 }
 
+impl From<TooManyTopics> for ApiError {
+    fn from(e: TooManyTopics) -> Self {
+        ApiError::bad_request("too_many_topics", e.to_string())
+    }
+}
+
+impl From<SubscribeError> for ApiError {
+    fn from(e: SubscribeError) -> Self {
+        match e {
+            SubscribeError::Unknown(u) => u.into(),
+            SubscribeError::TooManyTopics(t) => t.into(),
+        }
+    }
+}
+
 impl From<crate::hub::CommandError> for ApiError {
     fn from(e: crate::hub::CommandError) -> Self {
         match e {
             crate::hub::CommandError::Unknown(u) => u.into(),
+            crate::hub::CommandError::TooManyTopics(t) => t.into(),
             crate::hub::CommandError::Broker(b) => b.into(),
         }
     }

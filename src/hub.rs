@@ -3,17 +3,17 @@
 //! drafts to the broker, which dispatches them back here in order; dispatch pushes one shared
 //! `Arc<Event>` into each receiving client's bounded queue without waiting on any client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
-use indexmap::IndexMap;
-use serde::Serialize;
+use indexmap::{IndexMap, IndexSet};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use crate::broker::PublishError;
-use crate::broker::{Broker, BrokerError, Command, Dispatch, MemoryBroker, Presence, RedisBroker, Replay};
+use crate::broker::{Answer, Broker, BrokerError, Command, Dispatch, MemoryBroker, Presence, RedisBroker, Replay};
 pub use crate::client::ClientInfo;
 use crate::client::{Client, CloseReason, Outbound, Resume, Transport};
 use crate::config::Config;
@@ -23,6 +23,7 @@ use crate::persist::{Saved, SavedTopic};
 use crate::retained::{Follow, Prepared, Snapshot, Store};
 use crate::rpc::{HttpRpc, RpcHandler};
 use crate::topic::{validate_topic, Pattern};
+use crate::trie::PatternTrie;
 
 /// Event names the gateway itself sends; publishers may not use them.
 pub const RESERVED_EVENTS: [&str; 4] = ["welcome", "reset", "snapshot", "patch"];
@@ -43,12 +44,35 @@ pub enum HubError {
 #[error("unknown client")]
 pub struct UnknownClient;
 
+/// A subscription that would give one client more topics and patterns than
+/// `--max-topics-per-client` allows; it is refused whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("a client may subscribe to at most {limit} topics and patterns")]
+pub struct TooManyTopics {
+    /// The configured limit.
+    pub limit: u64,
+}
+
+/// Why a subscription was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// No client with that id is connected here.
+    #[error(transparent)]
+    Unknown(#[from] UnknownClient),
+    /// The client would have too many subscriptions; it keeps those it had.
+    #[error(transparent)]
+    TooManyTopics(#[from] TooManyTopics),
+}
+
 /// Why a command on a client (anywhere in the cluster) was not carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     /// No node has a client with that id.
     #[error(transparent)]
     Unknown(#[from] UnknownClient),
+    /// The node holding the client refused a subscription that would take it past its limit.
+    #[error(transparent)]
+    TooManyTopics(#[from] TooManyTopics),
     /// The shared broker could not be asked.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -138,7 +162,8 @@ struct Shared {
 
 struct Entry {
     client: Arc<Client>,
-    subs: Vec<Pattern>,
+    /// In subscription order, as `GET /clients` lists them.
+    subs: IndexSet<Pattern>,
 }
 
 impl Entry {
@@ -148,11 +173,11 @@ impl Entry {
 }
 
 /// A client's line in `GET /clients`.
-fn info(client: &Client, subs: &[Pattern]) -> ClientInfo {
+fn info<'a>(client: &Client, subs: impl IntoIterator<Item = &'a Pattern>) -> ClientInfo {
     ClientInfo {
         client_id: client.id(),
         transport: client.transport(),
-        topics: subs.iter().map(ToString::to_string).collect(),
+        topics: subs.into_iter().map(ToString::to_string).collect(),
         connected_at: client.connected_at_ms(),
     }
 }
@@ -163,8 +188,9 @@ struct State {
     clients: HashMap<Uuid, Entry>,
     /// Subscribers of each exact topic.
     exact: HashMap<Arc<str>, Subscribers>,
-    /// Subscribers of each wildcard pattern; few distinct patterns, each tested per event.
-    patterns: HashMap<Pattern, Subscribers>,
+    /// Subscribers of each wildcard pattern, found by the topic's segments: matching costs the
+    /// same however many distinct patterns clients hold.
+    patterns: PatternTrie<Subscribers>,
     /// Dispatch round counter, for delivering an event once to a client with overlapping
     /// subscriptions.
     round: u64,
@@ -185,24 +211,37 @@ impl State {
         if let Some(set) = self.exact.get(topic) {
             visit(set, &mut f);
         }
-        for (pattern, set) in &self.patterns {
-            if pattern.matches(topic) {
-                visit(set, &mut f);
-            }
-        }
+        self.patterns.matching(topic, |set| visit(set, &mut f));
     }
 
-    fn index(&mut self, pattern: &Pattern) -> &mut Subscribers {
-        match pattern {
-            Pattern::Exact(t) => self.exact.entry(t.clone()).or_default(),
-            p => self.patterns.entry(p.clone()).or_default(),
+    fn index(&mut self, pattern: &Pattern, id: Uuid, client: Arc<Client>) {
+        let set = match pattern {
+            Pattern::Exact(t) => Some(self.exact.entry(t.clone()).or_default()),
+            p => self.patterns.entry(p),
+        };
+        if let Some(set) = set {
+            set.insert(id, client);
         }
     }
 
     fn unindex(&mut self, pattern: &Pattern, id: &Uuid) {
         match pattern {
-            Pattern::Exact(t) => remove_subscriber(&mut self.exact, &**t, id),
-            p => remove_subscriber(&mut self.patterns, p, id),
+            Pattern::Exact(t) => {
+                if let Some(set) = self.exact.get_mut(&**t) {
+                    set.swap_remove(id);
+                    if set.is_empty() {
+                        self.exact.remove(&**t);
+                    }
+                }
+            }
+            p => {
+                if let Some(set) = self.patterns.get_mut(p) {
+                    set.swap_remove(id);
+                    if set.is_empty() {
+                        self.patterns.remove(p);
+                    }
+                }
+            }
         }
     }
 
@@ -215,35 +254,22 @@ impl State {
         Some(entry)
     }
 
-    fn subscribe(&mut self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
+    /// Adds the patterns a client does not have yet, all or none: refused if the client would
+    /// then have more than `limit`. Costs one step per pattern, whatever the client holds.
+    fn subscribe(&mut self, id: &Uuid, patterns: &[Pattern], limit: u64) -> Result<Vec<String>, SubscribeError> {
         let entry = self.clients.get_mut(id).ok_or(UnknownClient)?;
         let client = entry.client.clone();
-        self.generation += 1;
-        let mut added: Vec<Pattern> = Vec::new();
-        for p in patterns {
-            if !entry.subs.contains(p) && !added.contains(p) {
-                added.push(p.clone());
-            }
+        let added: IndexSet<&Pattern> = patterns.iter().filter(|p| !entry.subs.contains(*p)).collect();
+        if (entry.subs.len() + added.len()) as u64 > limit {
+            return Err(TooManyTopics { limit }.into());
         }
-        entry.subs.extend(added.iter().cloned());
+        entry.subs.extend(added.iter().map(|p| (*p).clone()));
         let topics = entry.subs.iter().map(ToString::to_string).collect();
-        for p in &added {
-            self.index(p).insert(*id, client.clone());
+        for p in added {
+            self.index(p, *id, client.clone());
         }
+        self.generation += 1;
         Ok(topics)
-    }
-}
-
-fn remove_subscriber<K, Q>(index: &mut HashMap<K, Subscribers>, key: &Q, id: &Uuid)
-where
-    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
-    Q: std::hash::Hash + Eq + ?Sized,
-{
-    if let Some(set) = index.get_mut(key) {
-        set.swap_remove(id);
-        if set.is_empty() {
-            index.remove(key);
-        }
     }
 }
 
@@ -269,7 +295,7 @@ fn patterns_all_retained<'a>(st: &State, patterns: impl IntoIterator<Item = &'a 
 }
 
 /// Whether a client with these subscriptions receives the event.
-fn receives(id: &Uuid, subs: &[Pattern], ev: &Event) -> bool {
+fn receives(id: &Uuid, subs: &IndexSet<Pattern>, ev: &Event) -> bool {
     match &ev.draft.audience {
         Audience::Topic => ev.topic().is_some_and(|t| subs.iter().any(|p| p.matches(t))),
         Audience::Clients(ids) => ids.contains(id),
@@ -351,13 +377,17 @@ impl Dispatch for Shared {
         self.close_all(CloseReason::Overflow);
     }
 
-    fn command(&self, client: Uuid, command: &Command) -> Option<Vec<String>> {
+    fn command(&self, client: Uuid, command: &Command) -> Option<Answer> {
         let patterns =
             |topics: &[String]| -> Vec<Pattern> { topics.iter().filter_map(|t| Pattern::parse(t).ok()).collect() };
         match command {
-            Command::Subscribe(topics) => self.subscribe(&client, &patterns(topics)).ok().map(|s| s.topics),
-            Command::Unsubscribe(topics) => self.unsubscribe(&client, &patterns(topics)).ok(),
-            Command::Disconnect => self.disconnect(&client).ok().map(|()| Vec::new()),
+            Command::Subscribe(topics) => match self.subscribe(&client, &patterns(topics)) {
+                Ok(s) => Some(Ok(s.topics)),
+                Err(SubscribeError::TooManyTopics(e)) => Some(Err(e)),
+                Err(SubscribeError::Unknown(_)) => None,
+            },
+            Command::Unsubscribe(topics) => self.unsubscribe(&client, &patterns(topics)).ok().map(Ok),
+            Command::Disconnect => self.disconnect(&client).ok().map(|()| Ok(Vec::new())),
         }
     }
 
@@ -408,9 +438,9 @@ impl Shared {
         }
     }
 
-    fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, UnknownClient> {
+    fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, SubscribeError> {
         let mut st = lock(&self.state);
-        let topics = st.subscribe(id, patterns)?;
+        let topics = st.subscribe(id, patterns, self.config.max_topics_per_client)?;
         let snapshots = st.retained.matching(patterns);
         let head = st.head;
         let info = st.clients.get(id).map(Entry::info);
@@ -424,9 +454,16 @@ impl Shared {
     fn unsubscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Vec<String>, UnknownClient> {
         let mut st = lock(&self.state);
         let entry = st.clients.get_mut(id).ok_or(UnknownClient)?;
-        let (gone, kept): (Vec<Pattern>, Vec<Pattern>) =
-            std::mem::take(&mut entry.subs).into_iter().partition(|p| patterns.contains(p));
-        entry.subs = kept;
+        let asked: HashSet<&Pattern> = patterns.iter().collect();
+        let mut gone: Vec<Pattern> = Vec::new();
+        // One pass that keeps the order of the rest.
+        entry.subs.retain(|p| {
+            let asked = asked.contains(p);
+            if asked {
+                gone.push(p.clone());
+            }
+            !asked
+        });
         let topics = entry.subs.iter().map(ToString::to_string).collect();
         let info = entry.info();
         for p in &gone {
@@ -620,7 +657,7 @@ impl Hub {
                 state: Mutex::new(State {
                     clients: HashMap::new(),
                     exact: HashMap::new(),
-                    patterns: HashMap::new(),
+                    patterns: PatternTrie::default(),
                     round: 0,
                     generation: 0,
                     head,
@@ -719,9 +756,10 @@ impl Hub {
             if st.clients.contains_key(&id) {
                 return None;
             }
-            st.clients.insert(id, Entry { client: client.clone(), subs: Vec::new() });
-            // Cannot fail: the client was just inserted.
-            let _ = st.subscribe(&id, &subs);
+            st.clients.insert(id, Entry { client: client.clone(), subs: IndexSet::new() });
+            // Cannot fail: the client was just inserted, and the transports check the number of
+            // patterns a request names (`api::parse_patterns`) before they connect.
+            let _ = st.subscribe(&id, &subs, u64::MAX);
             (st.head, st.retained.matching(&subs))
         };
         let label = TransportLabel::from(transport);
@@ -876,8 +914,9 @@ impl Hub {
         let _ = fanned.wait_for(|h| *h >= id).await;
     }
 
-    /// Adds subscriptions to a client connected here.
-    pub fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, UnknownClient> {
+    /// Adds subscriptions to a client connected here, all or none: refused if the client would
+    /// then hold more topics and patterns than `--max-topics-per-client`.
+    pub fn subscribe(&self, id: &Uuid, patterns: &[Pattern]) -> Result<Subscribed, SubscribeError> {
         self.shared.subscribe(id, patterns)
     }
 
@@ -895,13 +934,14 @@ impl Hub {
     /// Carries out a command on a client connected to this node or, with a shared broker, to
     /// any node. Returns the client's subscriptions after it.
     pub async fn command(&self, id: Uuid, command: Command) -> Result<Vec<String>, CommandError> {
-        if let Some(topics) = self.shared.command(id, &command) {
-            return Ok(topics);
-        }
-        match self.shared.broker.cluster() {
-            Some(cluster) => cluster.command(id, command).await?.ok_or(CommandError::Unknown(UnknownClient)),
-            None => Err(UnknownClient.into()),
-        }
+        let answer = match self.shared.command(id, &command) {
+            Some(answer) => answer,
+            None => match self.shared.broker.cluster() {
+                Some(cluster) => cluster.command(id, command).await?.ok_or(UnknownClient)?,
+                None => return Err(UnknownClient.into()),
+            },
+        };
+        Ok(answer?)
     }
 
     /// Every client connected to this node or, with a shared broker, to any node.
@@ -1085,5 +1125,27 @@ mod tests {
         assert!(hub.clients().is_empty());
         assert!(hub.topics().is_empty(), "no subscriber index left behind");
         assert!(hub.reconnect(id, Transport::LongPoll, Vec::new()).is_some(), "the id is free again");
+    }
+
+    #[tokio::test]
+    async fn subscriptions_past_the_limit_are_refused_whole_and_order_is_kept() {
+        let hub = Hub::new(Config { max_topics_per_client: 4, ..config() }).unwrap();
+        let ps = |list: &[&str]| list.iter().map(|p| Pattern::parse(p).unwrap()).collect::<Vec<_>>();
+        let conn = hub.connect(Transport::Ws, ps(&["c", "a/*"]));
+        let id = conn.client().id();
+        // Two new ones and one it has: four in all, allowed.
+        let s = hub.subscribe(&id, &ps(&["b/**", "a/*", "d"])).unwrap();
+        assert_eq!(s.topics, ["c", "a/*", "b/**", "d"]);
+        let refused = hub.subscribe(&id, &ps(&["e", "c"]));
+        assert!(matches!(refused, Err(SubscribeError::TooManyTopics(TooManyTopics { limit: 4 }))));
+        assert_eq!(hub.clients()[0].topics, ["c", "a/*", "b/**", "d"], "nothing changed");
+        assert_eq!(hub.unsubscribe(&id, &ps(&["a/*", "zzz"])).unwrap(), ["c", "b/**", "d"]);
+        assert_eq!(hub.subscribe(&id, &ps(&["e"])).unwrap().topics, ["c", "b/**", "d", "e"]);
+        let listed: Vec<String> = hub.topics().into_iter().map(|t| t.topic).collect();
+        assert_eq!(listed, ["b/**", "c", "d", "e"]);
+        let ev = hub.publish(vec![draft("b/x/y", 1)]).await.unwrap();
+        assert_eq!(queued(&conn).await, [ev[0].id], "the pattern index finds b/**");
+        drop(conn);
+        assert!(hub.topics().is_empty());
     }
 }

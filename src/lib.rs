@@ -3,7 +3,8 @@
 //! long-polling fallbacks. The wire contract is `API.md`.
 //!
 //! # Layout
-//! - [`topic`]: topic names and subscription patterns (`a/*`, `a/**`, `**`).
+//! - [`topic`]: topic names and subscription patterns (`a/*`, `a/**`, `**`); `trie`: the index
+//!   that finds the wildcard patterns a topic matches, one step per segment.
 //! - [`event`]: events, their ids (`<ms>-<seq>`) and wire encodings, made once and shared.
 //! - [`broker`]: gives events ids and order and keeps history ([`broker::MemoryBroker`] by default).
 //! - [`client`]: one connected client and its bounded outbound queue.
@@ -64,6 +65,7 @@ pub mod server;
 pub mod snapshot;
 pub mod sse;
 pub mod topic;
+pub(crate) mod trie;
 pub mod web;
 pub mod ws;
 

@@ -285,7 +285,7 @@ pub async fn poll(
     }
     let q = PollQuery::parse(raw.as_deref())?;
     let wait = wait_time(&hub, &q, &headers)?;
-    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+    let patterns = parse_patterns(q.topics.iter().map(String::as_str), hub.config().max_topics_per_client)?;
     let id = match &q.client_id {
         Some(c) => {
             Some(c.parse::<Uuid>().map_err(|_| ApiError::bad_request("invalid_request", "client_id is not a UUID"))?)

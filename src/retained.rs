@@ -2,7 +2,7 @@
 //! `retain`, merge patches (RFC 7386) and JSON Patch (RFC 6902), all or none per request. New
 //! subscribers get it as a `snapshot`, encoded once per version and shared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::event::{now_ms, push_json_str, sse_frame, ws_text_frame, ws_text_of, Draft, StateChange};
 use crate::topic::Pattern;
+use crate::trie::PatternTrie;
 
 /// A topic's state at one version, as `{"topic","version","state"}` JSON.
 #[derive(Debug)]
@@ -300,6 +301,9 @@ impl Store {
 
     /// Snapshots of every topic with state that `patterns` match, in topic order.
     pub fn matching(&mut self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
+        if self.topics.is_empty() {
+            return Vec::new();
+        }
         let mut topics: Vec<Arc<str>> = match patterns {
             [] => return Vec::new(),
             // Exact topics are looked up; only wildcard patterns scan.
@@ -310,7 +314,18 @@ impl Store {
                     _ => None,
                 })
                 .collect(),
-            ps => self.topics.keys().filter(|t| ps.iter().any(|p| p.matches(t))).cloned().collect(),
+            // Each topic is tested against all the patterns at once, one step per segment.
+            ps => {
+                let mut wild: PatternTrie<()> = PatternTrie::default();
+                let mut exact: HashSet<&str> = HashSet::new();
+                for p in ps {
+                    match p {
+                        Pattern::Exact(t) => _ = exact.insert(t),
+                        p => _ = wild.entry(p),
+                    }
+                }
+                self.topics.keys().filter(|t| exact.contains(&***t) || wild.matches(t)).cloned().collect()
+            }
         };
         topics.sort();
         topics.dedup();

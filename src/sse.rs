@@ -114,7 +114,7 @@ pub(crate) async fn open(hub: &Hub, raw_query: Option<&str>, last_event_id: Opti
         return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
     }
     let q = StreamQuery::parse(raw_query)?;
-    let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+    let patterns = parse_patterns(q.topics.iter().map(String::as_str), hub.config().max_topics_per_client)?;
     let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
     let last_id = last_event_id.map(str::to_owned).or(q.last_event_id).filter(|id| !id.is_empty());
 

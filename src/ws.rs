@@ -65,7 +65,7 @@ impl Setup {
             return Err(ApiError::not_found("transport_disabled", "the ws transport is disabled on this server"));
         }
         let q = StreamQuery::parse(raw_query)?;
-        let patterns = parse_patterns(q.topics.iter().map(String::as_str))?;
+        let patterns = parse_patterns(q.topics.iter().map(String::as_str), hub.config().max_topics_per_client)?;
         // Publishing over a WebSocket needs a key: a browser on the gateway's own machine is not
         // a backend, so the loopback rule of the HTTP API does not apply here.
         let key = auth::key_in(headers).or(q.token.as_deref());
@@ -573,21 +573,24 @@ async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpcs: &mut Jo
     }
 }
 
-fn patterns_of(topics: &[String], r: Option<&Value>) -> Result<Vec<Pattern>, Outbound> {
+fn patterns_of(hub: &Hub, topics: &[String], r: Option<&Value>) -> Result<Vec<Pattern>, Outbound> {
     if topics.is_empty() {
         return Err(error_frame(r, "invalid_request", "topics must not be empty"));
     }
-    parse_patterns(topics.iter().map(String::as_str)).map_err(|e| error_frame(r, e.code, e.message))
+    parse_patterns(topics.iter().map(String::as_str), hub.config().max_topics_per_client)
+        .map_err(|e| error_frame(r, e.code, e.message))
 }
 
 async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> Result<(), Outbound> {
-    let patterns = patterns_of(&f.topics, r)?;
+    let patterns = patterns_of(conn.hub(), &f.topics, r)?;
     let client = conn.client();
     let hub = conn.hub();
     hub.catch_up(f.last_event_id.as_deref()).await;
     client.hold();
-    let subscribed =
-        hub.subscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
+    let subscribed = hub.subscribe(&client.id(), &patterns).map_err(|e| {
+        let api = ApiError::from(e);
+        error_frame(r, api.code, api.message)
+    })?;
     client.set_throttle(&patterns, conflate::throttle(f.throttle_ms));
     // Events dispatched before the subscription may still be on their way to this client's
     // queue; what opens the subscription goes behind them.
@@ -612,7 +615,7 @@ async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> R
 }
 
 fn unsubscribe(conn: &Connection, f: UnsubscribeFrame, r: Option<&Value>) -> Result<(), Outbound> {
-    let patterns = patterns_of(&f.topics, r)?;
+    let patterns = patterns_of(conn.hub(), &f.topics, r)?;
     let client = conn.client();
     conn.hub().unsubscribe(&client.id(), &patterns).map_err(|e| error_frame(r, "unknown_client", e.to_string()))?;
     if let Some(r) = r {

@@ -238,7 +238,7 @@ mod tests {
         fn retained(&self) -> Vec<crate::persist::SavedTopic> {
             Vec::new()
         }
-        fn command(&self, _: uuid::Uuid, _: &crate::broker::Command) -> Option<Vec<String>> {
+        fn command(&self, _: uuid::Uuid, _: &crate::broker::Command) -> Option<crate::broker::Answer> {
             None
         }
         fn local_clients(&self) -> Vec<crate::client::ClientInfo> {

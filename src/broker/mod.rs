@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::client::ClientInfo;
 use crate::event::{Draft, Event, EventId};
+use crate::hub::TooManyTopics;
 use crate::persist::SavedTopic;
 use crate::retained::Prepared;
 
@@ -50,7 +51,7 @@ pub trait Dispatch: Send + Sync {
     fn resume_all(&self);
 
     /// Carries out a command on a client connected here; `None` if none has that id.
-    fn command(&self, client: Uuid, command: &Command) -> Option<Vec<String>>;
+    fn command(&self, client: Uuid, command: &Command) -> Option<Answer>;
 
     /// The clients connected here.
     fn local_clients(&self) -> Vec<ClientInfo>;
@@ -67,6 +68,10 @@ pub enum Command {
     /// Disconnect the client.
     Disconnect,
 }
+
+/// The answer of the node holding a client to a [`Command`]: the client's subscriptions after
+/// it, or the refusal of a subscription that would take it past its limit.
+pub type Answer = Result<Vec<String>, TooManyTopics>;
 
 /// A change of the clients connected to a node, for cluster-wide presence.
 #[derive(Debug, Clone)]
@@ -86,7 +91,7 @@ pub trait Cluster: Send + Sync {
     fn clients(&self) -> BoxFuture<'_, Result<Vec<ClientInfo>, BrokerError>>;
 
     /// Carries out a command on a client connected to another node; `Ok(None)` if no node has it.
-    fn command(&self, client: Uuid, command: Command) -> BoxFuture<'_, Result<Option<Vec<String>>, BrokerError>>;
+    fn command(&self, client: Uuid, command: Command) -> BoxFuture<'_, Result<Option<Answer>, BrokerError>>;
 }
 
 /// A broker failure, as the HTTP edge reports it (`503`).

@@ -32,10 +32,11 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Broker, BrokerError, Cluster, Command, Dispatch, Presence, PublishError, Replay};
+use super::{Answer, Broker, BrokerError, Cluster, Command, Dispatch, Presence, PublishError, Replay};
 use crate::client::ClientInfo;
 use crate::config::Config;
 use crate::event::{Draft, Event, EventId};
+use crate::hub::TooManyTopics;
 use crate::persist::{SavedEvent, SavedTopic};
 
 /// Prefix of every key and channel the gateway uses.
@@ -147,12 +148,30 @@ impl Keys {
 enum Message {
     /// To every node: carry out `command` if `client` is connected to you.
     Request { req: Uuid, from: String, client: Uuid, command: Command },
-    /// To the asking node: the client's subscriptions after the command, or `None`.
-    Reply { req: Uuid, topics: Option<Vec<String>> },
+    /// To the asking node: the client's subscriptions after the command, or `None`; or, from the
+    /// node holding the client, the refusal of a subscription past its limit (absent otherwise,
+    /// and in the replies of nodes that predate it).
+    Reply {
+        req: Uuid,
+        topics: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<TooManyTopics>,
+    },
+}
+
+impl Message {
+    fn reply(req: Uuid, answer: Option<Answer>) -> Message {
+        let (topics, refused) = match answer {
+            None => (None, None),
+            Some(Ok(topics)) => (Some(topics), None),
+            Some(Err(refused)) => (None, Some(refused)),
+        };
+        Message::Reply { req, topics, refused }
+    }
 }
 
 /// Answers awaited from other nodes, by request.
-type Pending = HashMap<Uuid, mpsc::Sender<Option<Vec<String>>>>;
+type Pending = HashMap<Uuid, mpsc::Sender<Option<Answer>>>;
 
 /// Keeps history and order in a Redis Stream shared by several gateway nodes.
 pub struct RedisBroker {
@@ -519,14 +538,18 @@ impl Inner {
             match message {
                 Message::Request { req, from, client, command } => {
                     let Some(hub) = self.hub() else { return Ok(()) };
-                    let topics = if from == self.node { None } else { hub.command(client, &command) };
-                    let reply = serde_json::to_string(&Message::Reply { req, topics }).map_err(unavailable)?;
+                    let answer = if from == self.node { None } else { hub.command(client, &command) };
+                    let reply = serde_json::to_string(&Message::reply(req, answer)).map_err(unavailable)?;
                     let _: i64 = within(conn.publish(Keys::node(&from), reply)).await?;
                 }
-                Message::Reply { req, topics } => {
+                Message::Reply { req, topics, refused } => {
                     let waiting = lock(&self.pending).get(&req).cloned();
                     if let Some(tx) = waiting {
-                        let _ = tx.try_send(topics);
+                        let answer = match refused {
+                            Some(refused) => Some(Err(refused)),
+                            None => topics.map(Ok),
+                        };
+                        let _ = tx.try_send(answer);
                     }
                 }
             }
@@ -614,7 +637,7 @@ impl Inner {
         Ok(list)
     }
 
-    async fn command(&self, client: Uuid, command: Command) -> Result<Option<Vec<String>>, BrokerError> {
+    async fn command(&self, client: Uuid, command: Command) -> Result<Option<Answer>, BrokerError> {
         let mut conn = self.conn()?;
         let req = Uuid::new_v4();
         let (tx, mut rx) = mpsc::channel(64);
@@ -626,7 +649,7 @@ impl Inner {
             // Every node answers, the one holding the client with its subscriptions.
             for _ in 0..nodes {
                 match rx.recv().await {
-                    Some(Some(topics)) => return Ok(Some(topics)),
+                    Some(Some(answer)) => return Ok(Some(answer)),
                     Some(None) => {}
                     None => break,
                 }
@@ -697,7 +720,7 @@ impl Cluster for RedisBroker {
         self.inner.clients().boxed()
     }
 
-    fn command(&self, client: Uuid, command: Command) -> BoxFuture<'_, Result<Option<Vec<String>>, BrokerError>> {
+    fn command(&self, client: Uuid, command: Command) -> BoxFuture<'_, Result<Option<Answer>, BrokerError>> {
         self.inner.command(client, command).boxed()
     }
 }
@@ -731,6 +754,18 @@ mod tests {
         assert!(matches!(
             serde_json::from_str::<Message>(&text).unwrap(),
             Message::Request { command: Command::Subscribe(t), .. } if t == ["a/*"]
+        ));
+        // A refusal travels back whole; a reply without one (an older node's) reads as before.
+        let refused =
+            serde_json::to_string(&Message::reply(Uuid::nil(), Some(Err(TooManyTopics { limit: 8 })))).unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Message>(&refused).unwrap(),
+            Message::Reply { topics: None, refused: Some(TooManyTopics { limit: 8 }), .. }
+        ));
+        let old = r#"{"type":"reply","req":"00000000-0000-0000-0000-000000000000","topics":["a"]}"#;
+        assert!(matches!(
+            serde_json::from_str::<Message>(old).unwrap(),
+            Message::Reply { topics: Some(t), refused: None, .. } if t == ["a"]
         ));
     }
 }
