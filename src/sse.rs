@@ -23,6 +23,10 @@ use crate::event::{now_ms, sse_frame, EventId};
 use crate::hub::{Connection, Hub, Start};
 use crate::server::ConnHandle;
 
+/// About the most a connection renders for one write: the rest of what it is behind on waits,
+/// shared, in its queue.
+pub(crate) const CHUNK: usize = 256 * 1024;
+
 /// How long a client closed for a full queue may keep its socket before it is cut.
 const OVERFLOW_GRACE: Duration = Duration::from_secs(5);
 
@@ -180,7 +184,10 @@ impl Pump {
     /// Everything rendered so far is written: until something is queued again, the hub writes
     /// to the socket itself.
     pub(crate) fn idle(&self) {
-        self.conn.client().idle();
+        // Items taken but not rendered yet go first.
+        if self.items.is_empty() {
+            self.conn.client().idle();
+        }
     }
 
     /// Waits until something is due for the client and renders all of it into `out`.
@@ -188,11 +195,15 @@ impl Pump {
     /// client, and the close ends the stream after a `retry:` hint.
     pub(crate) async fn fill(&mut self, out: &mut BytesMut) -> Flow {
         let (client, hub) = (self.conn.client(), self.conn.hub());
-        if !self.shaper.next(hub, client, &mut self.batch, &mut self.items).await {
+        if self.items.is_empty() && !self.shaper.next(hub, client, &mut self.batch, &mut self.items).await {
             return Flow::End(client.close_reason().unwrap_or(CloseReason::Kicked));
         }
         let mut end = None;
-        for item in self.items.drain(..) {
+        // At most about one chunk is rendered at a time: a long queue (or large events) goes
+        // out a chunk per write, so a connection never holds a copy of all it is behind on.
+        let mut items = std::mem::take(&mut self.items).into_iter();
+        while out.len() < CHUNK {
+            let Some(item) = items.next() else { break };
             match item {
                 // A throttled event held back comes after newer ones: without an `id:` it
                 // cannot move the client's resume position backwards.
@@ -213,6 +224,7 @@ impl Pump {
                 Outbound::Close(reason) => end = Some(reason),
             }
         }
+        self.items.extend(items);
         if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout)) {
             out.extend_from_slice(&retry_line(hub));
         }

@@ -268,14 +268,20 @@ pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream)
     let mut items = Vec::new();
     let mut shaper = Shaper::default();
     let mut out = BytesMut::new();
+    let mut taken: std::vec::IntoIter<Outbound> = Vec::new().into_iter();
     loop {
-        // Everything so far is written: until something is queued again, pushes write.
-        client.idle();
-        if !shaper.next(hub, client, &mut batch, &mut items).await {
-            return Ok(());
+        if taken.len() == 0 {
+            // Everything so far is written: until something is queued again, pushes write.
+            client.idle();
+            if !shaper.next(hub, client, &mut batch, &mut items).await {
+                return Ok(());
+            }
+            taken = std::mem::take(&mut items).into_iter();
         }
         let mut end = false;
-        for item in items.drain(..) {
+        // About a chunk per write: a long queue goes out in several, never copied whole.
+        while out.len() < crate::sse::CHUNK {
+            let Some(item) = taken.next() else { break };
             match item {
                 Outbound::Event(ev) => out.extend_from_slice(ev.ws_frame()),
                 Outbound::Snapshot(s) => out.extend_from_slice(s.ws_frame()),

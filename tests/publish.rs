@@ -179,20 +179,43 @@ async fn without_keys_only_loopback_peers_may_publish() {
 }
 
 #[tokio::test]
-async fn too_many_connections_get_503_with_retry_after() {
+async fn too_many_connections_get_503_with_retry_after_but_publishers_and_health_checks_get_through() {
     let s = TestServer::with(|c| c.max_connections = 2).await;
     let _a = Sse::connect(&s, "topic=a").await;
     let _b = Sse::connect(&s, "topic=a").await;
-    let res = s.http.get(s.url("/healthz")).send().await.unwrap();
+    // A third subscriber is refused...
+    let res = s.http.get(s.url("/stream?topic=a")).send().await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "1");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_connections");
+    // ...while the slots kept beyond the limit still take the backend and the health checks.
+    let res = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    s.publish_ok(json!({"topic": "a", "data": 1})).await;
     drop(_a);
     common::until("a slot to free up", || async {
-        s.http.get(s.url("/healthz")).send().await.is_ok_and(|r| r.status() == 200)
+        let res = s.http.get(s.url("/stream?topic=a")).send().await;
+        res.is_ok_and(|r| r.status() == 200)
     })
     .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let s = TestServer::with(|c| c.max_per_address = 2).await;
+    let _a = Sse::connect(&s, "topic=a").await;
+    let _b = Sse::connect(&s, "topic=a").await;
+    let res = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 503, "a third connection from 127.0.0.1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    // Another address is not affected.
+    let other =
+        reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    let res = other.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200, "a connection from 127.0.0.2");
     s.stop().await;
 }
 
