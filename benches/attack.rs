@@ -113,7 +113,14 @@ impl Target {
     }
 
     /// The request that publishes one event, `data` being JSON text.
-    fn publish(self, http: &reqwest::Client, base: &str, topic: &str, event: &str, data: &str) -> reqwest::RequestBuilder {
+    fn publish(
+        self,
+        http: &reqwest::Client,
+        base: &str,
+        topic: &str,
+        event: &str,
+        data: &str,
+    ) -> reqwest::RequestBuilder {
         match self {
             Target::Ssegate => http
                 .post(format!("{base}/publish"))
@@ -215,9 +222,10 @@ impl Sizes {
             ws_resumers: 4,
             many_topics: 8_800,
             many_topics_data: 97_000,
-            copy_ops: pick(23, 20),
+            // 2^20 copies of a small state: ~750 MB in ssegate at 2dd737e.
+            copy_ops: pick(20, 18),
             nesting: 40_000,
-            poll_flood: Duration::from_secs(pick(5, 3) as u64),
+            poll_flood: Duration::from_secs(5),
             slow_burst: 8_000,
             slow_wait: Duration::from_secs(pick(30, 15) as u64),
             fragment_conns: pick(100, 20),
@@ -306,8 +314,10 @@ impl Rss {
         if self.pids.is_empty() {
             return None;
         }
-        // A process that is gone counts as nothing: the survivors' memory is still of interest.
-        Some(self.pids.iter().filter_map(|&p| rss_kib(p)).sum())
+        // A process that is gone counts as nothing (the survivors' memory is still of interest);
+        // with none left there is nothing to measure.
+        let each: Vec<u64> = self.pids.iter().filter_map(|&p| rss_kib(p)).collect();
+        (!each.is_empty()).then(|| each.iter().sum())
     }
 
     fn sample(&self) -> Option<u64> {
@@ -320,9 +330,11 @@ impl Rss {
         self.peak.store(self.sample().unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// The peak since the last reset, also when the server is gone by now.
     fn peak(&self) -> Option<u64> {
-        self.sample()?;
-        Some(self.peak.load(Ordering::Relaxed))
+        self.sample();
+        let peak = self.peak.load(Ordering::Relaxed);
+        (!self.pids.is_empty() && peak > 0).then_some(peak)
     }
 }
 
@@ -371,9 +383,9 @@ struct Sample {
 struct Tally {
     publishes: Mutex<Vec<Sample>>,
     health: Mutex<Vec<Sample>>,
-    /// The request each loop is waiting on: phase, seq, send time.
-    publish_waiting: Mutex<Option<(u8, u64, u64)>>,
-    health_waiting: Mutex<Option<(u8, u64, u64)>>,
+    /// The requests still waiting for an answer: phase and send time by seq.
+    publish_waiting: Mutex<HashMap<u64, (u8, u64)>>,
+    health_waiting: Mutex<HashMap<u64, (u8, u64)>>,
     /// Arrival time by event seq.
     arrivals: Mutex<HashMap<u64, u64>>,
     subscribed: AtomicBool,
@@ -424,7 +436,7 @@ impl Victim {
                     Ok(h) => h,
                     Err(_) => return,
                 };
-                victim_requests(&run, &tally, &http, publishing, &stop).await
+                victim_requests(run, tally, http, publishing, stop).await
             }));
         }
         Ok(Victim { tally, stop, loops, subscriber })
@@ -434,15 +446,15 @@ impl Victim {
     async fn stop(self) -> Map<String, Value> {
         self.stop.cancel();
         for task in self.loops {
-            // A request the server still holds is waited for 10 s more, then given up.
+            // Requests the server still holds are waited for 10 s more, then given up.
             let abort = task.abort_handle();
-            if timeout(Duration::from_secs(10), task).await.is_err() {
+            if timeout(Duration::from_secs(12), task).await.is_err() {
                 abort.abort();
             }
         }
         let t = &self.tally;
         for (waiting, samples) in [(&t.publish_waiting, &t.publishes), (&t.health_waiting, &t.health)] {
-            if let Some((phase, seq, sent)) = lock(waiting).take() {
+            for (seq, (phase, sent)) in lock(waiting).drain() {
                 let rtt = micros().saturating_sub(sent);
                 lock(samples).push(Sample { phase, seq, sent, rtt, outcome: Outcome::Unfinished });
             }
@@ -513,50 +525,63 @@ fn report_phase(t: &Tally, phase: Phase) -> Map<String, Value> {
     out
 }
 
-/// The victim's publisher (`publishing`) or health checker: one request every 50 ms, one at a
-/// time, over a kept-alive connection.
-async fn victim_requests(run: &Run, t: &Tally, http: &reqwest::Client, publishing: bool, stop: &CancellationToken) {
+/// The victim's publisher (`publishing`) or health checker: one request every 50 ms, sent on
+/// time whether or not the previous ones were answered (so a server that stalls for 10 s shows
+/// 200 slow answers, not one), over kept-alive connections: one while answers come in time.
+async fn victim_requests(
+    run: Arc<Run>,
+    t: Arc<Tally>,
+    http: reqwest::Client,
+    publishing: bool,
+    stop: CancellationToken,
+) {
+    /// Requests waiting at once; beyond it, the tick waits (the server is stalled for 10 s).
+    const MAX_WAITING: usize = 200;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (waiting, samples) = if publishing { (&t.publish_waiting, &t.publishes) } else { (&t.health_waiting, &t.health) };
+    let mut waiting = JoinSet::new();
     for seq in 1.. {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        while waiting.len() >= MAX_WAITING {
+            waiting.join_next().await;
         }
         let phase = run.phase.load(Ordering::Relaxed);
         let sent = micros();
-        *lock(waiting) = Some((phase, seq, sent));
+        let table = if publishing { &t.publish_waiting } else { &t.health_waiting };
+        lock(table).insert(seq, (phase, sent));
         let request = if publishing {
             let data = format!(r#"{{"seq":{seq},"sent":{sent}}}"#);
-            run.target.publish(http, &run.base, "victim", "tick", &data)
+            run.target.publish(&http, &run.base, "victim", "tick", &data)
         } else {
             http.get(format!("{}/healthz", run.base))
         };
-        let answer = timeout(Duration::from_secs(30), async {
-            let res = request.send().await?;
-            let status = res.status();
-            res.bytes().await?;
-            Ok::<_, reqwest::Error>(status)
-        })
-        .await;
-        let rtt = micros().saturating_sub(sent);
-        let outcome = match answer {
-            Ok(Ok(s)) if s.is_success() => Outcome::Ok,
-            Ok(Ok(s)) => Outcome::Status(s.as_u16()),
-            Ok(Err(_)) => Outcome::Failed,
-            Err(_) => Outcome::TimedOut,
-        };
-        *lock(waiting) = None;
-        lock(samples).push(Sample { phase, seq, sent, rtt, outcome });
-        if outcome == Outcome::Failed {
-            // The server is gone or cut the connection: do not spin on refusals.
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = sleep(Duration::from_millis(50)) => {}
-            }
-        }
+        let t = t.clone();
+        waiting.spawn(async move {
+            let answer = timeout(Duration::from_secs(30), async {
+                let res = request.send().await?;
+                let status = res.status();
+                res.bytes().await?;
+                Ok::<_, reqwest::Error>(status)
+            })
+            .await;
+            let rtt = micros().saturating_sub(sent);
+            let outcome = match answer {
+                Ok(Ok(s)) if s.is_success() => Outcome::Ok,
+                Ok(Ok(s)) => Outcome::Status(s.as_u16()),
+                Ok(Err(_)) => Outcome::Failed,
+                Err(_) => Outcome::TimedOut,
+            };
+            let (table, samples) =
+                if publishing { (&t.publish_waiting, &t.publishes) } else { (&t.health_waiting, &t.health) };
+            lock(table).remove(&seq);
+            lock(samples).push(Sample { phase, seq, sent, rtt, outcome });
+        });
     }
+    // The last answers, 10 s at most; what is still waiting then is reported as unfinished.
+    let _ = timeout(Duration::from_secs(10), async { while waiting.join_next().await.is_some() {} }).await;
 }
 
 /// The victim's subscriber: records each event's arrival by seq.
@@ -892,7 +917,8 @@ impl Run {
 
     /// ssegate: the ids of the connected clients whose topics include `topic`.
     async fn clients_on(&self, topic: &str) -> Option<Vec<String>> {
-        let res = timeout(Duration::from_secs(5), self.http.get(format!("{}/clients", self.base)).send()).await.ok()?.ok()?;
+        let res =
+            timeout(Duration::from_secs(5), self.http.get(format!("{}/clients", self.base)).send()).await.ok()?.ok()?;
         let v: Value = res.json().await.ok()?;
         Some(
             v["clients"]
@@ -921,7 +947,7 @@ fn detail(v: Value) -> Detail {
 }
 
 /// a. Two WebSocket clients send `{"type":"ping"}` frames and WebSocket pings as fast as they can,
-/// reading the answers.
+/// reading the answers. Nchan gets pings only: it closes (1008) a subscriber that sends text.
 async fn ws_ping_flood(run: &Run) -> anyhow::Result<Detail> {
     let mut clients = Vec::new();
     for i in 0..2 {
@@ -931,8 +957,10 @@ async fn ws_ping_flood(run: &Run) -> anyhow::Result<Detail> {
     let answers = Arc::new(AtomicU64::new(0));
     let ends = Arc::new(Mutex::new(Vec::<String>::new()));
     run.begin();
+    let began = run.began();
     let end = run.window_end();
     let mut tasks = JoinSet::new();
+    let text = run.target == Target::Ssegate;
     for ws in clients {
         let (mut sink, mut stream) = ws.split();
         let sent = sent.clone();
@@ -942,7 +970,7 @@ async fn ws_ping_flood(run: &Run) -> anyhow::Result<Detail> {
                 let batch = async {
                     for _ in 0..32 {
                         n += 1;
-                        let frame = if n % 2 == 0 {
+                        let frame = if n % 2 == 0 || !text {
                             Message::Ping(bytes::Bytes::from_static(b"flood"))
                         } else {
                             Message::text(format!(r#"{{"type":"ping","ref":{n}}}"#))
@@ -959,22 +987,15 @@ async fn ws_ping_flood(run: &Run) -> anyhow::Result<Detail> {
         });
         let (answers, ends) = (answers.clone(), ends.clone());
         tasks.spawn(async move {
-            while let Some(msg) = stream.next().await {
-                match msg {
-                    Ok(Message::Close(f)) => {
-                        lock(&ends).push(format!("closed:{}", f.map_or(0, |f| u16::from(f.code))));
-                        return;
-                    }
-                    Ok(_) => {
-                        answers.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        lock(&ends).push(format!("failed: {e}"));
-                        return;
-                    }
-                }
-            }
-            lock(&ends).push("closed".into());
+            let why = loop {
+                match stream.next().await {
+                    Some(Ok(Message::Close(f))) => break format!("closed:{}", f.map_or(0, |f| u16::from(f.code))),
+                    Some(Ok(_)) => answers.fetch_add(1, Ordering::Relaxed),
+                    Some(Err(e)) => break format!("failed ({e})"),
+                    None => break "closed".into(),
+                };
+            };
+            lock(&ends).push(format!("{why} after {:.1} s", began.elapsed().as_secs_f64()));
         });
     }
     sleep_until(end).await;
@@ -1145,7 +1166,8 @@ async fn resume_never_read(run: &Run, ws: bool) -> anyhow::Result<Detail> {
     }
     sleep_until(run.window_end()).await;
     run.end();
-    let established = held.iter().filter(|(_, local)| server_socket_state(run.addr, *local) == Some(ESTABLISHED)).count();
+    let established =
+        held.iter().filter(|(_, local)| server_socket_state(run.addr, *local) == Some(ESTABLISHED)).count();
     let registered = match run.target {
         Target::Ssegate => run.clients_on("**").await.map(|c| c.len()),
         Target::Nchan => None,
@@ -1192,7 +1214,8 @@ async fn publish_many_topics(run: &Run, retain: bool) -> anyhow::Result<Detail> 
 /// f. A small retained state, then one `json_patch` of `copy` ops from the root.
 async fn patch_copy_bomb(run: &Run) -> anyhow::Result<Detail> {
     run.publish_ok(json!({"topic": "bomb", "retain": true, "data": {"k": "v"}}).to_string()).await?;
-    let ops: Vec<Value> = (0..run.sizes.copy_ops).map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")})).collect();
+    let ops: Vec<Value> =
+        (0..run.sizes.copy_ops).map(|i| json!({"op": "copy", "from": "", "path": format!("/copy-{i:02}")})).collect();
     let body = json!({"topic": "bomb", "json_patch": ops}).to_string();
     let bytes = body.len();
     run.begin();
@@ -1230,7 +1253,8 @@ async fn deep_nesting(run: &Run) -> anyhow::Result<Detail> {
             added += LEVELS_PER_OP;
         }
         let body = format!(r#"{{"topic":"deep","json_patch":[{}]}}"#, ops.join(","));
-        let (status, answer, ms) = run.publish_raw(body, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+        let (status, answer, ms) =
+            run.publish_raw(body, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
         requests += 1;
         if status != 200 {
             refusal = json!({"status": status, "answer": answer, "ms": ms, "at_depth": depth});
@@ -1284,7 +1308,8 @@ async fn poll_sessions(run: &Run) -> anyhow::Result<Detail> {
             Err(_) => "timeout".into(),
         };
         if key != "200" && first_refusal.is_null() {
-            first_refusal = json!({"after_s": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0, "answer": key});
+            first_refusal =
+                json!({"after_s": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0, "answer": key});
         }
         *statuses.entry(key).or_default() += 1;
     }
@@ -1630,8 +1655,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse_from(std::env::args().filter(|a| a != "--bench"));
     if args.list {
         for attack in Attack::value_variants() {
-            let targets: Vec<&str> =
-                [Target::Ssegate, Target::Nchan].into_iter().filter(|t| attack.applies_to(*t)).map(Target::name).collect();
+            let targets: Vec<&str> = [Target::Ssegate, Target::Nchan]
+                .into_iter()
+                .filter(|t| attack.applies_to(*t))
+                .map(Target::name)
+                .collect();
             println!("{} {}", attack.name(), targets.join(","));
         }
         return Ok(());
@@ -1645,11 +1673,8 @@ fn main() -> anyhow::Result<()> {
     );
     let main_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The victim has a thread of its own, so attackers in this process do not delay its clock.
-    let victim_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("victim")
-        .enable_all()
-        .build()?;
+    let victim_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("victim").enable_all().build()?;
     let result = main_rt.block_on(measure(args, attack, victim_rt.handle().clone()));
     victim_rt.shutdown_background();
     main_rt.shutdown_background();
