@@ -970,7 +970,7 @@ async fn ws_ping_flood(run: &Run) -> anyhow::Result<Detail> {
                 let batch = async {
                     for _ in 0..32 {
                         n += 1;
-                        let frame = if n % 2 == 0 || !text {
+                        let frame = if n.is_multiple_of(2) || !text {
                             Message::Ping(bytes::Bytes::from_static(b"flood"))
                         } else {
                             Message::text(format!(r#"{{"type":"ping","ref":{n}}}"#))
