@@ -11,7 +11,7 @@
 //! than `--limit-s`). The server's resident memory (`/proc/PID/status` VmRSS, every process in
 //! `--pid` summed) is sampled every 100 ms: before anything, when the window opens, its peak from
 //! then on, when it closes, and 2 s after the attackers are gone. `survived` says whether every
-//! process is still there and `/healthz` answers 200 afterwards.
+//! process is still there; `healthz_after`, how long `/healthz` then takes to answer (30 s at most).
 //!
 //! ```text
 //! cargo bench --bench attack -- --list
@@ -783,8 +783,12 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// A WebSocket client (tungstenite) to `path`, from `src`.
 async fn ws_connect(run: &Run, src: IpAddr, path: &str) -> anyhow::Result<Ws> {
-    let stream = connect_from(src, run.addr, None).await?;
-    let url = format!("ws://{}{path}", run.addr);
+    ws_connect_to(run.addr, src, path).await
+}
+
+async fn ws_connect_to(addr: SocketAddr, src: IpAddr, path: &str) -> anyhow::Result<Ws> {
+    let stream = connect_from(src, addr, None).await?;
+    let url = format!("ws://{addr}{path}");
     let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     Ok(ws)
 }
@@ -946,67 +950,111 @@ fn detail(v: Value) -> Detail {
     }
 }
 
+/// What the ping flooders count.
+#[derive(Default)]
+struct Flood {
+    connections: AtomicU64,
+    sent: AtomicU64,
+    answers: AtomicU64,
+    /// How the server ended a flooder's connections (the first few) and how many it ended.
+    cuts: Mutex<Vec<String>>,
+    cut: AtomicU64,
+}
+
 /// a. Two WebSocket clients send `{"type":"ping"}` frames and WebSocket pings as fast as they can,
-/// reading the answers. Nchan gets pings only: it closes (1008) a subscriber that sends text.
+/// reading the answers; a flooder the server cuts connects again, as an attacker would. Nchan
+/// gets pings only: it closes (1008) a subscriber that sends text.
 async fn ws_ping_flood(run: &Run) -> anyhow::Result<Detail> {
-    let mut clients = Vec::new();
+    let flood = Arc::new(Flood::default());
+    let path = run.target.ws_path("flood");
+    // The first connections are made before the window, so it starts with the flood itself.
+    let mut first = Vec::new();
     for i in 0..2 {
-        clients.push(ws_connect(run, attacker_src(i), &run.target.ws_path("flood")).await?);
+        first.push(ws_connect(run, attacker_src(i), &path).await?);
     }
-    let sent = Arc::new(AtomicU64::new(0));
-    let answers = Arc::new(AtomicU64::new(0));
-    let ends = Arc::new(Mutex::new(Vec::<String>::new()));
     run.begin();
     let began = run.began();
     let end = run.window_end();
-    let mut tasks = JoinSet::new();
     let text = run.target == Target::Ssegate;
-    for ws in clients {
-        let (mut sink, mut stream) = ws.split();
-        let sent = sent.clone();
+    let mut tasks = JoinSet::new();
+    for (i, ws) in first.into_iter().enumerate() {
+        let (flood, addr, path) = (flood.clone(), run.addr, path.clone());
         tasks.spawn(async move {
-            let mut n = 0u64;
+            let mut next = Some(ws);
             while tokio::time::Instant::now() < end {
-                let batch = async {
-                    for _ in 0..32 {
-                        n += 1;
-                        let frame = if n.is_multiple_of(2) || !text {
-                            Message::Ping(bytes::Bytes::from_static(b"flood"))
-                        } else {
-                            Message::text(format!(r#"{{"type":"ping","ref":{n}}}"#))
+                let ws = match next.take() {
+                    Some(ws) => ws,
+                    None => match timeout_at(end, ws_connect_to(addr, attacker_src(i), &path)).await {
+                        Ok(Ok(ws)) => ws,
+                        Ok(Err(_)) => {
+                            // Refused: try again shortly.
+                            sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        Err(_) => break,
+                    },
+                };
+                flood.connections.fetch_add(1, Ordering::Relaxed);
+                let (mut sink, mut stream) = ws.split();
+                let writer = async {
+                    let mut n = 0u64;
+                    loop {
+                        let batch = async {
+                            for _ in 0..32 {
+                                n += 1;
+                                let frame = if n.is_multiple_of(2) || !text {
+                                    Message::Ping(bytes::Bytes::from_static(b"flood"))
+                                } else {
+                                    Message::text(format!(r#"{{"type":"ping","ref":{n}}}"#))
+                                };
+                                sink.feed(frame).await?;
+                            }
+                            sink.flush().await
                         };
-                        sink.feed(frame).await?;
+                        if batch.await.is_err() {
+                            // The connection is done for: the reader says how.
+                            return std::future::pending::<()>().await;
+                        }
+                        flood.sent.fetch_add(32, Ordering::Relaxed);
                     }
-                    sink.flush().await
                 };
-                match timeout_at(end, batch).await {
-                    Ok(Ok(())) => sent.fetch_add(32, Ordering::Relaxed),
-                    _ => break,
+                let reader = async {
+                    loop {
+                        match stream.next().await {
+                            Some(Ok(Message::Close(f))) => {
+                                break format!("closed:{}", f.map_or(0, |f| u16::from(f.code)))
+                            }
+                            Some(Ok(_)) => flood.answers.fetch_add(1, Ordering::Relaxed),
+                            Some(Err(e)) => break format!("failed ({e})"),
+                            None => break "closed".into(),
+                        };
+                    }
                 };
+                tokio::select! {
+                    why = reader => {
+                        flood.cut.fetch_add(1, Ordering::Relaxed);
+                        let mut cuts = lock(&flood.cuts);
+                        if cuts.len() < 4 {
+                            cuts.push(format!("{why} after {:.1} s", began.elapsed().as_secs_f64()));
+                        }
+                    }
+                    _ = writer => {}
+                    _ = sleep_until(end) => break,
+                }
             }
-        });
-        let (answers, ends) = (answers.clone(), ends.clone());
-        tasks.spawn(async move {
-            let why = loop {
-                match stream.next().await {
-                    Some(Ok(Message::Close(f))) => break format!("closed:{}", f.map_or(0, |f| u16::from(f.code))),
-                    Some(Ok(_)) => answers.fetch_add(1, Ordering::Relaxed),
-                    Some(Err(e)) => break format!("failed ({e})"),
-                    None => break "closed".into(),
-                };
-            };
-            lock(&ends).push(format!("{why} after {:.1} s", began.elapsed().as_secs_f64()));
         });
     }
     sleep_until(end).await;
     run.end();
     tasks.abort_all();
-    let ends = lock(&ends).clone();
+    let cuts = lock(&flood.cuts).clone();
     Ok(detail(json!({
         "flooders": 2,
-        "frames_sent": sent.load(Ordering::Relaxed),
-        "answers_read": answers.load(Ordering::Relaxed),
-        "flooders_cut": ends,
+        "connections": flood.connections.load(Ordering::Relaxed),
+        "frames_sent": flood.sent.load(Ordering::Relaxed),
+        "answers_read": flood.answers.load(Ordering::Relaxed),
+        "cut": flood.cut.load(Ordering::Relaxed),
+        "first_cuts": cuts,
     })))
 }
 
@@ -1743,7 +1791,7 @@ async fn measure(args: Args, attack: Attack, victim_rt: tokio::runtime::Handle) 
     let bound = run.limit * 3 + duration + Duration::from_secs(150);
     let outcome = timeout(bound, run_attack(attack, &run)).await;
     run.end();
-    let mut detail = match outcome {
+    let detail = match outcome {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => detail(json!({"error": e.to_string()})),
         Err(_) => detail(json!({"error": format!("the attack did not finish within {} s", bound.as_secs())})),
@@ -1758,18 +1806,21 @@ async fn measure(args: Args, attack: Attack, victim_rt: tokio::runtime::Handle) 
     let rss_after = run.rss.sample();
     let rss_peak = run.rss.peak();
     sampler.abort();
-    let processes_alive = !pids.is_empty() && pids.iter().all(|&p| alive(p));
+    let processes_alive = pids.iter().all(|&p| alive(p));
+    // A server still busy with the attack answers late; one that is gone, never.
+    let asked = Instant::now();
     let health = async {
         let fresh = reqwest::Client::builder().no_proxy().build()?;
-        let res = timeout(Duration::from_secs(5), fresh.get(format!("{base}/healthz")).send()).await??;
+        let res = timeout(Duration::from_secs(30), fresh.get(format!("{base}/healthz")).send()).await??;
         Ok::<_, anyhow::Error>(res.status().as_u16())
     }
     .await;
-    let healthy = matches!(health, Ok(200));
-    let survived = healthy && (pids.is_empty() || processes_alive);
-    if !healthy {
-        detail.insert("healthz_after".into(), json!(health.map_or_else(|e| e.to_string(), |s| s.to_string())));
-    }
+    let healthz_after = match health {
+        Ok(status) => json!({"status": status, "ms": (asked.elapsed().as_secs_f64() * 1e5).round() / 100.0}),
+        Err(e) => json!({"failed": e.to_string()}),
+    };
+    // The process survived (without its PIDs: it answers its health check).
+    let survived = if pids.is_empty() { healthz_after["status"] == 200 } else { processes_alive };
 
     let mut line = Map::new();
     line.insert("attack".into(), json!(attack.name()));
@@ -1788,6 +1839,7 @@ async fn measure(args: Args, attack: Attack, victim_rt: tokio::runtime::Handle) 
         }),
     );
     line.insert("survived".into(), json!(survived));
+    line.insert("healthz_after".into(), healthz_after);
     line.insert("detail".into(), Value::Object(detail));
     println!("{}", Value::Object(line));
     if let Some(mut c) = child {
