@@ -216,7 +216,10 @@ impl Sizes {
             huge_topics: 50_000,
             patterns: pick(100_000, 20_000),
             patterns_per_frame: 5_000,
-            fill_events: pick(10_000, 2_000),
+            // Under the default history of 10,000 events with room for the victim's (20/s): the
+            // first one filled is still there when the resumers ask for it, so they get all the
+            // rest instead of a `reset`.
+            fill_events: pick(9_000, 2_000),
             fill_bytes: 10 * 1024,
             sse_resumers: 10,
             ws_resumers: 4,
@@ -750,12 +753,16 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
 /// Sends a WebSocket handshake for `path` (extra `headers` ending in CRLF each) and reads the
 /// answer's head.
 async fn ws_handshake(stream: &mut TcpStream, addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<u16> {
-    let request = format!(
+    stream.write_all(ws_request(addr, path, headers).as_bytes()).await?;
+    Ok(read_head(stream).await?.0)
+}
+
+/// A WebSocket handshake request for `path`, with extra `headers` ending in CRLF each.
+fn ws_request(addr: SocketAddr, path: &str, headers: &str) -> String {
+    format!(
         "GET {path} HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n{headers}\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    Ok(read_head(stream).await?.0)
+    )
 }
 
 /// One masked client frame.
@@ -1185,27 +1192,41 @@ async fn resume_never_read(run: &Run, ws: bool) -> anyhow::Result<Detail> {
     run.begin();
     let mut held = Vec::new();
     let mut statuses = Vec::new();
+    let mut resets = 0;
     for i in 0..clients {
         let mut stream = connect_from(attacker_src(i), run.addr, Some(4096)).await?;
         let local = stream.local_addr()?;
         let header = format!("last-event-id: {first}\r\n");
-        let status = if ws {
+        let request = if ws {
             let path = match run.target {
                 Target::Ssegate => format!("/ws?topic=**&lastEventId={}", encode(&first)),
                 Target::Nchan => format!("/sub/fill?last_event_id={}", encode(&first)),
             };
-            timeout(Duration::from_secs(10), ws_handshake(&mut stream, run.addr, &path, &header)).await
+            ws_request(run.addr, &path, &header)
         } else {
             let topic = if run.target == Target::Ssegate { "**" } else { "fill" };
-            let request = sse_request(run.addr, &run.target.sse_path(topic), &header);
-            timeout(Duration::from_secs(10), async {
-                stream.write_all(request.as_bytes()).await?;
-                Ok(read_head(&mut stream).await?.0)
-            })
-            .await
+            sse_request(run.addr, &run.target.sse_path(topic), &header)
         };
+        let status = timeout(Duration::from_secs(10), async {
+            stream.write_all(request.as_bytes()).await?;
+            let (status, mut first_bytes) = read_head(&mut stream).await?;
+            // A glance at what comes first (the greeting, and a `reset` if the id was no longer in
+            // history, which would make this no attack); then nothing more is read.
+            let mut buf = [0u8; 4096];
+            if let Ok(Ok(n)) = timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+                first_bytes.extend_from_slice(&buf[..n]);
+            }
+            Ok::<_, std::io::Error>((status, first_bytes))
+        })
+        .await;
+        if let Ok(Ok((_, first_bytes))) = &status {
+            let text = String::from_utf8_lossy(first_bytes);
+            if text.contains("event: reset") || text.contains(r#""type":"reset""#) {
+                resets += 1;
+            }
+        }
         statuses.push(match status {
-            Ok(Ok(s)) => json!(s),
+            Ok(Ok((s, _))) => json!(s),
             Ok(Err(e)) => json!(e.to_string()),
             Err(_) => json!("no answer in 10 s"),
         });
@@ -1228,6 +1249,7 @@ async fn resume_never_read(run: &Run, ws: bool) -> anyhow::Result<Detail> {
         "fill_s": (fill_s * 100.0).round() / 100.0,
         "resumers": clients,
         "statuses": statuses,
+        "told_to_reset": resets,
         "still_open_at_end": established,
         "still_registered_at_end": registered,
     })))

@@ -72,6 +72,8 @@ def what_happened(r):
         out.append(f"{ok} of {d.get('resumers', 0)} resumed ({d.get('history_events', 0):,} events of "
                    f"{d.get('event_bytes', 0) // 1024} KB in history); {d.get('still_open_at_end', 0)} still "
                    f"open at the end")
+        if d.get("told_to_reset"):
+            out.append(f"**{d['told_to_reset']} told to reset** (the id had left history: no replay)")
         if d.get("still_registered_at_end") is not None:
             out.append(f"{d['still_registered_at_end']} still registered")
     elif a in ("publish-many-topics", "publish-many-topics-retain"):
