@@ -1101,15 +1101,18 @@ async fn ws_huge_subscribe(run: &Run) -> anyhow::Result<Detail> {
 }
 
 /// c. One WebSocket client subscribes to many distinct wildcard patterns (frames of 5,000, each
-/// sent after the previous one's answer); then the victim measures while it stays connected.
+/// sent after the previous one's answer; a frame refused with an `error` is tried again at half
+/// the size, so a server with a cap gets as many as it lets in); then the victim measures while
+/// the client stays connected.
 async fn ws_many_patterns(run: &Run) -> anyhow::Result<Detail> {
     let mut ws = ws_connect(run, attacker_src(0), &run.target.ws_path("")).await?;
     let started = tokio::time::Instant::now();
     let deadline = started + run.limit;
-    let (mut accepted, mut sent, mut frames, mut last) = (0usize, 0usize, 0usize, String::new());
+    let (mut accepted, mut sent, mut frames, mut refused, mut last) = (0usize, 0usize, 0usize, 0usize, String::new());
     let total = run.sizes.patterns;
+    let mut per_frame = run.sizes.patterns_per_frame;
     while accepted < total {
-        let n = run.sizes.patterns_per_frame.min(total - accepted);
+        let n = per_frame.min(total - accepted);
         let patterns: Vec<String> = (accepted..accepted + n)
             .map(|i| if i % 2 == 0 { format!("p/{i}/*") } else { format!("p/{i}/**") })
             .collect();
@@ -1121,6 +1124,11 @@ async fn ws_many_patterns(run: &Run) -> anyhow::Result<Detail> {
             Err(_) => "timeout".into(),
         };
         frames += 1;
+        if last.starts_with("error:") && n > 1 {
+            refused += 1;
+            per_frame = n / 2;
+            continue;
+        }
         if last != "ack" {
             break;
         }
@@ -1139,6 +1147,7 @@ async fn ws_many_patterns(run: &Run) -> anyhow::Result<Detail> {
         "patterns_sent": sent,
         "patterns_accepted": accepted,
         "frames": frames,
+        "frames_refused": refused,
         "last_answer": last,
         "subscribe_s": (setup_s * 100.0).round() / 100.0,
     })))

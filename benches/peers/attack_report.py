@@ -61,7 +61,8 @@ def what_happened(r):
                        + ", ".join(f"{f.get('answer')} after {secs(f.get('ms'))}" for f in frames))
     elif a == "ws-many-patterns":
         out.append(f"{d.get('patterns_accepted', 0):,} of {d.get('patterns_sent', 0):,} patterns accepted "
-                   f"in {d.get('subscribe_s')} s (last answer: {d.get('last_answer')})")
+                   f"in {d.get('subscribe_s')} s ({d.get('frames', 0)} frames, {d.get('frames_refused', 0)} "
+                   f"refused; last answer: {d.get('last_answer')})")
         base = (r.get("baseline") or {}).get("publish_ms") or {}
         now = r.get("publish_ms") or {}
         if base.get("p50") is not None and now.get("p50") is not None:
