@@ -272,5 +272,10 @@ jq -n \
   --arg nofile "$nofile" \
   --arg quick "$quick" \
   '$ARGS.named' >"$work/meta.json"
-python3 "$peers/report.py" "$work/meta.json" "$results" >"$out"
+python3 "$peers/report.py" "$work/meta.json" "$results" >"$work/BENCHMARKS.md"
+# Keep the "Under attack" section that benches/attack.sh wrote.
+if [ -f "$out" ] && grep -q '<!-- under-attack:begin -->' "$out"; then
+  { echo; sed -n '/<!-- under-attack:begin -->/,/<!-- under-attack:end -->/p' "$out"; } >>"$work/BENCHMARKS.md"
+fi
+cp "$work/BENCHMARKS.md" "$out"
 log "wrote $out (raw results in $results)"
