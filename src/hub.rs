@@ -245,7 +245,7 @@ impl Dispatch for Shared {
         let results: Vec<Result<Vec<Arc<Event>>, PublishError>> = requests
             .into_iter()
             .map(|mut drafts| {
-                st.retained.apply(&mut drafts).map_err(|(index, message)| PublishError::Conflict { index, message })?;
+                st.retained.apply(&mut drafts)?;
                 let events = store(drafts);
                 all.extend(events.iter().cloned());
                 Ok(events)
@@ -261,7 +261,7 @@ impl Dispatch for Shared {
     }
 
     fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError> {
-        lock(&self.state).retained.prepare(drafts).map_err(|(index, message)| PublishError::Conflict { index, message })
+        lock(&self.state).retained.prepare(drafts)
     }
 
     fn deliver(&self, events: Vec<Arc<Event>>, head: EventId) -> Vec<Arc<str>> {
@@ -556,6 +556,7 @@ impl Hub {
     /// A hub over a given broker.
     pub fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
         let head = broker.head();
+        let max_state_bytes = config.max_state_bytes;
         let hub = Hub {
             shared: Arc::new(Shared {
                 config,
@@ -566,7 +567,7 @@ impl Hub {
                     patterns: HashMap::new(),
                     round: 0,
                     head,
-                    retained: Store::default(),
+                    retained: Store::new(max_state_bytes),
                 }),
                 metrics: Metrics::default(),
                 shutdown: CancellationToken::new(),
@@ -611,6 +612,12 @@ impl Hub {
     /// The current retained state of `topic`, if it has one.
     pub fn snapshot(&self, topic: &str) -> Option<Arc<Snapshot>> {
         lock(&self.shared.state).retained.snapshot(topic)
+    }
+
+    /// What a subscriber of `topic` that missed some of its changes gets instead: its current
+    /// snapshot or, once deleted, `state: null` at the version that deleted it.
+    pub fn latest_snapshot(&self, topic: &str) -> Option<Arc<Snapshot>> {
+        lock(&self.shared.state).retained.latest(topic)
     }
 
     /// The last event dispatched: every event up to it has been queued to its receivers.
