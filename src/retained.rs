@@ -539,7 +539,10 @@ mod tests {
         store.apply(&mut [change("t", StateChange::Set(json!({"n": 1})))]).unwrap();
         let mut del = [change("t", StateChange::Delete)];
         store.apply(&mut del).unwrap();
-        assert_eq!((&*del[0].event, del[0].data.get(), del[0].deleted), ("snapshot", r#"{"topic":"t","version":2,"state":null}"#, true));
+        assert_eq!(
+            (&*del[0].event, del[0].data.get(), del[0].deleted),
+            ("snapshot", r#"{"topic":"t","version":2,"state":null}"#, true)
+        );
         assert!(store.snapshot("t").is_none() && !store.contains("t") && store.version("t").is_none());
         assert_eq!(store.versions().count(), 0);
         assert!(store.matching(&[Pattern::parse("**").unwrap(), Pattern::parse("t").unwrap()]).is_empty());
@@ -581,7 +584,11 @@ mod tests {
             StateChange::Set(nested.clone()),
             StateChange::Merge(json!({"deep": nested})),
         ] {
-            let mut batch = [change("u", StateChange::Set(json!(1))), change("t", StateChange::Merge(json!({"m": 1}))), change("t", bad)];
+            let mut batch = [
+                change("u", StateChange::Set(json!(1))),
+                change("t", StateChange::Merge(json!({"m": 1}))),
+                change("t", bad),
+            ];
             let e = store.apply(&mut batch).unwrap_err();
             assert!(matches!(e, PublishError::TooLarge { index: 2, .. }), "{e:?}");
             assert_eq!((state(&mut store, "t"), store.version("t")), (json!({"n": 1}), Some(1)));
@@ -592,7 +599,12 @@ mod tests {
         store.apply(&mut [change("t", StateChange::Merge(json!({"s": "y".repeat(fill)})))]).unwrap();
         let e = store.apply(&mut [change("t", ops(json!([{"op": "add", "path": "/n", "value": 10}])))]).unwrap_err();
         assert!(matches!(e, PublishError::TooLarge { .. }), "{e:?}");
-        store.apply(&mut [change("t", ops(json!([{"op": "remove", "path": "/s"}, {"op": "add", "path": "/n", "value": 10}])))]).unwrap();
+        store
+            .apply(&mut [change(
+                "t",
+                ops(json!([{"op": "remove", "path": "/s"}, {"op": "add", "path": "/n", "value": 10}])),
+            )])
+            .unwrap();
         assert_eq!(state(&mut store, "t"), json!({"n": 10}));
     }
 }

@@ -179,7 +179,10 @@ impl Meter {
     }
 
     fn too_deep(&self) -> Refusal {
-        Refusal::TooLarge(format!("the state would nest more than {} levels of arrays and objects", self.limits.max_depth))
+        Refusal::TooLarge(format!(
+            "the state would nest more than {} levels of arrays and objects",
+            self.limits.max_depth
+        ))
     }
 
     /// Refuses a state of `size` bytes if it is over the limit.
@@ -380,7 +383,8 @@ fn add_loc(doc: &Value, path: &Pointer) -> Result<Loc, Refusal> {
     match doc.pointer(parent.as_str()) {
         Some(Value::Object(_)) => Ok(Loc::Key(parent.to_buf(), last.decoded().into_owned())),
         Some(Value::Array(items)) => {
-            let i = last.to_index().ok().and_then(|i| i.for_len_incl(items.len()).ok()).ok_or_else(|| invalid("path"))?;
+            let i =
+                last.to_index().ok().and_then(|i| i.for_len_incl(items.len()).ok()).ok_or_else(|| invalid("path"))?;
             Ok(Loc::At(parent.to_buf(), i))
         }
         _ => Err(invalid("path")),
