@@ -1,7 +1,7 @@
 //! Retained topic state: the current state and version of each topic that has one, changed by
 //! `retain`, merge patches (RFC 7386) and JSON Patch (RFC 6902), all or none per request, and
 //! dropped by a delete. Every state stays within `--max-state-bytes` of JSON text and
-//! [`MAX_STATE_DEPTH`] levels of nesting (see [`limits`]). New subscribers get it as a
+//! [`MAX_STATE_DEPTH`] levels of nesting (see [`Limits`]). New subscribers get it as a
 //! `snapshot`, encoded once per version and shared.
 
 mod limits;
