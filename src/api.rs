@@ -19,7 +19,8 @@ use crate::broker::Command;
 use crate::error::ApiError;
 use crate::event::{now_ms, null_data, Audience, Draft, StateChange};
 use crate::hub::{Hub, PublishError};
-use crate::topic::Pattern;
+use crate::retained::MAX_STATE_DEPTH;
+use crate::topic::{validate_topic, Pattern};
 
 /// One item of a publish request, as the contract names its fields.
 #[derive(Debug, Deserialize)]
@@ -52,40 +53,40 @@ fn json_error(e: serde_json::Error, at: &str) -> ApiError {
 }
 
 /// Turns one item into drafts: one per topic, or one with no topic for targeted and broadcast
-/// events.
-fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), String> {
+/// events. The drafts of a plain event share one copy of its data.
+fn drafts_of(item: Item<'_>, ts: u64, out: &mut Vec<Draft>) -> Result<(), ApiError> {
+    let invalid = |m: &str| ApiError::bad_request("invalid_request", m);
     let topics = match (item.topic, item.topics) {
-        (Some(_), Some(_)) => return Err("give topic or topics, not both".into()),
+        (Some(_), Some(_)) => return Err(invalid("give topic or topics, not both")),
         (Some(t), None) => vec![t],
-        (None, Some(ts)) if ts.is_empty() => return Err("topics must not be empty".into()),
+        (None, Some(ts)) if ts.is_empty() => return Err(invalid("topics must not be empty")),
         (None, Some(ts)) => ts,
         (None, None) => Vec::new(),
     };
     if let Some(change) = state_change(&item.retain, item.data, item.patch, item.json_patch)? {
         if topics.is_empty() || item.clients.is_some() || item.broadcast {
-            return Err(
-                "retain, patch and json_patch change a topic's state: give topic or topics, not clients or broadcast"
-                    .into(),
-            );
+            return Err(invalid(
+                "retain, patch and json_patch change a topic's state: give topic or topics, not clients or broadcast",
+            ));
         }
         if item.event.is_some() {
-            return Err("state changes go out as snapshot and patch events: leave out event".into());
+            return Err(invalid("state changes go out as snapshot and patch events: leave out event"));
         }
         out.extend(topics.iter().map(|t| Draft { ts, ..Draft::state_change(t, change.clone()) }));
         return Ok(());
     }
     let audience = match (item.clients, item.broadcast) {
-        (Some(_), true) => return Err("give clients or broadcast, not both".into()),
+        (Some(_), true) => return Err(invalid("give clients or broadcast, not both")),
         (Some(ids), false) => Audience::Clients(Arc::from(ids)),
         (None, true) => Audience::All,
         (None, false) if topics.is_empty() => {
-            return Err("missing target: give topic, topics, clients or broadcast".into())
+            return Err(invalid("missing target: give topic, topics, clients or broadcast"))
         }
         (None, false) => Audience::Topic,
     };
     let event = item.event.as_deref().unwrap_or("message");
-    let data = item.data.map(|raw| raw.to_owned()).unwrap_or_else(null_data);
-    let draft = |topic: Option<Arc<str>>| Draft { ts, ..Draft::new(topic, event, data.clone(), audience.clone()) };
+    let data: Arc<RawValue> = Arc::from(item.data.map(|raw| raw.to_owned()).unwrap_or_else(null_data));
+    let draft = |topic: Option<Arc<str>>| Draft { ts, ..Draft::sharing(topic, event, data.clone(), audience.clone()) };
     if topics.is_empty() {
         out.push(draft(None));
     } else {
@@ -100,22 +101,36 @@ fn state_change(
     data: Option<&RawValue>,
     patch: Option<&RawValue>,
     json_patch: Option<&RawValue>,
-) -> Result<Option<StateChange>, String> {
+) -> Result<Option<StateChange>, ApiError> {
+    let invalid = |m: &str| ApiError::bad_request("invalid_request", m);
+    // A value nested past serde_json's limit of 128 levels cannot be a state, which nests at
+    // most `MAX_STATE_DEPTH`: refused as such, not as bad JSON.
+    let unreadable = |e: serde_json::Error, what: String| {
+        if e.to_string().starts_with("recursion limit exceeded") {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "state_too_large",
+                format!("a state nests at most {MAX_STATE_DEPTH} levels of arrays and objects"),
+            )
+        } else {
+            invalid(&format!("{what}: {e}"))
+        }
+    };
     let value = |raw: &RawValue, what: &str| {
-        serde_json::from_str::<Value>(raw.get()).map_err(|e| format!("{what} is not valid JSON: {e}"))
+        serde_json::from_str::<Value>(raw.get()).map_err(|e| unreadable(e, format!("{what} is not valid JSON")))
     };
     match (*retain, patch, json_patch) {
         (false, None, None) => Ok(None),
         (true, None, None) => match data {
             Some(d) => Ok(Some(StateChange::Set(value(d, "data")?))),
-            None => Err("retain: true needs data (the new state)".into()),
+            None => Err(invalid("retain: true needs data (the new state)")),
         },
         (false, Some(p), None) if data.is_none() => Ok(Some(StateChange::Merge(value(p, "patch")?))),
         (false, None, Some(ops)) if data.is_none() => serde_json::from_str::<json_patch::Patch>(ops.get())
             .map(|p| Some(StateChange::JsonPatch(p)))
-            .map_err(|e| format!("json_patch is not an RFC 6902 patch: {e}")),
-        (false, _, _) if data.is_some() => Err("a patch carries no data: the patch is the change".into()),
-        _ => Err("give one of retain, patch and json_patch".into()),
+            .map_err(|e| unreadable(e, "json_patch is not an RFC 6902 patch".into())),
+        (false, _, _) if data.is_some() => Err(invalid("a patch carries no data: the patch is the change")),
+        _ => Err(invalid("give one of retain, patch and json_patch")),
     }
 }
 
@@ -151,8 +166,7 @@ fn parse_items(body: &[u8], max_topics: u64) -> Result<(Vec<Draft>, Vec<usize>),
             let at = format!("item {i}: ");
             let item: Item<'_> = serde_json::from_str(raw.get()).map_err(|e| json_error(e, &at))?;
             check_topic_count(&item, max_topics, &at)?;
-            drafts_of(item, ts, &mut drafts)
-                .map_err(|m| ApiError::bad_request("invalid_request", format!("{at}{m}")))?;
+            drafts_of(item, ts, &mut drafts).map_err(|e| ApiError { message: format!("{at}{}", e.message), ..e })?;
             item_of.resize(drafts.len(), i);
         }
     } else {
@@ -166,7 +180,7 @@ fn parse_items(body: &[u8], max_topics: u64) -> Result<(Vec<Draft>, Vec<usize>),
         }
         let item: Item<'_> = serde_json::from_slice(body).map_err(|e| json_error(e, ""))?;
         check_topic_count(&item, max_topics, "")?;
-        drafts_of(item, ts, &mut drafts).map_err(|m| ApiError::bad_request("invalid_request", m))?;
+        drafts_of(item, ts, &mut drafts)?;
         item_of.resize(drafts.len(), 0);
     }
     Ok((drafts, item_of))
@@ -202,14 +216,7 @@ pub async fn publish(
         let (drafts, item_of) = parse_items(&body, hub.config().max_topics_per_client)?;
         // The hub counts drafts; the client counts the items it sent.
         let item = |index: usize| item_of.get(index).copied().unwrap_or(index);
-        hub.publish(drafts)
-            .await
-            .map_err(|e| match e {
-                PublishError::Invalid { index, message } => PublishError::Invalid { index: item(index), message },
-                PublishError::Conflict { index, message } => PublishError::Conflict { index: item(index), message },
-                other => other,
-            })
-            .map_err(ApiError::from)
+        hub.publish(drafts).await.map_err(|e| ApiError::from(e.renumbered(item)))
     }
     .await;
     match result {
@@ -302,6 +309,27 @@ pub async fn clients(State(hub): State<Hub>, _: Publisher) -> Result<Json<Value>
 /// `GET /topics`.
 pub async fn topics(State(hub): State<Hub>, _: Publisher) -> Json<Value> {
     Json(json!({ "topics": hub.topics() }))
+}
+
+/// `DELETE /topics/{topic}`: drops the topic's retained state, as a state change published in
+/// order with the rest: its subscribers get `snapshot` with `state: null` and the next version,
+/// which a later state continues from. Answers `{"topic", "version", "id"}` (the version and event
+/// id of the deletion), or `404 unknown_topic` when the topic has no state.
+pub async fn delete_topic(
+    State(hub): State<Hub>,
+    _: Publisher,
+    Path(topic): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate_topic(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
+    let events = hub.publish(vec![Draft::state_change(&topic, StateChange::Delete)]).await.map_err(|e| match e {
+        PublishError::UnknownTopic { .. } => {
+            ApiError::not_found("unknown_topic", format!("topic {topic:?} has no retained state"))
+        }
+        other => other.into(),
+    })?;
+    let deleted = events.first().map(|ev| (ev.draft.version, &*ev.id_text));
+    let (version, id) = deleted.unwrap_or((None, ""));
+    Ok(Json(json!({ "topic": topic, "version": version, "id": id })))
 }
 
 /// `GET /healthz`: the process is up.

@@ -163,7 +163,7 @@ impl Shaper {
     }
 
     fn fresh_snapshot(&mut self, hub: &Hub, topic: Arc<str>) -> Option<Outbound> {
-        let snapshot = hub.snapshot(&topic)?;
+        let snapshot = hub.latest_snapshot(&topic)?;
         self.sent_version.insert(topic, snapshot.version);
         Some(Outbound::Snapshot(snapshot))
     }

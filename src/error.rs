@@ -73,6 +73,10 @@ impl From<PublishError> for ApiError {
         match e {
             PublishError::Invalid { .. } => ApiError::bad_request("invalid_request", e.to_string()),
             PublishError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "patch_failed", e.to_string()),
+            PublishError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "state_too_large", e.to_string())
+            }
+            PublishError::UnknownTopic { .. } => ApiError::not_found("unknown_topic", e.to_string()),
             PublishError::Broker(b) => b.into(),
         }
     }

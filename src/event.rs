@@ -69,8 +69,9 @@ pub struct Draft {
     pub topic: Option<Arc<str>>,
     /// The event type name (`message` by default).
     pub event: Arc<str>,
-    /// The payload as JSON text, kept as the publisher wrote it.
-    pub data: Box<RawValue>,
+    /// The payload as JSON text, kept as the publisher wrote it; one copy shared by the events
+    /// of every topic a publish names.
+    pub data: Arc<RawValue>,
     /// Who receives it.
     pub audience: Audience,
     /// Publish time in unix milliseconds.
@@ -80,6 +81,9 @@ pub struct Draft {
     pub state: Option<StateChange>,
     /// For a state change: the state's version after it.
     pub version: Option<u64>,
+    /// Set (by the hub) on the event of a [`StateChange::Delete`]: a `snapshot` with `state:
+    /// null` that ends the topic's state, rather than a state that is `null`.
+    pub deleted: bool,
 }
 
 /// A change to a topic's retained state.
@@ -92,6 +96,9 @@ pub enum StateChange {
     /// JSON Patch operations (RFC 6902), applied all or none; sent as a `patch` event with
     /// `json_patch`.
     JsonPatch(json_patch::Patch),
+    /// The topic's state is dropped (`DELETE /topics/{topic}`); sent as a `snapshot` with `state:
+    /// null`. Its version is kept, so a later state continues from the next one.
+    Delete,
 }
 
 /// A JSON `null`, the payload of an event published without data.
@@ -102,7 +109,21 @@ pub fn null_data() -> Box<RawValue> {
 impl Draft {
     /// An event on `topic` (any audience), with the defaults for the rest.
     pub fn new(topic: Option<Arc<str>>, event: &str, data: Box<RawValue>, audience: Audience) -> Self {
-        Draft { topic, event: Arc::from(event), data, audience, ts: now_ms(), state: None, version: None }
+        Draft::sharing(topic, event, Arc::from(data), audience)
+    }
+
+    /// As [`Draft::new`], with a payload that other drafts may share (one publish to many topics).
+    pub fn sharing(topic: Option<Arc<str>>, event: &str, data: Arc<RawValue>, audience: Audience) -> Self {
+        Draft {
+            topic,
+            event: Arc::from(event),
+            data,
+            audience,
+            ts: now_ms(),
+            state: None,
+            version: None,
+            deleted: false,
+        }
     }
 
     /// A change to the retained state of `topic`.
@@ -285,11 +306,12 @@ mod tests {
         Draft {
             topic: Some(Arc::from("a/b")),
             event: Arc::from("tick"),
-            data: RawValue::from_string(data.to_owned()).unwrap(),
+            data: Arc::from(RawValue::from_string(data.to_owned()).unwrap()),
             audience: Audience::Topic,
             ts: 7,
             state: None,
             version: None,
+            deleted: false,
         }
     }
 

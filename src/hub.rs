@@ -314,7 +314,7 @@ impl Dispatch for Shared {
         let results: Vec<Result<Vec<Arc<Event>>, PublishError>> = requests
             .into_iter()
             .map(|mut drafts| {
-                st.retained.apply(&mut drafts).map_err(|(index, message)| PublishError::Conflict { index, message })?;
+                st.retained.apply(&mut drafts)?;
                 let events = store(drafts);
                 all.extend(events.iter().cloned());
                 Ok(events)
@@ -326,7 +326,7 @@ impl Dispatch for Shared {
     }
 
     fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError> {
-        lock(&self.state).retained.prepare(drafts).map_err(|(index, message)| PublishError::Conflict { index, message })
+        lock(&self.state).retained.prepare(drafts)
     }
 
     fn deliver(&self, events: Vec<Arc<Event>>, head: EventId) -> Vec<Arc<str>> {
@@ -643,6 +643,7 @@ impl Hub {
     /// A hub over a given broker.
     pub fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
         let head = broker.head();
+        let max_state_bytes = config.max_state_bytes;
         let shared = Arc::new_cyclic(|me: &Weak<Shared>| {
             let me = me.clone();
             let fanout = crate::fanout::spawn(move |done, head| {
@@ -661,7 +662,7 @@ impl Hub {
                     round: 0,
                     generation: 0,
                     head,
-                    retained: Store::default(),
+                    retained: Store::new(max_state_bytes),
                 }),
                 metrics: Metrics::default(),
                 shutdown: CancellationToken::new(),
@@ -710,6 +711,12 @@ impl Hub {
     /// The current retained state of `topic`, if it has one.
     pub fn snapshot(&self, topic: &str) -> Option<Arc<Snapshot>> {
         lock(&self.shared.state).retained.snapshot(topic)
+    }
+
+    /// What a subscriber of `topic` that missed some of its changes gets instead: its current
+    /// snapshot or, once deleted, `state: null` at the version that deleted it.
+    pub fn latest_snapshot(&self, topic: &str) -> Option<Arc<Snapshot>> {
+        lock(&self.shared.state).retained.latest(topic)
     }
 
     /// The last event dispatched: every event up to it has been queued to its receivers.

@@ -94,6 +94,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/clients/{client_id}", delete(api::disconnect))
         .route("/clients/{client_id}/{action}", post(api::subscriptions))
         .route("/topics", get(api::topics))
+        .route("/topics/{*topic}", delete(api::delete_topic))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

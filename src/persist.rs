@@ -44,7 +44,8 @@ pub struct SavedEvent {
     id: String,
     topic: Option<String>,
     event: String,
-    data: Box<RawValue>,
+    #[serde(serialize_with = "shared_raw", deserialize_with = "owned_raw")]
+    data: Arc<RawValue>,
     ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     clients: Option<Vec<Uuid>>,
@@ -52,6 +53,16 @@ pub struct SavedEvent {
     broadcast: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     version: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+}
+
+fn shared_raw<S: serde::Serializer>(data: &Arc<RawValue>, s: S) -> Result<S::Ok, S::Error> {
+    data.serialize(s)
+}
+
+fn owned_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<RawValue>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Arc::from)
 }
 
 impl SavedEvent {
@@ -69,6 +80,7 @@ impl SavedEvent {
             },
             broadcast: d.audience == Audience::All,
             version: d.version,
+            deleted: d.deleted,
         }
     }
 
@@ -82,7 +94,8 @@ impl SavedEvent {
         Draft {
             ts: self.ts,
             version: self.version,
-            ..Draft::new(self.topic.as_deref().map(Arc::from), &self.event, self.data.clone(), audience)
+            deleted: self.deleted,
+            ..Draft::sharing(self.topic.as_deref().map(Arc::from), &self.event, self.data.clone(), audience)
         }
     }
 }
@@ -94,8 +107,12 @@ pub struct SavedTopic {
     pub topic: String,
     /// Its state's version.
     pub version: u64,
-    /// Its state.
+    /// Its state (`null` when deleted).
     pub state: Value,
+    /// The state was dropped at `version` (`DELETE /topics/{topic}`): the topic has no state, and
+    /// the next one continues from `version + 1`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// Everything the state file holds.

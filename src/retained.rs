@@ -1,6 +1,10 @@
 //! Retained topic state: the current state and version of each topic that has one, changed by
-//! `retain`, merge patches (RFC 7386) and JSON Patch (RFC 6902), all or none per request. New
-//! subscribers get it as a `snapshot`, encoded once per version and shared.
+//! `retain`, merge patches (RFC 7386) and JSON Patch (RFC 6902), all or none per request, and
+//! dropped by a delete. Every state stays within `--max-state-bytes` of JSON text and
+//! [`MAX_STATE_DEPTH`] levels of nesting (see [`Limits`]). New subscribers get it as a
+//! `snapshot`, encoded once per version and shared.
+
+mod limits;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -11,6 +15,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+pub use limits::{Limits, MAX_STATE_DEPTH};
+use limits::{Meter, Refusal};
+
+use crate::broker::PublishError;
 use crate::event::{now_ms, push_json_str, sse_frame, ws_text_frame, ws_text_of, Draft, StateChange};
 use crate::topic::Pattern;
 use crate::trie::PatternTrie;
@@ -70,14 +78,97 @@ impl Snapshot {
 
 struct Entry {
     topic: Arc<str>,
+    /// The version of the last change; kept when the state is deleted, so that the next state
+    /// continues after it.
     version: u64,
-    state: Value,
+    /// `None` once deleted (or before the first change applies).
+    state: Option<Value>,
+    /// The state's size as compact JSON text, once measured.
+    size: Option<usize>,
     /// The encoded snapshot of this version, made when first asked for.
     snapshot: Option<Arc<Snapshot>>,
 }
 
-/// A topic's version and state before a batch changed it (none if it had no state).
-type Saved = (Arc<str>, Option<(u64, Value)>);
+/// The `null` a deleted state is sent as.
+static NULL: Value = Value::Null;
+
+impl Entry {
+    fn new(topic: Arc<str>, version: u64, state: Option<Value>) -> Self {
+        Entry { topic, version, state, size: None, snapshot: None }
+    }
+
+    fn size(&mut self) -> usize {
+        match (self.size, &self.state) {
+            (Some(size), _) => size,
+            (None, state) => {
+                let size = limits::size_of(state.as_ref().unwrap_or(&NULL));
+                self.size = Some(size);
+                size
+            }
+        }
+    }
+
+    /// Makes one change, or refuses it and changes nothing. `Set` gives its value up to the state.
+    fn change(&mut self, change: &mut StateChange, meter: &mut Meter) -> Result<(), Refusal> {
+        match change {
+            StateChange::Set(v) => {
+                let size = meter.incoming(v, 0)?;
+                self.state = Some(std::mem::take(v));
+                self.size = Some(size);
+            }
+            StateChange::Merge(p) => {
+                let size = self.size();
+                let growth = limits::merge_growth(Some(self.state.as_ref().unwrap_or(&NULL)), Some(size), p, 0, meter)?;
+                let size = usize::try_from(size as i64 + growth).unwrap_or(0);
+                meter.fits(size)?;
+                json_patch::merge(self.state.get_or_insert(Value::Null), p);
+                self.size = Some(size);
+            }
+            StateChange::JsonPatch(ops) => {
+                let mut size = self.size();
+                let was_none = self.state.is_none();
+                let result = limits::apply_ops(self.state.get_or_insert(Value::Null), &mut size, ops, meter);
+                if result.is_err() && was_none {
+                    self.state = None;
+                }
+                result?;
+                self.size = Some(size);
+            }
+            StateChange::Delete => {
+                if self.state.is_none() {
+                    return Err(Refusal::Unknown);
+                }
+                self.state = None;
+                self.size = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn saved(&self) -> crate::persist::SavedTopic {
+        crate::persist::SavedTopic {
+            topic: self.topic.to_string(),
+            version: self.version,
+            state: self.state.clone().unwrap_or(Value::Null),
+            deleted: self.state.is_none(),
+        }
+    }
+
+    fn encode(&mut self) -> Arc<Snapshot> {
+        let (topic, version) = (&self.topic, self.version);
+        let state = self.state.as_ref().unwrap_or(&NULL);
+        self.snapshot
+            .get_or_insert_with(|| {
+                let payload = Payload { topic, version, state: Some(state), patch: None, json_patch: None };
+                let json = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
+                Arc::new(Snapshot::new(topic.clone(), version, json))
+            })
+            .clone()
+    }
+}
+
+/// A topic's version, state and size before a batch changed it (none if it had no entry).
+type Saved = (Arc<str>, Option<(u64, Option<Value>, Option<usize>)>);
 
 /// A topic's state after a batch that a node prepared (see [`Store::prepare`]).
 #[derive(Debug, Clone)]
@@ -88,8 +179,22 @@ pub struct Prepared {
     pub before: u64,
     /// Its version after the batch.
     pub after: u64,
-    /// Its state after the batch.
+    /// Its state after the batch (`null` if deleted).
     pub state: Value,
+    /// The batch ends with the state deleted.
+    pub deleted: bool,
+}
+
+impl Prepared {
+    /// The topic's state after the batch, as stored.
+    pub fn saved(&self) -> crate::persist::SavedTopic {
+        crate::persist::SavedTopic {
+            topic: self.topic.to_string(),
+            version: self.after,
+            state: self.state.clone(),
+            deleted: self.deleted,
+        }
+    }
 }
 
 /// What following an ordered state change did (see [`Store::follow`]).
@@ -104,9 +209,16 @@ pub enum Follow {
 }
 
 /// Every topic's retained state.
-#[derive(Default)]
 pub struct Store {
     topics: HashMap<Arc<str>, Entry>,
+    limits: Limits,
+}
+
+impl Default for Store {
+    /// A store with the default `--max-state-bytes` (1 MiB).
+    fn default() -> Self {
+        Store::new(1 << 20)
+    }
 }
 
 #[derive(Serialize)]
@@ -121,51 +233,57 @@ struct Payload<'a> {
     json_patch: Option<&'a json_patch::Patch>,
 }
 
-fn raw(payload: &Payload<'_>) -> Box<RawValue> {
+fn raw(payload: &Payload<'_>) -> Arc<RawValue> {
     // Serialising JSON values cannot fail.
-    serde_json::value::to_raw_value(payload).unwrap_or_else(|_| crate::event::null_data())
+    Arc::from(serde_json::value::to_raw_value(payload).unwrap_or_else(|_| crate::event::null_data()))
 }
 
 impl Store {
+    /// A store keeping each state within `max_bytes` of JSON text (`--max-state-bytes`) and
+    /// [`MAX_STATE_DEPTH`] levels.
+    pub fn new(max_bytes: usize) -> Self {
+        Store { topics: HashMap::new(), limits: Limits { max_bytes, max_depth: MAX_STATE_DEPTH } }
+    }
+
     /// Applies the state changes among `drafts` in order, all or none, and turns each into the
-    /// event subscribers receive: `snapshot {topic, version, state}` for a new state, `patch
-    /// {topic, version, patch | json_patch}` for a change. On failure nothing changes and the
-    /// error names the draft.
-    pub fn apply(&mut self, drafts: &mut [Draft]) -> Result<(), (usize, String)> {
+    /// event subscribers receive: `snapshot {topic, version, state}` for a new state (`state:
+    /// null` for a delete), `patch {topic, version, patch | json_patch}` for a change. On failure
+    /// nothing changes and the error names the draft: [`PublishError::Conflict`] for a
+    /// `json_patch` that does not apply, [`PublishError::TooLarge`] for a change that would take
+    /// a state past its limits, [`PublishError::UnknownTopic`] for a delete of a topic with no
+    /// state.
+    pub fn apply(&mut self, drafts: &mut [Draft]) -> Result<(), PublishError> {
         let changes = drafts.iter().filter(|d| d.state.is_some()).count();
         // With several changes, a later failure undoes the earlier ones.
         let mut undo: Vec<Saved> = Vec::new();
+        let mut meter = Meter::new(self.limits);
         for (index, d) in drafts.iter_mut().enumerate() {
-            let Some(change) = d.state.take() else { continue };
+            let Some(mut change) = d.state.take() else { continue };
             let Some(topic) = d.topic.clone() else {
-                return Err((index, "a state change needs a topic".into()));
+                return Err(PublishError::Conflict { index, message: "a state change needs a topic".into() });
             };
-            let entry = self.topics.entry(topic.clone()).or_insert_with(|| Entry {
-                topic: topic.clone(),
-                version: 0,
-                state: Value::Null,
-                snapshot: None,
-            });
             if changes > 1 && !undo.iter().any(|(t, _)| *t == topic) {
-                undo.push((topic.clone(), (entry.version > 0).then(|| (entry.version, entry.state.clone()))));
+                let before = self.topics.get(&topic).map(|e| (e.version, e.state.clone(), e.size));
+                undo.push((topic.clone(), before));
             }
-            let failed = match &change {
-                StateChange::Set(v) => {
-                    entry.state = v.clone();
-                    None
-                }
-                StateChange::Merge(p) => {
-                    json_patch::merge(&mut entry.state, p);
-                    None
-                }
-                StateChange::JsonPatch(ops) => json_patch::patch(&mut entry.state, ops).err(),
-            };
-            if let Some(e) = failed {
+            let entry = self.topics.entry(topic.clone()).or_insert_with(|| Entry::new(topic.clone(), 0, None));
+            if let Err(refusal) = entry.change(&mut change, &mut meter) {
                 if entry.version == 0 {
                     self.topics.remove(&topic);
                 }
                 self.undo(undo);
-                return Err((index, format!("json_patch does not apply to the state of {topic:?}: {e}")));
+                return Err(match refusal {
+                    Refusal::Failed(m) => PublishError::Conflict {
+                        index,
+                        message: format!("json_patch does not apply to the state of {topic:?}: {m}"),
+                    },
+                    Refusal::TooLarge(m) => {
+                        PublishError::TooLarge { index, message: format!("the state of {topic:?} is refused: {m}") }
+                    }
+                    Refusal::Unknown => {
+                        PublishError::UnknownTopic { index, message: format!("topic {topic:?} has no retained state") }
+                    }
+                });
             }
             entry.version += 1;
             entry.snapshot = None;
@@ -173,7 +291,12 @@ impl Store {
             let mut payload = Payload { topic: &topic, version, state: None, patch: None, json_patch: None };
             let event = match &change {
                 StateChange::Set(_) => {
-                    payload.state = Some(&entry.state);
+                    payload.state = entry.state.as_ref();
+                    "snapshot"
+                }
+                StateChange::Delete => {
+                    payload.state = Some(&NULL);
+                    d.deleted = true;
                     "snapshot"
                 }
                 StateChange::Merge(p) => {
@@ -195,8 +318,9 @@ impl Store {
     fn undo(&mut self, undo: Vec<Saved>) {
         for (topic, before) in undo {
             match before {
-                Some((version, state)) => {
-                    self.topics.insert(topic.clone(), Entry { topic, version, state, snapshot: None });
+                Some((version, state, size)) => {
+                    let entry = Entry { size, ..Entry::new(topic.clone(), version, state) };
+                    self.topics.insert(topic, entry);
                 }
                 None => {
                     self.topics.remove(&topic);
@@ -210,8 +334,8 @@ impl Store {
     /// change, its version before and its state after. A node publishing through a shared broker
     /// checks a batch this way, then has the broker order it only if no other node changed those
     /// topics meanwhile.
-    pub fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, (usize, String)> {
-        let mut scratch = Store::default();
+    pub fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError> {
+        let mut scratch = Store { topics: HashMap::new(), limits: self.limits };
         let mut before: Vec<(Arc<str>, u64)> = Vec::new();
         for topic in drafts.iter().filter(|d| d.state.is_some()).filter_map(|d| d.topic.as_ref()) {
             if before.iter().any(|(t, _)| t == topic) {
@@ -219,8 +343,7 @@ impl Store {
             }
             let version = match self.topics.get(topic) {
                 Some(e) => {
-                    let copy =
-                        Entry { topic: e.topic.clone(), version: e.version, state: e.state.clone(), snapshot: None };
+                    let copy = Entry { size: e.size, ..Entry::new(e.topic.clone(), e.version, e.state.clone()) };
                     scratch.topics.insert(topic.clone(), copy);
                     e.version
                 }
@@ -233,7 +356,8 @@ impl Store {
             .into_iter()
             .filter_map(|(topic, before)| {
                 let e = scratch.topics.remove(&topic)?;
-                Some(Prepared { topic, before, after: e.version, state: e.state })
+                let deleted = e.state.is_none();
+                Some(Prepared { topic, before, after: e.version, state: e.state.unwrap_or(Value::Null), deleted })
             })
             .collect())
     }
@@ -243,60 +367,59 @@ impl Store {
     /// stream ends with the same state.
     pub fn follow(&mut self, ev: &Draft) -> Follow {
         let (Some(topic), Some(version)) = (&ev.topic, ev.version) else { return Follow::Applied };
-        let current = self.version(topic).unwrap_or(0);
+        let current = self.topics.get(&**topic).map_or(0, |e| e.version);
         if version <= current {
             return Follow::Stale;
         }
+        if ev.deleted {
+            // Like a whole state, a delete fills any gap.
+            self.topics.insert(topic.clone(), Entry::new(topic.clone(), version, None));
+            return Follow::Applied;
+        }
         let Ok(payload) = serde_json::from_str::<Value>(ev.data.get()) else { return Follow::Gap };
-        let entry = |state| Entry { topic: topic.clone(), version, state, snapshot: None };
         if let Some(state) = payload.get("state").filter(|_| &*ev.event == "snapshot") {
             // A whole state fills any gap.
-            self.topics.insert(topic.clone(), entry(state.clone()));
+            self.topics.insert(topic.clone(), Entry::new(topic.clone(), version, Some(state.clone())));
             return Follow::Applied;
         }
         let Some(e) = self.topics.get_mut(topic).filter(|_| version == current + 1) else { return Follow::Gap };
+        let mut state = e.state.clone().unwrap_or(Value::Null);
         if let Some(patch) = payload.get("patch") {
-            json_patch::merge(&mut e.state, patch);
+            json_patch::merge(&mut state, patch);
         } else if let Some(ops) = payload.get("json_patch") {
             let Ok(ops) = serde_json::from_value::<json_patch::Patch>(ops.clone()) else { return Follow::Gap };
-            let mut state = e.state.clone();
             if json_patch::patch(&mut state, &ops).is_err() {
                 return Follow::Gap;
             }
-            e.state = state;
         } else {
             return Follow::Gap;
         }
+        e.state = Some(state);
         e.version = version;
+        e.size = None;
         e.snapshot = None;
         Follow::Applied
     }
 
     /// Takes a topic's stored state if it is newer than the one held; says whether it did.
     pub fn restore(&mut self, saved: crate::persist::SavedTopic) -> bool {
-        if self.version(&saved.topic).is_some_and(|v| v >= saved.version) {
+        if self.topics.get(saved.topic.as_str()).is_some_and(|e| e.version >= saved.version) {
             return false;
         }
-        let topic: Arc<str> = Arc::from(saved.topic);
-        self.topics.insert(topic.clone(), Entry { topic, version: saved.version, state: saved.state, snapshot: None });
+        self.load(vec![saved]);
         true
     }
 
     /// The snapshot of `topic`, if it has state.
     pub fn snapshot(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
-        let entry = self.topics.get_mut(topic)?;
-        let snapshot = entry.snapshot.get_or_insert_with(|| {
-            let payload = Payload {
-                topic: &entry.topic,
-                version: entry.version,
-                state: Some(&entry.state),
-                patch: None,
-                json_patch: None,
-            };
-            let json = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
-            Arc::new(Snapshot::new(entry.topic.clone(), entry.version, json))
-        });
-        Some(snapshot.clone())
+        let entry = self.topics.get_mut(topic).filter(|e| e.state.is_some())?;
+        Some(entry.encode())
+    }
+
+    /// What a subscriber of `topic` that missed some of its changes gets instead: its snapshot
+    /// or, once the state is deleted, `state: null` at the version that deleted it.
+    pub fn latest(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
+        Some(self.topics.get_mut(topic)?.encode())
     }
 
     /// Snapshots of every topic with state that `patterns` match, in topic order.
@@ -310,7 +433,7 @@ impl Store {
             ps if ps.iter().all(|p| matches!(p, Pattern::Exact(_))) => ps
                 .iter()
                 .filter_map(|p| match p {
-                    Pattern::Exact(t) if self.topics.contains_key(t) => Some(t.clone()),
+                    Pattern::Exact(t) if self.contains(t) => Some(t.clone()),
                     _ => None,
                 })
                 .collect(),
@@ -324,7 +447,11 @@ impl Store {
                         p => _ = wild.entry(p),
                     }
                 }
-                self.topics.keys().filter(|t| exact.contains(&***t) || wild.matches(t)).cloned().collect()
+                self.topics
+                    .iter()
+                    .filter(|(t, e)| e.state.is_some() && (exact.contains(&***t) || wild.matches(t)))
+                    .map(|(t, _)| t.clone())
+                    .collect()
             }
         };
         topics.sort();
@@ -334,37 +461,31 @@ impl Store {
 
     /// The version of a topic's state, if it has one.
     pub fn version(&self, topic: &str) -> Option<u64> {
-        self.topics.get(topic).map(|e| e.version)
+        self.topics.get(topic).filter(|e| e.state.is_some()).map(|e| e.version)
     }
 
     /// Whether a topic has state.
     pub fn contains(&self, topic: &str) -> bool {
-        self.topics.contains_key(topic)
+        self.topics.get(topic).is_some_and(|e| e.state.is_some())
     }
 
-    /// Every topic's state, to keep across a restart.
+    /// Every topic's state (and every deleted one's last version), to keep across a restart.
     pub fn dump(&self) -> Vec<crate::persist::SavedTopic> {
-        self.topics
-            .values()
-            .map(|e| crate::persist::SavedTopic {
-                topic: e.topic.to_string(),
-                version: e.version,
-                state: e.state.clone(),
-            })
-            .collect()
+        self.topics.values().map(Entry::saved).collect()
     }
 
     /// Takes back the state of topics kept across a restart.
     pub fn load(&mut self, saved: Vec<crate::persist::SavedTopic>) {
         for t in saved {
             let topic: Arc<str> = Arc::from(t.topic);
-            self.topics.insert(topic.clone(), Entry { topic, version: t.version, state: t.state, snapshot: None });
+            let state = (!t.deleted).then_some(t.state);
+            self.topics.insert(topic.clone(), Entry::new(topic, t.version, state));
         }
     }
 
     /// Every topic with state and its version.
     pub fn versions(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
-        self.topics.iter().map(|(t, e)| (t, e.version))
+        self.topics.iter().filter(|(_, e)| e.state.is_some()).map(|(t, e)| (t, e.version))
     }
 }
 
@@ -416,13 +537,88 @@ mod tests {
             change("u", StateChange::Set(json!(1))),
             change("t", StateChange::JsonPatch(test_fails)),
         ];
-        let (index, _) = store.apply(&mut batch).unwrap_err();
-        assert_eq!(index, 2);
+        let e = store.apply(&mut batch).unwrap_err();
+        assert!(matches!(e, PublishError::Conflict { index: 2, .. }), "{e:?}");
         assert_eq!(state(&mut store, "t"), json!({"n": 1}));
         assert_eq!(store.version("t"), Some(1));
         assert!(!store.contains("u"));
         let bad = serde_json::from_value(json!([{"op": "remove", "path": "/missing"}])).unwrap();
         assert!(store.apply(&mut [change("new", StateChange::JsonPatch(bad))]).is_err());
         assert!(!store.contains("new"));
+    }
+
+    #[test]
+    fn a_delete_keeps_the_version_for_the_next_state() {
+        let mut store = Store::default();
+        store.apply(&mut [change("t", StateChange::Set(json!({"n": 1})))]).unwrap();
+        let mut del = [change("t", StateChange::Delete)];
+        store.apply(&mut del).unwrap();
+        assert_eq!(
+            (&*del[0].event, del[0].data.get(), del[0].deleted),
+            ("snapshot", r#"{"topic":"t","version":2,"state":null}"#, true)
+        );
+        assert!(store.snapshot("t").is_none() && !store.contains("t") && store.version("t").is_none());
+        assert_eq!(store.versions().count(), 0);
+        assert!(store.matching(&[Pattern::parse("**").unwrap(), Pattern::parse("t").unwrap()]).is_empty());
+        let latest = store.latest("t").unwrap();
+        assert_eq!((latest.version, &latest.json[..]), (2, &br#"{"topic":"t","version":2,"state":null}"#[..]));
+        let e = store.apply(&mut [change("t", StateChange::Delete)]).unwrap_err();
+        assert!(matches!(e, PublishError::UnknownTopic { index: 0, .. }), "{e:?}");
+        assert!(matches!(store.apply(&mut [change("u", StateChange::Delete)]), Err(PublishError::UnknownTopic { .. })));
+
+        // Kept across a restart, and followed by another node.
+        let mut restarted = Store::default();
+        restarted.load(store.dump());
+        let mut other = Store::default();
+        other.follow(&Draft { version: Some(1), ..change("t", StateChange::Set(json!(0))) });
+        assert_eq!(other.follow(&del[0]), Follow::Applied);
+        assert!(!other.contains("t"));
+        for s in [&mut store, &mut restarted, &mut other] {
+            let mut again = [change("t", StateChange::Merge(json!({"m": 2})))];
+            s.apply(&mut again).unwrap();
+            assert_eq!(again[0].version, Some(3), "the next state continues after the delete");
+            assert_eq!(state(s, "t"), json!({"m": 2}), "a patch after a delete starts from nothing");
+        }
+    }
+
+    #[test]
+    fn changes_past_the_limits_are_refused_and_change_nothing() {
+        let mut store = Store::new(100);
+        store.apply(&mut [change("t", StateChange::Set(json!({"n": 1})))]).unwrap();
+        let too_big = json!({"s": "x".repeat(100)});
+        let mut nested = json!(1);
+        for _ in 0..MAX_STATE_DEPTH + 1 {
+            nested = json!([nested]);
+        }
+        let ops = |v: Value| StateChange::JsonPatch(serde_json::from_value(v).unwrap());
+        for bad in [
+            StateChange::Set(too_big.clone()),
+            StateChange::Merge(too_big.clone()),
+            ops(json!([{"op": "add", "path": "/s", "value": "x".repeat(100)}])),
+            StateChange::Set(nested.clone()),
+            StateChange::Merge(json!({"deep": nested})),
+        ] {
+            let mut batch = [
+                change("u", StateChange::Set(json!(1))),
+                change("t", StateChange::Merge(json!({"m": 1}))),
+                change("t", bad),
+            ];
+            let e = store.apply(&mut batch).unwrap_err();
+            assert!(matches!(e, PublishError::TooLarge { index: 2, .. }), "{e:?}");
+            assert_eq!((state(&mut store, "t"), store.version("t")), (json!({"n": 1}), Some(1)));
+            assert!(!store.contains("u"));
+        }
+        // Up to the limit, to the byte; sizes are tracked across changes.
+        let fill = 100 - r#"{"n":1,"s":""}"#.len();
+        store.apply(&mut [change("t", StateChange::Merge(json!({"s": "y".repeat(fill)})))]).unwrap();
+        let e = store.apply(&mut [change("t", ops(json!([{"op": "add", "path": "/n", "value": 10}])))]).unwrap_err();
+        assert!(matches!(e, PublishError::TooLarge { .. }), "{e:?}");
+        store
+            .apply(&mut [change(
+                "t",
+                ops(json!([{"op": "remove", "path": "/s"}, {"op": "add", "path": "/n", "value": 10}])),
+            )])
+            .unwrap();
+        assert_eq!(state(&mut store, "t"), json!({"n": 10}));
     }
 }

@@ -121,9 +121,40 @@ pub enum PublishError {
         /// What failed.
         message: String,
     },
+    /// A state change of item `index` would take the topic's state past `--max-state-bytes` or
+    /// the depth limit; nothing was published.
+    #[error("item {index}: {message}")]
+    TooLarge {
+        /// Position of the item in the request.
+        index: usize,
+        /// Which limit, for which topic.
+        message: String,
+    },
+    /// Item `index` deletes the state of a topic that has none; nothing was published.
+    #[error("item {index}: {message}")]
+    UnknownTopic {
+        /// Position of the item in the request.
+        index: usize,
+        /// Which topic.
+        message: String,
+    },
     /// The broker could not take the events.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+impl PublishError {
+    /// The same error naming the item `at(index)` instead (a request item, where the hub counted
+    /// drafts).
+    pub fn renumbered(self, at: impl Fn(usize) -> usize) -> Self {
+        match self {
+            PublishError::Invalid { index, message } => PublishError::Invalid { index: at(index), message },
+            PublishError::Conflict { index, message } => PublishError::Conflict { index: at(index), message },
+            PublishError::TooLarge { index, message } => PublishError::TooLarge { index: at(index), message },
+            PublishError::UnknownTopic { index, message } => PublishError::UnknownTopic { index: at(index), message },
+            other => other,
+        }
+    }
 }
 
 /// What a client that resumes after an id has missed.

@@ -300,8 +300,7 @@ impl Inner {
             call.key(&self.keys.stream).key(&self.keys.versions).key(&self.keys.states);
             call.arg(self.max_len).arg(prepared.len());
             for p in &prepared {
-                let state = SavedTopic { topic: p.topic.to_string(), version: p.after, state: p.state.clone() };
-                let state = serde_json::to_string(&state).map_err(unavailable)?;
+                let state = serde_json::to_string(&p.saved()).map_err(unavailable)?;
                 call.arg(&*p.topic).arg(p.before).arg(p.after).arg(state);
             }
             for d in &batch {
