@@ -8,7 +8,9 @@
 //! - [`event`]: events, their ids (`<ms>-<seq>`) and wire encodings, made once and shared.
 //! - [`broker`]: gives events ids and order and keeps history ([`broker::MemoryBroker`] by default).
 //! - [`client`]: one connected client and its bounded outbound queue.
-//! - [`hub`]: the registry of clients and the topic index; fans events out to client queues.
+//! - [`hub`]: the registry of clients and the topic index (a trie for patterns); decides who
+//!   receives each event; `fanout`, a thread of its own, writes the runs to sockets and queues
+//!   outside every lock.
 //! - [`sse`], [`ws`], [`poll`], [`snapshot`]: the transports (`/stream`, `/ws`, `/poll`,
 //!   `/snapshot`); each renders the same per-client queue in its own wire format.
 //! - [`negotiate`]: `GET /negotiate`, the transport decision matrix.
@@ -26,10 +28,13 @@
 //! # How an event flows
 //! `POST /publish` → [`api::parse_publish`] checks the whole request → [`Hub::publish`] hands the
 //! drafts to the broker → the broker assigns ids, appends history and calls the hub's dispatch
-//! in id order → dispatch pushes one `Arc<Event>` into the queue of each receiving client (never
-//! waiting on a client; a full queue closes that client, which resumes from history). A
+//! in id order → dispatch collects each run's receivers under the hub's lock and hands them to
+//! the fan-out thread, which pushes one `Arc<Event>` into the queue of each receiving client
+//! (never waiting on a client; a full queue closes that client, which resumes from history). A
 //! connection that has written everything gets the event's frame written to its socket by the
-//! dispatch itself; otherwise its transport takes everything queued and writes it as one chunk.
+//! fan-out itself; otherwise its transport takes what is queued and writes it in chunks. A
+//! resuming client's missed events are read from history a page at a time
+//! ([`client::Outbound::Resume`]), as fast as it reads them.
 //! Each event's frame is encoded once per wire format and shared by all connections.
 //!
 //! # Embedding
