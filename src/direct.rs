@@ -245,7 +245,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
             out.clear();
             // Until something is queued again, pushes write to the socket themselves.
             pump.idle();
-            if let Flow::End(_) = pump.fill(&mut out).await {
+            if let Flow::End = pump.fill(&mut out).await {
                 // The last bytes (a `retry:` hint) get a while to go out, even to a client
                 // that stopped reading.
                 let _ = tokio::time::timeout(LAST_WRITE, write_all(&stream, &out)).await;

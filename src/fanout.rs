@@ -52,9 +52,20 @@ pub(crate) type Queue = Sender<Batch>;
 /// the position reached. The thread ends when every [`Queue`] is dropped.
 pub(crate) fn spawn(done: impl Fn(Outcome, EventId) + Send + 'static) -> std::io::Result<Queue> {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new().name("ssegate-fanout".into()).spawn(move || run(&rx, &done))?;
+    std::thread::Builder::new().name("ssegate-fanout".into()).spawn(move || {
+        // A little below the runtime's workers: when the cores are busy, a request (a health
+        // check, a new client's welcome) goes before the rest of a large fan-out, which only
+        // finishes a little later. On Linux the nice value is per thread.
+        if let Err(e) = rustix::process::setpriority_process(None, FANOUT_NICE) {
+            tracing::debug!(error = %e, "could not lower the fan-out thread's priority");
+        }
+        run(&rx, &done)
+    })?;
     Ok(tx)
 }
+
+/// The fan-out thread's nice value (the runtime's workers keep 0).
+const FANOUT_NICE: i32 = 10;
 
 /// How many batches waiting together are written as one group.
 const GROUP: usize = 64;

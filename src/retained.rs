@@ -215,7 +215,7 @@ pub struct Store {
 }
 
 impl Default for Store {
-    /// A store with the default `--max-state-bytes` (1 MiB).
+    /// A store with a 1 MiB state limit (the hub uses `--max-state-bytes`).
     fn default() -> Self {
         Store::new(1 << 20)
     }

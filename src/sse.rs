@@ -141,8 +141,8 @@ pub(crate) async fn open(hub: &Hub, raw_query: Option<&str>, last_event_id: Opti
 pub(crate) enum Flow {
     /// More may follow.
     More,
-    /// The stream ends (after what was rendered), for this reason.
-    End(CloseReason),
+    /// The stream ends (after what was rendered).
+    End,
 }
 
 /// Renders a client's queue as SSE, whatever carries the bytes.
@@ -196,7 +196,7 @@ impl Pump {
     pub(crate) async fn fill(&mut self, out: &mut BytesMut) -> Flow {
         let (client, hub) = (self.conn.client(), self.conn.hub());
         if self.items.is_empty() && !self.shaper.next(hub, client, &mut self.batch, &mut self.items).await {
-            return Flow::End(client.close_reason().unwrap_or(CloseReason::Kicked));
+            return Flow::End;
         }
         let mut end = None;
         // At most about one chunk is rendered at a time: a long queue (or large events) goes
@@ -232,7 +232,7 @@ impl Pump {
             client.wrote(now_ms());
         }
         match end {
-            Some(reason) => Flow::End(reason),
+            Some(_) => Flow::End,
             None => Flow::More,
         }
     }
@@ -257,7 +257,28 @@ pub async fn stream(
     let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let opened = open(&hub, raw.as_deref(), header_id).await?;
     let kill = conn_handle.map(|h| h.0);
+    // A client the hub closed for a full queue is cut 5 s later even if the stream is never
+    // polled again (a peer that does not read leaves the body waiting on the socket). The
+    // watcher ends with the stream: dropping the body drops `ended`'s guard.
+    let ended = tokio_util::sync::CancellationToken::new();
+    if let Some(k) = kill.clone() {
+        let client = opened.conn.client().clone();
+        let ended = ended.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = client.closed() => {
+                    if client.close_reason() == Some(CloseReason::Overflow) {
+                        k.kill_after(OVERFLOW_GRACE);
+                    }
+                }
+                _ = ended.cancelled() => {}
+                _ = k.killed() => {}
+            }
+        });
+    }
+    let ended = ended.drop_guard();
     let body = async_stream::stream! {
+        let _ended = ended;
         let (mut pump, first) = Pump::new(opened);
         yield Ok::<_, Infallible>(first);
         let mut buf = BytesMut::new();
@@ -266,12 +287,7 @@ pub async fn stream(
             if !buf.is_empty() {
                 yield Ok(buf.split().freeze());
             }
-            if let Flow::End(reason) = flow {
-                if reason == CloseReason::Overflow {
-                    if let Some(k) = &kill {
-                        k.kill_after(OVERFLOW_GRACE);
-                    }
-                }
+            if let Flow::End = flow {
                 break;
             }
         }

@@ -70,7 +70,7 @@ async fn a_copy_bomb_is_refused_and_memory_stays_flat() {
     }
     let grew_kib = s.rss_kib().saturating_sub(before);
     println!("RSS grew by {grew_kib} KiB");
-    assert!(grew_kib < 32 * 1024, "RSS grew by {grew_kib} KiB under 20 copy bombs (the state limit is 1 MiB)");
+    assert!(grew_kib < 32 * 1024, "RSS grew by {grew_kib} KiB under 20 copy bombs (the state limit is 256 KiB)");
     assert_eq!(state_of(&s, "bomb").await, (1, state), "the state is unchanged");
     nothing_before_marker(&s, &mut watcher, "bomb").await;
     assert_eq!(s.get_json("/healthz").await.0, 200);
