@@ -7,22 +7,8 @@
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
-use indexmap::IndexMap;
-use uuid::Uuid;
-
 use crate::client::{Client, Frames, Push};
 use crate::event::{Event, EventId};
-
-/// The subscribers of one topic or pattern, shared with the hub's index (copy on write).
-pub(crate) type Set = Arc<IndexMap<Uuid, Arc<Client>>>;
-
-/// Who receives a run.
-pub(crate) enum Receivers {
-    /// The subscriber sets of the topic and of the patterns matching it.
-    Sets(Vec<Set>),
-    /// Clients by id, or everyone.
-    Clients(Vec<Arc<Client>>),
-}
 
 /// A run of events that go to the same receivers, collected under the hub's lock.
 pub(crate) struct Run {
@@ -30,7 +16,7 @@ pub(crate) struct Run {
     pub events: Vec<Arc<Event>>,
     /// Who receives them; a client matched through several subscriptions may appear more than
     /// once (the round tells).
-    pub receivers: Receivers,
+    pub receivers: Vec<Arc<Client>>,
     /// The dispatch round, for delivering once to a client listed several times.
     pub round: u64,
     /// For a run of plain events on one topic: the topic and the subscription generation it was
@@ -126,43 +112,21 @@ fn merge(batches: Vec<Batch>) -> Vec<Run> {
 /// (see [`Client::warm`]), so a large fan-out waits on memory once per group rather than once
 /// per client.
 fn write(run: &Run, out: &mut Outcome) {
-    let frames = Frames::default();
-    let mut deliver = |c: &Arc<Client>| {
-        if !c.first_in_round(run.round) {
-            return;
-        }
-        let (delivered, push) = c.push_events(&run.events, &frames);
-        match push {
-            Push::Queued => out.delivered += delivered,
-            Push::Conflated => out.conflated += 1,
-            Push::Overflowed => out.overflowed.push(c.clone()),
-            Push::Closed => {}
-        }
-    };
-    match &run.receivers {
-        Receivers::Sets(sets) => {
-            for set in sets {
-                in_groups(set.values(), &mut deliver);
-            }
-        }
-        Receivers::Clients(clients) => in_groups(clients.iter(), &mut deliver),
-    }
-}
-
-/// Calls `f` on each client, a group of 16 at a time, warming the group first.
-fn in_groups<'a>(mut clients: impl Iterator<Item = &'a Arc<Client>>, f: &mut impl FnMut(&Arc<Client>)) {
     const GROUP: usize = 16;
-    let mut group: [Option<&Arc<Client>>; GROUP] = [None; GROUP];
-    loop {
-        let mut n = 0;
-        for c in clients.by_ref().take(GROUP) {
-            c.warm();
-            group[n] = Some(c);
-            n += 1;
-        }
-        group[..n].iter().flatten().for_each(|c| f(c));
-        if n < GROUP {
-            return;
+    let frames = Frames::default();
+    for group in run.receivers.chunks(GROUP) {
+        group.iter().for_each(|c| c.warm());
+        for c in group {
+            if !c.first_in_round(run.round) {
+                continue;
+            }
+            let (delivered, push) = c.push_events(&run.events, &frames);
+            match push {
+                Push::Queued => out.delivered += delivered,
+                Push::Conflated => out.conflated += 1,
+                Push::Overflowed => out.overflowed.push(c.clone()),
+                Push::Closed => {}
+            }
         }
     }
 }

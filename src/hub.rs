@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
-use indexmap::IndexSet;
+use indexmap::{IndexMap, IndexSet};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -182,10 +182,7 @@ fn info<'a>(client: &Client, subs: impl IntoIterator<Item = &'a Pattern>) -> Cli
     }
 }
 
-/// The subscribers of one topic or pattern. Shared, copy on write: a fan-out takes the set with
-/// one reference count rather than one per client, and a subscription made while a fan-out still
-/// holds it copies the set once.
-type Subscribers = crate::fanout::Set;
+type Subscribers = IndexMap<Uuid, Arc<Client>>;
 
 struct State {
     clients: HashMap<Uuid, Entry>,
@@ -223,7 +220,7 @@ impl State {
             p => self.patterns.entry(p),
         };
         if let Some(set) = set {
-            Arc::make_mut(set).insert(id, client);
+            set.insert(id, client);
         }
     }
 
@@ -231,7 +228,7 @@ impl State {
         match pattern {
             Pattern::Exact(t) => {
                 if let Some(set) = self.exact.get_mut(&**t) {
-                    Arc::make_mut(set).swap_remove(id);
+                    set.swap_remove(id);
                     if set.is_empty() {
                         self.exact.remove(&**t);
                     }
@@ -239,7 +236,7 @@ impl State {
             }
             p => {
                 if let Some(set) = self.patterns.get_mut(p) {
-                    Arc::make_mut(set).swap_remove(id);
+                    set.swap_remove(id);
                     if set.is_empty() {
                         self.patterns.remove(p);
                     }
@@ -514,27 +511,21 @@ impl State {
             rest = after;
             self.round += 1;
             self.head = self.head.max(events[events.len() - 1].id);
-            let receivers = match &ev.draft.audience {
+            let mut receivers = Vec::new();
+            match &ev.draft.audience {
                 Audience::Topic => {
-                    let mut sets = Vec::new();
                     if let Some(topic) = ev.topic() {
-                        if let Some(set) = self.exact.get(topic) {
-                            sets.push(set.clone());
-                        }
-                        self.patterns.matching(topic, |set| sets.push(set.clone()));
+                        self.each_subscriber(topic, |c| receivers.push(c.clone()));
                     }
-                    if sets.is_empty() {
-                        continue;
-                    }
-                    crate::fanout::Receivers::Sets(sets)
                 }
-                Audience::Clients(ids) => crate::fanout::Receivers::Clients(
-                    ids.iter().filter_map(|id| self.clients.get(id)).map(|e| e.client.clone()).collect(),
-                ),
-                Audience::All => {
-                    crate::fanout::Receivers::Clients(self.clients.values().map(|e| e.client.clone()).collect())
+                Audience::Clients(ids) => {
+                    receivers.extend(ids.iter().filter_map(|id| self.clients.get(id)).map(|e| e.client.clone()));
                 }
-            };
+                Audience::All => receivers.extend(self.clients.values().map(|e| e.client.clone())),
+            }
+            if receivers.is_empty() {
+                continue;
+            }
             runs.push(crate::fanout::Run {
                 events: events.to_vec(),
                 receivers,
