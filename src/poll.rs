@@ -56,13 +56,13 @@ pub struct Sessions {
 #[derive(Default)]
 struct Table {
     map: HashMap<Uuid, Arc<Session>>,
-    per_address: HashMap<IpAddr, usize>,
+    per_address: crate::server::PerAddress,
 }
 
 impl Table {
     fn insert(&mut self, session: Arc<Session>) {
         if let Some(a) = session.address {
-            *self.per_address.entry(a).or_default() += 1;
+            self.per_address.add(a);
         }
         if let Some(old) = self.map.insert(session.conn.client().id(), session) {
             self.forget(&old);
@@ -70,12 +70,8 @@ impl Table {
     }
 
     fn forget(&mut self, session: &Session) {
-        let Some(a) = session.address else { return };
-        if let Some(n) = self.per_address.get_mut(&a) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_address.remove(&a);
-            }
+        if let Some(a) = session.address {
+            self.per_address.remove(a);
         }
     }
 }
@@ -122,7 +118,7 @@ impl Sessions {
     /// How many sessions there are in all, and from `address`.
     fn counts(&self, address: Option<IpAddr>) -> (usize, usize) {
         let t = self.lock();
-        (t.map.len(), address.and_then(|a| t.per_address.get(&a).copied()).unwrap_or(0))
+        (t.map.len(), address.map_or(0, |a| t.per_address.get(a)))
     }
 }
 

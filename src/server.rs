@@ -88,33 +88,52 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// How many of something (connections, long-poll sessions) each source address holds.
+#[derive(Debug, Default)]
+pub(crate) struct PerAddress(HashMap<IpAddr, usize>);
+
+impl PerAddress {
+    /// Counts one more for `key`; returns how many it holds now.
+    pub(crate) fn add(&mut self, key: IpAddr) -> usize {
+        let n = self.0.entry(key).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Counts one less for `key`.
+    pub(crate) fn remove(&mut self, key: IpAddr) {
+        if let Some(n) = self.0.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(&key);
+            }
+        }
+    }
+
+    /// How many `key` holds.
+    pub(crate) fn get(&self, key: IpAddr) -> usize {
+        self.0.get(&key).copied().unwrap_or(0)
+    }
+}
+
 /// The number of open connections (in all and per source address), and a signal when it
 /// reaches zero.
 #[derive(Debug, Default)]
 struct Open {
     count: AtomicUsize,
     none: Notify,
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    per_address: Mutex<PerAddress>,
     refusing: AtomicUsize,
 }
 
 impl Open {
     /// Counts a connection from `key`; returns how many it has open now.
     fn add(&self, key: IpAddr) -> usize {
-        let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(key).or_default();
-        *n += 1;
-        *n
+        self.per_address.lock().unwrap_or_else(|e| e.into_inner()).add(key)
     }
 
     fn remove(&self, key: IpAddr) {
-        let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&key);
-            }
-        }
+        self.per_address.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 
     async fn until_none(&self) {
