@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::client::{Client, Frames, Push};
 use crate::event::{Event, EventId};
+use crate::subscribers::Snapshot as Receivers;
 
 /// A run of events that go to the same receivers, collected under the hub's lock.
 pub(crate) struct Run {
@@ -16,7 +17,7 @@ pub(crate) struct Run {
     pub events: Vec<Arc<Event>>,
     /// Who receives them; a client matched through several subscriptions may appear more than
     /// once (the round tells).
-    pub receivers: Vec<Arc<Client>>,
+    pub receivers: Receivers,
     /// The dispatch round, for delivering once to a client listed several times.
     pub round: u64,
     /// For a run of plain events on one topic: the topic and the subscription generation it was
@@ -114,7 +115,7 @@ fn merge(batches: Vec<Batch>) -> Vec<Run> {
 fn write(run: &Run, out: &mut Outcome) {
     const GROUP: usize = 16;
     let frames = Frames::default();
-    for group in run.receivers.chunks(GROUP) {
+    for group in run.receivers.groups(GROUP) {
         group.iter().for_each(|c| c.warm());
         for c in group {
             if !c.first_in_round(run.round) {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
-use indexmap::{IndexMap, IndexSet};
+use indexmap::IndexSet;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -23,6 +23,7 @@ use crate::persist::{Saved, SavedTopic};
 use crate::retained::{Follow, Prepared, Snapshot, Store};
 use crate::rpc::{HttpRpc, RpcHandler};
 use crate::topic::{validate_topic, Pattern};
+use crate::subscribers::{Snapshot as Receivers, Subscribers};
 use crate::trie::PatternTrie;
 
 /// Event names the gateway itself sends; publishers may not use them.
@@ -182,10 +183,11 @@ fn info<'a>(client: &Client, subs: impl IntoIterator<Item = &'a Pattern>) -> Cli
     }
 }
 
-type Subscribers = IndexMap<Uuid, Arc<Client>>;
 
 struct State {
     clients: HashMap<Uuid, Entry>,
+    /// Every client again, as a set the fan-out and the heartbeat can take a snapshot of.
+    everyone: Subscribers,
     /// Subscribers of each exact topic.
     exact: HashMap<Arc<str>, Subscribers>,
     /// Subscribers of each wildcard pattern, found by the topic's segments: matching costs the
@@ -207,11 +209,13 @@ struct State {
 impl State {
     /// Calls `f` for each subscription to `topic`, exact or by pattern (a client subscribed both
     /// ways comes twice: dispatch rounds tell).
-    fn each_subscriber(&self, topic: &str, mut f: impl FnMut(&Arc<Client>)) {
+    fn subscribers(&self, topic: &str) -> Receivers {
+        let mut all = Receivers::default();
         if let Some(set) = self.exact.get(topic) {
-            visit(set, &mut f);
+            all.extend(set);
         }
-        self.patterns.matching(topic, |set| visit(set, &mut f));
+        self.patterns.matching(topic, |set| all.extend(set));
+        all
     }
 
     fn index(&mut self, pattern: &Pattern, id: Uuid, client: Arc<Client>) {
@@ -228,7 +232,7 @@ impl State {
         match pattern {
             Pattern::Exact(t) => {
                 if let Some(set) = self.exact.get_mut(&**t) {
-                    set.swap_remove(id);
+                    set.remove(id);
                     if set.is_empty() {
                         self.exact.remove(&**t);
                     }
@@ -236,7 +240,7 @@ impl State {
             }
             p => {
                 if let Some(set) = self.patterns.get_mut(p) {
-                    set.swap_remove(id);
+                    set.remove(id);
                     if set.is_empty() {
                         self.patterns.remove(p);
                     }
@@ -247,6 +251,7 @@ impl State {
 
     fn remove(&mut self, id: &Uuid) -> Option<Entry> {
         let entry = self.clients.remove(id)?;
+        self.everyone.remove(id);
         self.generation += 1;
         for p in &entry.subs {
             self.unindex(p, id);
@@ -361,7 +366,7 @@ impl Dispatch for Shared {
                 continue;
             }
             // Its subscribers get the new state in place of the changes they missed.
-            st.each_subscriber(&topic, |c| resync.push((c.clone(), topic.clone())));
+            resync.extend(st.subscribers(&topic).iter().map(|c| (c.clone(), topic.clone())));
         }
         drop(st);
         for (c, topic) in resync {
@@ -399,8 +404,8 @@ impl Dispatch for Shared {
 impl Shared {
     /// Closes every client connected here.
     fn close_all(&self, reason: CloseReason) {
-        let clients: Vec<Arc<Client>> = lock(&self.state).clients.values().map(|e| e.client.clone()).collect();
-        for c in clients {
+        let clients = lock(&self.state).everyone.snapshot();
+        for c in clients.iter() {
             c.close(reason);
         }
     }
@@ -511,18 +516,13 @@ impl State {
             rest = after;
             self.round += 1;
             self.head = self.head.max(events[events.len() - 1].id);
-            let mut receivers = Vec::new();
-            match &ev.draft.audience {
-                Audience::Topic => {
-                    if let Some(topic) = ev.topic() {
-                        self.each_subscriber(topic, |c| receivers.push(c.clone()));
-                    }
-                }
+            let receivers = match &ev.draft.audience {
+                Audience::Topic => ev.topic().map(|topic| self.subscribers(topic)).unwrap_or_default(),
                 Audience::Clients(ids) => {
-                    receivers.extend(ids.iter().filter_map(|id| self.clients.get(id)).map(|e| e.client.clone()));
+                    Receivers::of(ids.iter().filter_map(|id| self.clients.get(id)).map(|e| e.client.clone()).collect())
                 }
-                Audience::All => receivers.extend(self.clients.values().map(|e| e.client.clone())),
-            }
+                Audience::All => self.everyone.snapshot(),
+            };
             if receivers.is_empty() {
                 continue;
             }
@@ -535,27 +535,6 @@ impl State {
         }
         // The writer lives as long as the hub; if it is gone, so is everyone to write to.
         let _ = writer.send(crate::fanout::Batch { runs, head: self.head });
-    }
-}
-
-/// Calls `f` on every client of `set`, a run at a time: each run is warmed first (see
-/// [`Client::warm`]), so that a large fan-out waits on memory once per run rather than once per
-/// client.
-fn visit(set: &Subscribers, f: &mut impl FnMut(&Arc<Client>)) {
-    const RUN: usize = 16;
-    let mut clients = set.values();
-    let mut run: [Option<&Arc<Client>>; RUN] = [None; RUN];
-    loop {
-        let mut n = 0;
-        for c in clients.by_ref().take(RUN) {
-            c.warm();
-            run[n] = Some(c);
-            n += 1;
-        }
-        run[..n].iter().flatten().for_each(|c| f(c));
-        if n < RUN {
-            return;
-        }
     }
 }
 
@@ -657,6 +636,7 @@ impl Hub {
                 broker,
                 state: Mutex::new(State {
                     clients: HashMap::new(),
+                    everyone: Subscribers::default(),
                     exact: HashMap::new(),
                     patterns: PatternTrie::default(),
                     round: 0,
@@ -764,6 +744,7 @@ impl Hub {
                 return None;
             }
             st.clients.insert(id, Entry { client: client.clone(), subs: IndexSet::new() });
+            st.everyone.insert(id, client.clone());
             // Cannot fail: the client was just inserted, and the transports check the number of
             // patterns a request names (`api::parse_patterns`) before they connect.
             let _ = st.subscribe(&id, &subs, u64::MAX);
@@ -1060,9 +1041,9 @@ async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
         let now = now_ms();
         let quiet_since = now.saturating_sub(every.as_millis() as u64);
         let dead_since = now.saturating_sub(shared.config.ws_timeout().as_millis() as u64);
-        let clients: Vec<Arc<Client>> = lock(&shared.state).clients.values().map(|e| e.client.clone()).collect();
+        let clients = lock(&shared.state).everyone.snapshot();
         let mut sent = 0;
-        for c in clients {
+        for c in clients.iter() {
             let queued = match c.transport() {
                 Transport::Sse => c.idle_since(quiet_since) && c.push_heartbeat(false),
                 Transport::Ws if c.last_heard_ms() < dead_since => {
