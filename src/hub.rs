@@ -22,8 +22,8 @@ use crate::metrics::{Metrics, TransportLabel};
 use crate::persist::{Saved, SavedTopic};
 use crate::retained::{Follow, Prepared, Snapshot, Store};
 use crate::rpc::{HttpRpc, RpcHandler};
-use crate::topic::{validate_topic, Pattern};
 use crate::subscribers::{Snapshot as Receivers, Subscribers};
+use crate::topic::{validate_topic, Pattern};
 use crate::trie::PatternTrie;
 
 /// Event names the gateway itself sends; publishers may not use them.
@@ -182,7 +182,6 @@ fn info<'a>(client: &Client, subs: impl IntoIterator<Item = &'a Pattern>) -> Cli
         connected_at: client.connected_at_ms(),
     }
 }
-
 
 struct State {
     clients: HashMap<Uuid, Entry>,
