@@ -69,6 +69,7 @@ pub mod rpc;
 pub mod server;
 pub mod snapshot;
 pub mod sse;
+pub(crate) mod linger;
 pub(crate) mod subscribers;
 pub mod topic;
 pub(crate) mod trie;
