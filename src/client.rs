@@ -67,6 +67,13 @@ pub enum CloseReason {
     Timeout,
     /// The peer sent a frame over the size limit.
     TooLarge,
+    /// The peer closed its WebSocket with a close frame, which has been answered.
+    Answered,
+    /// The peer broke the WebSocket protocol (reserved bits or opcodes, an unmasked frame, a bad
+    /// close frame, a control frame fragmented or too long, …).
+    Protocol,
+    /// The peer sent WebSocket text that is not UTF-8.
+    InvalidData,
 }
 
 /// What the hub asks a transport to send.

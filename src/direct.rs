@@ -323,6 +323,7 @@ pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     }
     drop(out);
     let limit = hub.config().max_body_bytes;
+    let socket = stream.clone();
     ws::session(hub, setup, Some(handle), |hub, client| {
         client.write_directly(stream.clone(), Wire::Ws);
         let messages = Box::pin(ws::socket_messages(&hub, stream.clone(), client.clone(), early, limit));
@@ -334,5 +335,9 @@ pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
         (messages, writer)
     })
     .await;
-    // The session has unregistered the client; dropping the socket closes it.
+    // The session has unregistered the client. The server closes TCP first (RFC 6455 §7.1.1),
+    // then lets the peer's last bytes (its answer to a close) arrive before the socket goes.
+    if !kill.is_cancelled() {
+        crate::linger::linger(&socket, ws::CLOSE_WAIT, crate::linger::LINGER_BYTES).await;
+    }
 }

@@ -35,6 +35,8 @@ use crate::topic::Pattern;
 mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
@@ -44,6 +46,10 @@ const RPC_IN_FLIGHT: usize = 16;
 
 /// How long a closed client's writer may take to send its close frame before the socket is cut.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the gateway waits for the peer's answer to a close frame it sent, and then for the
+/// peer to close TCP, before it closes the connection itself.
+pub(crate) const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a session starts with, read from the upgrade request.
 #[derive(Debug, Default)]
@@ -188,6 +194,7 @@ where
     client.insert_at(conn.head(), first);
 
     let (mut stream, writer) = io(hub.clone(), client.clone());
+    tokio::pin!(writer);
     let mut rpcs = JoinSet::new();
     let killed = async {
         match &handle {
@@ -195,20 +202,88 @@ where
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(killed);
     // Once the hub has closed the client, the writer has a grace period to send the close frame;
     // a peer that does not read keeps it blocked, and is then cut.
     let closed_for_good = async {
         client.closed().await;
         tokio::time::sleep(CLOSE_GRACE).await;
     };
-    tokio::select! {
-        _ = writer => {}
-        _ = read_loop(&conn, &mut stream, setup.can_publish, &mut rpcs) => {}
-        _ = killed => {}
-        _ = closed_for_good => {}
-    }
+    let ended = {
+        let reading = read_loop(&conn, &mut stream, setup.can_publish, &mut rpcs);
+        tokio::select! {
+            _ = &mut writer => Ended::Written,
+            ending = reading => Ended::Read(ending),
+            _ = &mut killed => Ended::Cut,
+            _ = closed_for_good => Ended::Cut,
+        }
+    };
     // Requests still waiting on the backend end with the session.
     rpcs.abort_all();
+    // The closing handshake (RFC 6455 §7): a close is answered with a close, and the server
+    // closes TCP once both are sent (the caller does, after this returns).
+    let closing = async {
+        match ended {
+            // The peer went away, or the connection is cut: nobody to close with.
+            Ended::Cut | Ended::Read(Ending::Gone) => {}
+            // The peer closed: the writer sends what is queued up to the answer, then ends.
+            Ended::Read(Ending::Closed) => {
+                client.close(CloseReason::Answered);
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+            }
+            // The peer broke the protocol: it gets the close code that says how, and then a
+            // moment to answer it.
+            Ended::Read(Ending::Failed(reason)) => {
+                client.close(reason);
+                if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_ok() {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, answer_to_close(&mut stream)).await;
+                }
+            }
+            // The writer sent the hub's close frame (or failed): the peer's answer is awaited.
+            Ended::Written => {
+                if client.close_reason().is_some_and(|r| close_of(r).is_some()) {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, answer_to_close(&mut stream)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = closing => {}
+        _ = &mut killed => {}
+    }
+}
+
+/// How the first part of a session ended.
+enum Ended {
+    /// The writer ended: it sent the close frame of the hub's close, or the socket failed.
+    Written,
+    /// The reader ended.
+    Read(Ending),
+    /// The connection is cut, or a closed client's writer could not finish in time.
+    Cut,
+}
+
+/// Why the reader stopped.
+enum Ending {
+    /// The peer sent a close frame.
+    Closed,
+    /// The peer broke the protocol or a limit: it is closed for this reason.
+    Failed(CloseReason),
+    /// The connection ended or failed without a close frame.
+    Gone,
+}
+
+/// Reads (and ignores) the peer's frames until its close frame or the end of the connection:
+/// after the gateway's close frame, nothing the peer sends is acted on.
+async fn answer_to_close<R>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    while let Some(Ok(msg)) = stream.next().await {
+        if let Message::Close(_) = msg {
+            return;
+        }
+    }
 }
 
 /// The close code and reason the peer gets, if it is still there to read them.
@@ -218,8 +293,13 @@ fn close_of(reason: CloseReason) -> Option<(u16, &'static str)> {
         CloseReason::Overflow => (close::TRY_AGAIN_LATER, "too slow: reconnect and resume from your last event id"),
         CloseReason::Kicked => (close::NORMAL, "disconnected by the backend"),
         CloseReason::TooLarge => (close::TOO_BIG, "frame over the size limit"),
+        CloseReason::Protocol => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
+        CloseReason::InvalidData => (close::INVALID_DATA, "text frames must be UTF-8"),
         // The peer is gone: nothing would read a close frame.
         CloseReason::Timeout => return None,
+        // The answer to the peer's close is sent by the WebSocket library (see `write_loop` and
+        // `socket_messages`).
+        CloseReason::Answered => return None,
     })
 }
 
@@ -249,8 +329,10 @@ where
                 // are only queued for a connection on its socket.
                 Outbound::Resync(_) | Outbound::Resume(_) | Outbound::Raw(_) => {}
                 Outbound::Close(reason) => {
-                    if let Some(frame) = close_frame(reason) {
-                        sink.send(Message::Close(Some(frame))).await?;
+                    match close_frame(reason) {
+                        Some(frame) => sink.send(Message::Close(Some(frame))).await?,
+                        // The library answers the peer's close itself, on the next flush.
+                        None => sink.flush().await?,
                     }
                     return Ok(());
                 }
@@ -401,6 +483,11 @@ pub(crate) fn socket_messages(
             // spends from the task's cooperative budget, which yields to other tasks when spent.
             tokio::task::consume_budget().await;
             let read = ws.read();
+            if matches!(read, Ok(tungstenite::Message::Close(_))) {
+                // The answer to a close is written on the next read or flush: now, so that it is
+                // queued before the client is closed.
+                let _ = ws.flush();
+            }
             let answers = std::mem::take(&mut ws.get_mut().answers);
             if !answers.is_empty() {
                 client.push(Outbound::Raw(answers.into()));
@@ -430,24 +517,31 @@ pub(crate) fn socket_messages(
     }
 }
 
-/// Whether a receive error is a frame over the size limit.
-fn too_large(e: &axum::Error) -> bool {
+/// What a receive error says about the peer: the reason it is closed for, if it broke the
+/// protocol or a limit; `None` if the connection just failed.
+fn failure(e: &axum::Error) -> Option<CloseReason> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         match err.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => return true,
+            Some(tungstenite::Error::Capacity(_)) => return Some(CloseReason::TooLarge),
             Some(tungstenite::Error::Io(io)) if io.get_ref().is_some_and(|e| e.is::<UnfinishedOverBudget>()) => {
-                return true
+                return Some(CloseReason::TooLarge)
             }
+            // The peer dropped TCP: nothing to close with.
+            Some(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+                return None
+            }
+            Some(tungstenite::Error::Protocol(_)) => return Some(CloseReason::Protocol),
+            Some(tungstenite::Error::Utf8(_)) => return Some(CloseReason::InvalidData),
             _ => {}
         }
         source = err.source();
     }
-    false
+    None
 }
 
-/// Takes the client's frames until it leaves.
-async fn read_loop<R>(conn: &Connection, stream: &mut R, can_publish: bool, rpcs: &mut JoinSet<()>)
+/// Takes the client's frames until it closes, breaks the protocol or leaves.
+async fn read_loop<R>(conn: &Connection, stream: &mut R, can_publish: bool, rpcs: &mut JoinSet<()>) -> Ending
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -462,18 +556,14 @@ where
                 client.push(error_frame(None, "invalid_frame", "binary frames are not supported: send JSON text"));
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
-            Ok(Message::Close(_)) => return,
-            Err(e) if too_large(&e) => {
-                client.close(CloseReason::TooLarge);
-                // The writer sends the close frame and ends the session.
-                return std::future::pending().await;
-            }
+            Ok(Message::Close(_)) => return Ending::Closed,
             Err(e) => {
                 tracing::debug!(client_id = %client.id(), error = %e, "websocket read failed");
-                return;
+                return failure(&e).map_or(Ending::Gone, Ending::Failed);
             }
         }
     }
+    Ending::Gone
 }
 
 /// The fields every client frame may have.
