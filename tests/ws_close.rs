@@ -523,7 +523,8 @@ async fn reserved_opcodes_get_1002(path: Path) {
 
 async fn fragmented_control_frame_gets_1002(path: Path) {
     let server = TestServer::start().await;
-    let frames = vec![masked(Frame::new(PING, b"fragment1").fin(false)), masked(Frame::new(CONTINUATION, b"fragment2"))];
+    let frames =
+        vec![masked(Frame::new(PING, b"fragment1").fin(false)), masked(Frame::new(CONTINUATION, b"fragment2"))];
     let r = closes_with(&server, path, frames, &[1002]).await;
     check(path, vec![("a ping without FIN".into(), r)]);
 }
@@ -538,7 +539,10 @@ async fn control_frame_over_125_bytes_gets_1002(path: Path) {
             payload[2..].fill(b'a');
         }
         let frames = vec![masked(Frame::new(opcode, &payload))];
-        results.push((format!("a {} frame of 126 bytes", opcode_name(opcode)), closes_with(&server, path, frames, &[1002]).await));
+        results.push((
+            format!("a {} frame of 126 bytes", opcode_name(opcode)),
+            closes_with(&server, path, frames, &[1002]).await,
+        ));
     }
     check(path, results);
 }
@@ -573,10 +577,12 @@ async fn text_not_utf8_across_fragments_gets_1007(path: Path) {
         masked(Frame::new(CONTINUATION, b"\xf4\x90\x80\x80").fin(false)),
         masked(Frame::new(CONTINUATION, b"edited")),
     ];
-    results.push(("a text message invalid in its 2nd fragment".into(), closes_with(&server, path, frames, &[1007]).await));
+    results
+        .push(("a text message invalid in its 2nd fragment".into(), closes_with(&server, path, frames, &[1007]).await));
     // A truncated code point at the end of the message.
     let frames = vec![masked(Frame::new(TEXT, b"{\"a\":\"").fin(false)), masked(Frame::new(CONTINUATION, b"\xe2\x82"))];
-    results.push(("a text message ending inside a code point".into(), closes_with(&server, path, frames, &[1007]).await));
+    results
+        .push(("a text message ending inside a code point".into(), closes_with(&server, path, frames, &[1007]).await));
     check(path, results);
 
     // A code point split across fragments is valid: the message is taken (the ping is acked).
@@ -595,11 +601,15 @@ async fn continuation_without_start_gets_1002(path: Path) {
     let mut results = Vec::new();
     for fin in [true, false] {
         let frames = vec![masked(Frame::new(CONTINUATION, b"nothing to continue").fin(fin))];
-        results.push((format!("a continuation frame (fin {fin}) first"), closes_with(&server, path, frames, &[1002]).await));
+        results.push((
+            format!("a continuation frame (fin {fin}) first"),
+            closes_with(&server, path, frames, &[1002]).await,
+        ));
     }
     // After a whole message, there is nothing to continue either.
     let frames = vec![masked(Frame::new(TEXT, br#"{"type":"ping"}"#)), masked(Frame::new(CONTINUATION, b"more"))];
-    results.push(("a continuation frame after a whole message".into(), closes_with(&server, path, frames, &[1002]).await));
+    results
+        .push(("a continuation frame after a whole message".into(), closes_with(&server, path, frames, &[1002]).await));
     check(path, results);
 }
 
@@ -634,7 +644,10 @@ async fn message_over_the_limit_gets_1009(path: Path) {
         masked(Frame::new(CONTINUATION, &third).fin(false)),
         masked(Frame::new(CONTINUATION, &third)),
     ];
-    results.push((format!("a text message of 4 fragments of {} bytes", third.len()), closes_with(&server, path, frames, &[1009]).await));
+    results.push((
+        format!("a text message of 4 fragments of {} bytes", third.len()),
+        closes_with(&server, path, frames, &[1009]).await,
+    ));
     // Only the header of a huge frame: the gateway need not wait for its payload.
     let mut header = masked(Frame::new(TEXT, b""));
     header[1] = 0x80 | 127;
@@ -651,7 +664,10 @@ async fn ping_gets_pong_with_its_payload(path: Path) {
         ws.send(Frame::new(PING, payload)).await;
         match ws.next_control(Instant::now() + BOUND).await {
             Read::Frame(f) if f.opcode == PONG && f.fin && f.payload == payload => {}
-            other => panic!("[{path:?}] a ping with {} bytes: expected a pong with the same payload, got {other}", payload.len()),
+            other => panic!(
+                "[{path:?}] a ping with {} bytes: expected a pong with the same payload, got {other}",
+                payload.len()
+            ),
         }
     }
     // An unsolicited pong gets nothing; the connection stays open.
@@ -718,7 +734,9 @@ async fn expect_text(ws: &mut Raw) -> Value {
     let deadline = Instant::now() + BOUND;
     loop {
         match ws.read(deadline.saturating_duration_since(Instant::now())).await {
-            Read::Frame(f) if f.opcode == TEXT => return serde_json::from_slice(&f.payload).expect("a JSON text frame"),
+            Read::Frame(f) if f.opcode == TEXT => {
+                return serde_json::from_slice(&f.payload).expect("a JSON text frame")
+            }
             Read::Frame(f) if f.opcode == PING => ws.send(Frame::new(PONG, &f.payload)).await,
             Read::Frame(f) if f.opcode == PONG => continue,
             other => panic!("[{:?}] expected a text frame, got {other}", ws.path),
