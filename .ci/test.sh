@@ -23,6 +23,15 @@ cargo clippy --release --all-targets --locked -- -D warnings
 cargo build --release --locked
 cargo test --release --locked
 
+# WebSocket conformance: Autobahn|Testsuite's fuzzingclient against /ws, when a Python 2.7 is
+# there (the script says so and skips otherwise; tests/ws_close.rs covers the same paths). About a
+# minute, most of it waiting on echo cases' timers.
+if [[ ${SSEGATE_SKIP_AUTOBAHN:-0} == 1 ]]; then
+  echo "autobahn: skipped (SSEGATE_SKIP_AUTOBAHN=1)"
+else
+  bash tests/autobahn/run.sh
+fi
+
 # The browser client: unit tests under Node, then the demo in headless Chromium.
 (
   cd web
