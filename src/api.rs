@@ -357,10 +357,7 @@ pub async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Response {
     hub.metrics().history.set(hub.broker().history_len() as i64);
     let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
     let format = Format::negotiate((!accept.is_empty()).then(|| accept.join(",")).as_deref());
-    (
-        [(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")],
-        hub.metrics().render(format),
-    )
+    ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], hub.metrics().render(format))
         .into_response()
 }
 

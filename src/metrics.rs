@@ -205,7 +205,8 @@ fn openmetrics_to_prometheus(om: &str) -> String {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        let meta = line.strip_prefix("# HELP ").map(|r| ("HELP", r)).or(line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        let meta =
+            line.strip_prefix("# HELP ").map(|r| ("HELP", r)).or(line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
         if let Some((keyword, rest)) = meta {
             let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
             let kind = kinds.get(name).copied().unwrap_or("unknown");

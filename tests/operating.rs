@@ -18,7 +18,8 @@ async fn scrape(s: &TestServer, accept: Option<&str>) -> (String, String, String
     }
     let res = req.send().await.unwrap();
     assert_eq!(res.status(), 200);
-    let header = |name: &str| res.headers().get_all(name).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>().join(", ");
+    let header =
+        |name: &str| res.headers().get_all(name).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>().join(", ");
     let (kind, vary) = (header("content-type"), header("vary"));
     (kind, vary, res.text().await.unwrap())
 }
@@ -46,7 +47,10 @@ fn parse_prometheus(text: &str) -> HashMap<String, (String, Vec<(String, f64)>)>
                 // The 0.0.4 convention, and what the samples are called.
                 assert!(name.ends_with("_total"), "counter family {name} is named as its samples");
             }
-            assert!(families.insert(name.to_owned(), (kind.to_owned(), Vec::new())).is_none(), "a second TYPE for {name}");
+            assert!(
+                families.insert(name.to_owned(), (kind.to_owned(), Vec::new())).is_none(),
+                "a second TYPE for {name}"
+            );
         } else if !line.starts_with('#') && !line.is_empty() {
             let (series, value) = line.rsplit_once(' ').unwrap();
             let value: f64 = value.parse().unwrap_or_else(|_| panic!("a number in {line:?}"));
