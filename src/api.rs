@@ -19,6 +19,7 @@ use crate::broker::Command;
 use crate::error::ApiError;
 use crate::event::{now_ms, null_data, Audience, Draft, StateChange};
 use crate::hub::{Hub, PublishError};
+use crate::metrics::Format;
 use crate::retained::MAX_STATE_DEPTH;
 use crate::topic::{validate_topic, Pattern};
 
@@ -351,10 +352,12 @@ pub async fn readyz(State(hub): State<Hub>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text.
-pub async fn metrics(State(hub): State<Hub>) -> Response {
+/// `GET /metrics`: Prometheus text 0.0.4, or OpenMetrics for a scraper whose `Accept` asks for it.
+pub async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Response {
     hub.metrics().history.set(hub.broker().history_len() as i64);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], hub.metrics().render())
+    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let format = Format::negotiate((!accept.is_empty()).then(|| accept.join(",")).as_deref());
+    ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], hub.metrics().render(format))
         .into_response()
 }
 

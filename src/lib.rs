@@ -107,6 +107,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/demo/refresh", post(demo::refresh))
         .route("/", get(web::index))
+        .route("/favicon.ico", get(web::favicon))
         .route("/web/{file}", get(web::file))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

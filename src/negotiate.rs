@@ -31,7 +31,8 @@ pub struct Needs {
     pub realtime: bool,
     /// It wants them with little delay.
     pub low_latency: bool,
-    /// Server push alone suffices (the default unless the client says `server_push=false`).
+    /// Server push alone suffices. Absent means false, as in the seed's `selectUpdateStrategy`:
+    /// a real-time, low-latency client gets `ws` unless it says `server_push`.
     pub server_push: bool,
     /// An old browser or a locked-down network.
     pub legacy: bool,
@@ -40,8 +41,9 @@ pub struct Needs {
 }
 
 /// The transports to try, best first, by the decision matrix: bidirectional → ws; real-time and
-/// low latency → sse when server push suffices, else ws; legacy → long-poll then poll;
-/// otherwise sse. Each preference is followed by the next best fallbacks.
+/// low latency → sse when the client says server push suffices, else ws; legacy → long-poll then
+/// poll; otherwise sse. The first rule that applies decides; each preference is followed by the
+/// other transports as fallbacks (a legacy client's by `poll` only).
 pub fn preference(n: &Needs) -> &'static [Choice] {
     use Choice::*;
     let needs_ws = n.bidirectional || (n.realtime && n.low_latency && !n.server_push);
@@ -92,7 +94,7 @@ pub async fn negotiate(
     OriginalUri(uri): OriginalUri,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Negotiated>, ApiError> {
-    let mut needs = Needs { server_push: true, ..Needs::default() };
+    let mut needs = Needs::default();
     let mut topics = Vec::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match &*k {

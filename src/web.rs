@@ -1,6 +1,6 @@
 //! The browser side, compiled into the binary so it works from anywhere: the demo dashboard at
-//! `/` and the files under `/web/` (the client module `ssegate.js`, its type declarations, and the
-//! demo's script and styles).
+//! `/`, its icon at `/favicon.ico`, and the files under `/web/` (the client module `ssegate.js`,
+//! its type declarations, and the demo's script and styles).
 
 use axum::extract::Path;
 use axum::http::{header, HeaderValue};
@@ -30,6 +30,19 @@ fn serve(name: &str) -> Option<Response> {
 /// `GET /`: the demo dashboard.
 pub async fn index() -> Response {
     serve("index.html").unwrap_or_else(|| ApiError::not_found("not_found", "no demo page").into_response())
+}
+
+/// The gateway's icon: a 32×32 PNG, which every browser takes at `/favicon.ico`.
+const FAVICON: &[u8] = include_bytes!("../web/favicon.png");
+
+/// `GET /favicon.ico`: the icon browsers ask every site for (so the demo page logs no 404).
+pub async fn favicon() -> Response {
+    let mut res = FAVICON.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    // It changes with a new release at most: a day is short enough.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    res
 }
 
 /// `GET /web/{file}`.

@@ -9,7 +9,7 @@ const transports = params.get('transports')?.split(',').filter(Boolean);
 const client = connect({
   topics: ['demo/counters', 'demo/series'],
   ...(transports ? { transports } : {}),
-  flags: { realtime: true, low_latency: true },
+  flags: { realtime: true, low_latency: true, server_push: true },
 });
 
 // What the page has seen, for people and for the browser tests.

@@ -7,7 +7,7 @@ export interface Flags {
   bidirectional?: boolean;
   realtime?: boolean;
   low_latency?: boolean;
-  /** Defaults to true: server push alone suffices. */
+  /** Server push alone suffices; absent means false, so a realtime, low-latency client gets `ws` unless it says so. */
   server_push?: boolean;
   legacy?: boolean;
 }

@@ -21,7 +21,7 @@ const newer = (a, b) => {
 /** The contract's decision matrix, filtered to what the client supports. */
 export function decide(f = {}, transports = ALL) {
   const rt = flag(f.realtime) && flag(f.low_latency);
-  const order = flag(f.bidirectional) || (rt && f.server_push != null && !flag(f.server_push))
+  const order = flag(f.bidirectional) || (rt && !flag(f.server_push))
     ? ['ws', 'sse', 'long-poll', 'poll']
     : !rt && flag(f.legacy) ? ['long-poll', 'poll'] : ALL;
   return order.filter((t) => transports.includes(t));

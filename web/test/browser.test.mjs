@@ -70,9 +70,20 @@ async function start(args, listen) {
   return gw;
 }
 
+/** What each page logged as an error (uncaught exceptions, console errors, failed loads). */
+const errors = new WeakMap();
+
 async function open(url) {
   const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
-  page.on('pageerror', (e) => console.error('page error:', e));
+  const logged = [];
+  errors.set(page, logged);
+  page.on('pageerror', (e) => {
+    console.error('page error:', e);
+    logged.push(`page error: ${e}`);
+  });
+  page.on('console', (m) => {
+    if (m.type() === 'error') logged.push(`console error: ${m.text()} (${m.location().url})`);
+  });
   await page.goto(url);
   await page.waitForFunction(() => window.demo?.client?.status === 'open', null, { timeout: PATIENCE });
   return page;
@@ -104,6 +115,7 @@ test('the demo page connects, and its counters and chart follow published events
   // Let the demo publisher draw a few points, then keep a picture for the README.
   await page.waitForFunction(() => window.demo.seen.points >= 6, null, { timeout: PATIENCE });
   await page.screenshot({ path: join(here, '..', 'demo.png'), fullPage: true });
+  assert.deepEqual(errors.get(page), [], 'the demo page logs no error');
   await page.close();
 });
 

@@ -13,10 +13,11 @@ test('decide: every row of the decision matrix', () => {
   // bidirectional wins over every other flag
   assert.deepEqual(decide({ bidirectional: true, realtime: true, low_latency: true, legacy: true }, ALL), ['ws', 'sse', 'long-poll', 'poll']);
   assert.deepEqual(decide({ realtime: true, low_latency: true, server_push: false }, ALL), ['ws', 'sse', 'long-poll', 'poll']);
-  assert.deepEqual(decide({ realtime: true, low_latency: true }, ALL), ['sse', 'ws', 'long-poll', 'poll']);
+  assert.deepEqual(decide({ realtime: true, low_latency: true }, ALL), ['ws', 'sse', 'long-poll', 'poll']);
   assert.deepEqual(decide({ realtime: true, low_latency: true, server_push: true }, ALL), ['sse', 'ws', 'long-poll', 'poll']);
   // real-time and low latency come before legacy in the matrix
-  assert.deepEqual(decide({ realtime: true, low_latency: true, legacy: true }, ALL), ['sse', 'ws', 'long-poll', 'poll']);
+  assert.deepEqual(decide({ realtime: true, low_latency: true, legacy: true }, ALL), ['ws', 'sse', 'long-poll', 'poll']);
+  assert.deepEqual(decide({ realtime: true, low_latency: true, server_push: true, legacy: true }, ALL), ['sse', 'ws', 'long-poll', 'poll']);
   assert.deepEqual(decide({ legacy: true }, ALL), ['long-poll', 'poll']);
   assert.deepEqual(decide({ realtime: true, legacy: true }, ALL), ['long-poll', 'poll']);
   assert.deepEqual(decide({}, ALL), ['sse', 'ws', 'long-poll', 'poll']);
