@@ -200,7 +200,11 @@ fn parse(bytes: &[u8]) -> Result<Option<Head>, ApiError> {
         return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
     }
     let mut lengths = map.get_all(header::CONTENT_LENGTH).iter().map(|v| {
-        std::str::from_utf8(v.as_bytes()).ok().filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))?.parse::<u64>().ok()
+        std::str::from_utf8(v.as_bytes())
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))?
+            .parse::<u64>()
+            .ok()
     });
     if let Some(first) = lengths.next() {
         if first.is_none() || lengths.any(|l| l != first) {
