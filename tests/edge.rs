@@ -454,33 +454,41 @@ async fn a_head_that_stops_coming_is_closed_after_the_head_timeout() {
     s.stop().await;
 }
 
-/// The refused handshakes, each with its status and code.
-fn bad_handshakes() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, u16, &'static str)> {
+/// A handshake to refuse: what is wrong with it, its headers, the status and code expected.
+struct BadHandshake {
+    what: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    status: u16,
+    code: &'static str,
+}
+
+fn bad_handshakes() -> Vec<BadHandshake> {
+    let bad = |what, change: &[(&'static str, Option<&'static str>)], status, code| BadHandshake {
+        what,
+        headers: ws_headers(change),
+        status,
+        code,
+    };
     vec![
-        ("no key", ws_headers(&[("Sec-WebSocket-Key", None)]), 400, "invalid_websocket_key"),
-        ("an empty key", ws_headers(&[("Sec-WebSocket-Key", Some(""))]), 400, "invalid_websocket_key"),
-        (
-            "a key of 10 bytes",
-            ws_headers(&[("Sec-WebSocket-Key", Some("dGhlIHNhbXBsZQ=="))]),
+        bad("no key", &[("Sec-WebSocket-Key", None)], 400, "invalid_websocket_key"),
+        bad("an empty key", &[("Sec-WebSocket-Key", Some(""))], 400, "invalid_websocket_key"),
+        bad("a key of 10 bytes", &[("Sec-WebSocket-Key", Some("dGhlIHNhbXBsZQ=="))], 400, "invalid_websocket_key"),
+        bad(
+            "a key not in base64",
+            &[("Sec-WebSocket-Key", Some("not base64 at all!!!!!=="))],
             400,
             "invalid_websocket_key",
         ),
-        (
-            "a key that is not base64",
-            ws_headers(&[("Sec-WebSocket-Key", Some("not base64 at all!!!!!=="))]),
-            400,
-            "invalid_websocket_key",
-        ),
-        ("version 8", ws_headers(&[("Sec-WebSocket-Version", Some("8"))]), 426, "unsupported_websocket_version"),
-        ("no Upgrade", ws_headers(&[("Upgrade", None)]), 400, "websocket_required"),
-        ("no Connection: upgrade", ws_headers(&[("Connection", Some("keep-alive"))]), 400, "websocket_required"),
+        bad("version 8", &[("Sec-WebSocket-Version", Some("8"))], 426, "unsupported_websocket_version"),
+        bad("no Upgrade", &[("Upgrade", None)], 400, "websocket_required"),
+        bad("no Connection: upgrade", &[("Connection", Some("keep-alive"))], 400, "websocket_required"),
     ]
 }
 
 #[tokio::test]
 async fn bad_handshakes_are_refused_alike_on_both_paths() {
     let s = TestServer::start().await;
-    for (what, headers, status, code) in bad_handshakes() {
+    for BadHandshake { what, headers, status, code } in bad_handshakes() {
         let request = get("/ws?topic=a", &headers);
         for path in ["socket", "framework"] {
             let raw = match path {
