@@ -22,7 +22,7 @@ use crate::client::Wire;
 use crate::error::ApiError;
 use crate::handshake::{self, Refused};
 use crate::hub::Hub;
-use crate::linger::{linger, LINGER_BYTES, LINGER_TIME};
+use crate::linger::{linger, linger_idle, LINGER_BYTES, LINGER_TIME};
 use crate::server::ConnHandle;
 use crate::sse::{self, Flow, Pump};
 use crate::ws;
@@ -336,12 +336,10 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     // Dropping the pump unregisters the client.
     drop((pump, client));
     if ended {
-        // The gateway ended the stream and its last bytes are on their way: a lingering close
-        // keeps whatever the peer still sends from resetting the connection under them.
-        tokio::select! {
-            _ = linger(&stream, LINGER_TIME, LINGER_BYTES) => {}
-            _ = kill.cancelled() => {}
-        }
+        // The gateway ended the stream and its last bytes are on their way: half-closing and
+        // reading what the peer sent last keeps it from resetting the connection under them.
+        // Its input was read all along, so there is nothing to wait for.
+        linger_idle(&stream, LINGER_TIME, Duration::ZERO, LINGER_BYTES).await;
     }
 }
 

@@ -26,7 +26,7 @@ use tower::ServiceExt;
 
 use crate::direct::Sniffed;
 use crate::hub::Hub;
-use crate::linger::{linger, LINGER_BYTES, LINGER_TIME};
+use crate::linger::{linger, linger_idle, LINGER_BYTES, LINGER_IDLE, LINGER_TIME};
 
 /// A handle on one TCP connection, put in each request's extensions. It can cut the connection,
 /// and it holds the connection's slot in the open-connection count: a WebSocket session keeps its
@@ -286,7 +286,7 @@ async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Rout
         _ = kill.cancelled() => return,
     }
     tokio::select! {
-        _ = linger(&stream, LINGER_TIME, LINGER_BYTES) => {}
+        _ = linger_idle(&stream, LINGER_TIME, LINGER_IDLE, LINGER_BYTES) => {}
         _ = kill.cancelled() => {}
     }
     drop(slot);
