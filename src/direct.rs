@@ -13,21 +13,27 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Wire;
 use crate::error::ApiError;
+use crate::handshake::{self, Refused};
 use crate::hub::Hub;
+use crate::linger::{linger, linger_idle, LINGER_BYTES, LINGER_TIME};
 use crate::server::ConnHandle;
 use crate::sse::{self, Flow, Pump};
 use crate::ws;
 
-/// Longest request head accepted on this path.
-const MAX_HEAD: usize = 16 * 1024;
-/// How long a client may take to send its request head.
+/// Longest request head accepted on this path, request line and headers together: 16 KiB
+/// (hyper, which serves every other request, takes up to about 400 KiB). A longer head is
+/// answered `431`.
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+/// Most header lines in a request head, as in hyper (100); more are answered `431`.
+const MAX_HEADERS: usize = 100;
+/// How long a client may take to send its request head (as hyper's `header_read_timeout`).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last bytes of a closed stream may take to go out.
 const LAST_WRITE: Duration = Duration::from_secs(5);
@@ -64,27 +70,60 @@ pub async fn sniff(stream: &TcpStream) -> Option<Sniffed> {
     })
 }
 
-/// Reads bytes until the request head is complete.
-async fn read_head(stream: &TcpStream) -> io::Result<Vec<u8>> {
+/// Why no request head was taken from a connection.
+enum NoHead {
+    /// The peer went away or was too slow, or the connection was cut: it closes unanswered.
+    Gone,
+    /// The head is too large or malformed: this is answered, then the connection closes.
+    Refuse(ApiError),
+}
+
+/// Reads and parses the request head as bytes arrive, as hyper does: the first bytes are parsed
+/// at once (a malformed request line is refused early), later ones once the bytes read look
+/// like a whole head (bare-LF line ends included).
+async fn read_head(stream: &TcpStream) -> Result<Head, NoHead> {
     // Read into the Vec itself: a buffer on the stack would be kept in every connection's task
     // (a task is as large as its largest state).
-    let mut head = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(1024);
+    let mut scanned = None;
     loop {
-        stream.readable().await?;
-        head.reserve(1024);
-        match stream.try_read_buf(&mut head) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+        stream.readable().await.map_err(|_| NoHead::Gone)?;
+        buf.reserve(1024);
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return Err(NoHead::Gone),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(_) => return Err(NoHead::Gone),
         }
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(head);
+        if scanned.is_none_or(|from| head_complete(&buf, from)) {
+            if let Some(head) = parse(&buf).map_err(NoHead::Refuse)? {
+                return Ok(head);
+            }
         }
-        if head.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+        scanned = Some(buf.len());
+        if buf.len() >= MAX_HEAD {
+            return Err(NoHead::Refuse(head_too_large()));
         }
     }
+}
+
+/// Whether `bytes` hold the blank line that ends a head (`\r\n\r\n`, `\n\n` or `\n\r\n`),
+/// looking only at what came after the first `from` bytes (hyper's `is_complete_fast`).
+pub(crate) fn head_complete(bytes: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(3);
+    let tail = &bytes[start.min(bytes.len())..];
+    tail.iter().enumerate().any(|(i, &b)| {
+        let rest = &tail[i + 1..];
+        b == b'\n' && (rest.starts_with(b"\n") || rest.starts_with(b"\r\n"))
+    })
+}
+
+fn head_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request_header_fields_too_large",
+        format!("the request head is over {MAX_HEAD} bytes or {MAX_HEADERS} header lines"),
+    )
 }
 
 /// Writes all of `buf`, waiting while the socket pushes back.
@@ -119,44 +158,60 @@ async fn peer_gone(stream: &TcpStream) {
 
 /// A request head, parsed.
 struct Head {
+    /// HTTP/1.1 (else HTTP/1.0).
+    http11: bool,
     query: Option<String>,
     headers: HeaderMap,
-    /// Where the head ends in the bytes read: anything after it came early.
-    len: usize,
+    /// The bytes read after the head: they came early (a body, or WebSocket frames).
+    early: Vec<u8>,
 }
 
 impl Head {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
-
-    /// Whether a comma-separated header holds `token` (any case).
-    fn lists(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    }
 }
 
-fn parse(bytes: &[u8]) -> Result<Head, ApiError> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+/// Parses a request head from the start of `bytes`: `None` while it is incomplete. Refuses what
+/// hyper refuses: malformed heads (`400`), too many headers or too many bytes (`431`), an
+/// invalid or ambiguous `Content-Length` and `Transfer-Encoding` in HTTP/1.0 (`400`).
+fn parse(bytes: &[u8]) -> Result<Option<Head>, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let bad = || ApiError::bad_request("invalid_request", "malformed HTTP request");
+    let bad = |m: &str| ApiError::bad_request("invalid_request", format!("malformed HTTP request: {m}"));
     let len = match req.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => len,
-        _ => return Err(bad()),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(head_too_large()),
+        Err(e) => return Err(bad(&e.to_string())),
     };
+    if len > MAX_HEAD {
+        return Err(head_too_large());
+    }
+    let http11 = req.version == Some(1);
     let query = req.path.unwrap_or("").split_once('?').map(|(_, q)| q.to_owned());
     let mut map = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad())?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
         map.append(name, value);
     }
-    Ok(Head { query, headers: map, len })
+    if !http11 && map.contains_key(header::TRANSFER_ENCODING) {
+        return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    let mut lengths = map.get_all(header::CONTENT_LENGTH).iter().map(|v| {
+        std::str::from_utf8(v.as_bytes())
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))?
+            .parse::<u64>()
+            .ok()
+    });
+    if let Some(first) = lengths.next() {
+        if first.is_none() || lengths.any(|l| l != first) {
+            return Err(bad("invalid Content-Length"));
+        }
+    }
+    Ok(Some(Head { http11, query, headers: map, early: bytes[len..].to_vec() }))
 }
 
 /// The `Access-Control-Allow-Origin` the router's CORS layer would send.
@@ -183,9 +238,10 @@ fn response_head(status: StatusCode, headers: &[(&str, &str)], cors: Option<&str
     out
 }
 
-/// Answers an error as the router would: the contract's JSON body, then the connection closes.
-/// A peer that does not read gets [`HEAD_TIMEOUT`] for it.
-async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) {
+/// Answers an error as the router would: the contract's JSON body with `extra` headers, then a
+/// lingering close ([`crate::linger`]), so the answer arrives even to a client still sending.
+/// A peer that does not read gets [`HEAD_TIMEOUT`] for the answer; a cut connection closes at once.
+async fn refuse(stream: &TcpStream, e: ApiError, extra: &[(&str, &str)], cors: Option<&str>, kill: &CancellationToken) {
     let body = e.body().to_string();
     let length = body.len().to_string();
     let retry = e.retry_after.map(|s| s.to_string());
@@ -193,17 +249,26 @@ async fn refuse(stream: &TcpStream, e: ApiError, cors: Option<&str>) {
     if let Some(r) = &retry {
         headers.push(("retry-after", r));
     }
+    headers.extend_from_slice(extra);
     let mut out = response_head(e.status, &headers, cors);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
-    let _ = tokio::time::timeout(HEAD_TIMEOUT, write_all(stream, &out)).await;
+    let answer = async {
+        if let Ok(Ok(())) = tokio::time::timeout(HEAD_TIMEOUT, write_all(stream, &out)).await {
+            linger(stream, LINGER_TIME, LINGER_BYTES).await;
+        }
+    };
+    tokio::select! {
+        _ = answer => {}
+        _ = kill.cancelled() => {}
+    }
 }
 
 /// Reads the request head, unless the peer is too slow or the connection is cut.
-async fn head_of(stream: &TcpStream, kill: &CancellationToken) -> Option<Vec<u8>> {
+async fn head_of(stream: &TcpStream, kill: &CancellationToken) -> Result<Head, NoHead> {
     tokio::select! {
-        head = tokio::time::timeout(HEAD_TIMEOUT, read_head(stream)) => head.ok()?.ok(),
-        _ = kill.cancelled() => None,
+        head = tokio::time::timeout(HEAD_TIMEOUT, read_head(stream)) => head.unwrap_or(Err(NoHead::Gone)),
+        _ = kill.cancelled() => Err(NoHead::Gone),
     }
 }
 
@@ -211,15 +276,11 @@ async fn head_of(stream: &TcpStream, kill: &CancellationToken) -> Option<Vec<u8>
 /// cancelled.
 pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     let stream = Arc::new(stream);
-    let Some(head) = head_of(&stream, &kill).await else { return };
-    let asked = match parse(&head) {
-        Ok(a) => a,
-        Err(e) => {
-            refuse(&stream, e, None).await;
-            return;
-        }
+    let asked = match head_of(&stream, &kill).await {
+        Ok(head) => head,
+        Err(NoHead::Gone) => return,
+        Err(NoHead::Refuse(e)) => return refuse(&stream, e, &[], None, &kill).await,
     };
-    drop(head);
     let cors = allow_origin(&hub, asked.header("origin"));
     let opened = tokio::select! {
         opened = sse::open(&hub, asked.query.as_deref(), asked.header("last-event-id")) => opened,
@@ -227,11 +288,9 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     };
     let opened = match opened {
         Ok(o) => o,
-        Err(e) => {
-            refuse(&stream, e, cors.as_deref()).await;
-            return;
-        }
+        Err(e) => return refuse(&stream, e, &[], cors.as_deref(), &kill).await,
     };
+    drop(asked);
     let (mut pump, first) = Pump::new(opened);
     pump.write_directly(stream.clone());
     let client = pump.client().clone();
@@ -248,8 +307,10 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
             if let Flow::End = pump.fill(&mut out).await {
                 // The last bytes (a `retry:` hint) get a while to go out, even to a client
                 // that stopped reading.
-                let _ = tokio::time::timeout(LAST_WRITE, write_all(&stream, &out)).await;
-                return Ok::<_, io::Error>(());
+                return match tokio::time::timeout(LAST_WRITE, write_all(&stream, &out)).await {
+                    Ok(written) => written,
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
+                };
             }
         }
     };
@@ -260,34 +321,35 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         client.closed().await;
         tokio::time::sleep(LAST_WRITE).await;
     };
-    tokio::select! {
-        r = streaming => {
-            if let Err(e) = r {
+    let ended = tokio::select! {
+        r = streaming => match r {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!(error = %e, "event stream ended");
+                false
             }
-        }
-        _ = peer_gone(&stream) => {}
-        _ = kill.cancelled() => {}
-        _ = closed_for_good => {}
+        },
+        _ = peer_gone(&stream) => false,
+        _ = kill.cancelled() => false,
+        _ = closed_for_good => false,
+    };
+    // Dropping the pump unregisters the client.
+    drop((pump, client));
+    if ended {
+        // The gateway ended the stream and its last bytes are on their way: half-closing and
+        // reading what the peer sent last keeps it from resetting the connection under them.
+        // Its input was read all along, so there is nothing to wait for.
+        linger_idle(&stream, LINGER_TIME, Duration::ZERO, LINGER_BYTES).await;
     }
-    // Dropping the pump unregisters the client; dropping the socket closes it.
 }
 
-/// Checks that a `GET /ws` head asks for a WebSocket (RFC 6455 §4.2.1) and returns its
-/// `Sec-WebSocket-Accept`.
-fn accept_key(head: &Head) -> Result<String, ApiError> {
-    let refuse = |m: &str| ApiError::bad_request("websocket_required", m);
-    if !head.lists("connection", "upgrade") {
-        return Err(refuse("Connection header did not include 'upgrade'"));
+/// Checks that a `GET /ws` head asks for a WebSocket over HTTP/1.1 (RFC 6455 §4.2.1, the rest in
+/// [`handshake::check`]) and returns its `Sec-WebSocket-Accept`.
+fn accept_key(head: &Head) -> Result<String, Refused> {
+    if !head.http11 {
+        return Err(Refused(ApiError::bad_request("websocket_required", "a WebSocket handshake needs HTTP/1.1")));
     }
-    if !head.lists("upgrade", "websocket") {
-        return Err(refuse("`Upgrade` header did not include 'websocket'"));
-    }
-    if head.header("sec-websocket-version") != Some("13") {
-        return Err(refuse("`Sec-WebSocket-Version` header did not include '13'"));
-    }
-    let key = head.header("sec-websocket-key").ok_or_else(|| refuse("`Sec-WebSocket-Key` header missing"))?;
-    Ok(tungstenite::handshake::derive_accept_key(key.trim().as_bytes()))
+    handshake::check(&head.headers)
 }
 
 /// Serves one `GET /ws` connection: the handshake here, then the session of [`crate::ws`] with
@@ -295,19 +357,22 @@ fn accept_key(head: &Head) -> Result<String, ApiError> {
 pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     let kill = handle.token();
     let stream = Arc::new(stream);
-    let Some(bytes) = head_of(&stream, &kill).await else { return };
-    let accepted = parse(&bytes).and_then(|head| {
-        let setup = ws::Setup::read(&hub, head.query.as_deref(), &head.headers)?;
-        Ok((setup, accept_key(&head)?, bytes[head.len..].to_vec()))
-    });
-    let (setup, accept, early) = match accepted {
+    let head = match head_of(&stream, &kill).await {
+        Ok(head) => head,
+        Err(NoHead::Gone) => return,
+        Err(NoHead::Refuse(e)) => return refuse(&stream, e, &[], None, &kill).await,
+    };
+    let accepted = ws::Setup::read(&hub, head.query.as_deref(), &head.headers)
+        .map_err(Refused)
+        .and_then(|setup| Ok((setup, accept_key(&head)?)));
+    let (setup, accept) = match accepted {
         Ok(a) => a,
-        Err(e) => {
-            refuse(&stream, e, None).await;
-            return;
+        Err(refused) => {
+            let extra = refused.headers();
+            return refuse(&stream, refused.0, extra, None, &kill).await;
         }
     };
-    drop(bytes);
+    let early = head.early;
     let mut out = response_head(
         StatusCode::SWITCHING_PROTOCOLS,
         &[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-accept", &accept)],

@@ -23,7 +23,9 @@
 //! - [`auth`]: publisher rights. [`error`]: the JSON errors of the HTTP edge.
 //! - [`metrics`]: Prometheus counters. [`config`]: flags and environment.
 //! - [`server`]: the accept loop, connection limits and graceful shutdown; `direct` serves a
-//!   fresh `/stream` or `/ws` connection on its socket, without the HTTP framework.
+//!   fresh `/stream` or `/ws` connection on its socket, without the HTTP framework;
+//!   `handshake` checks a WebSocket opening handshake for both paths; `linger` closes a
+//!   connection so that the last answer arrives.
 //!
 //! # How an event flows
 //! `POST /publish` → [`api::parse_publish`] checks the whole request → [`Hub::publish`] hands the
@@ -59,6 +61,7 @@ pub(crate) mod direct;
 pub mod error;
 pub mod event;
 pub(crate) mod fanout;
+pub(crate) mod handshake;
 pub mod hub;
 pub(crate) mod linger;
 pub mod metrics;

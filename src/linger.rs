@@ -18,9 +18,20 @@ pub(crate) const LINGER_TIME: Duration = Duration::from_secs(5);
 /// request body over the limit, sent before the client reads the answer, fits).
 pub(crate) const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
+/// How long a lingering close waits for the peer's next input on the gateway's own closes (as
+/// nginx's `lingering_timeout`): a client still sending its body goes on sending, while one that
+/// only keeps its connection open, not reading, does not hold the close for [`LINGER_TIME`].
+pub(crate) const LINGER_IDLE: Duration = Duration::from_secs(1);
+
 /// Shuts down writing on `stream` (everything written so far goes out, then the end), then
 /// discards the peer's input until it closes, `time` passes or `bytes` have been read.
 pub(crate) async fn linger(stream: &TcpStream, time: Duration, bytes: usize) {
+    linger_idle(stream, time, time, bytes).await
+}
+
+/// As [`linger`], and stops as well once the peer has sent nothing for `idle` (with
+/// `Duration::ZERO`, only what has arrived already is read).
+pub(crate) async fn linger_idle(stream: &TcpStream, time: Duration, idle: Duration, bytes: usize) {
     // Errors here mean the connection is gone already: nothing left to wait for.
     if socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write).is_err() {
         return;
@@ -29,7 +40,7 @@ pub(crate) async fn linger(stream: &TcpStream, time: Duration, bytes: usize) {
     let mut sink = vec![0u8; 16 * 1024];
     let mut left = bytes;
     while left > 0 {
-        match tokio::time::timeout_at(deadline, stream.readable()).await {
+        match tokio::time::timeout_at(deadline.min(Instant::now() + idle), stream.readable()).await {
             Ok(Ok(())) => {}
             _ => return,
         }

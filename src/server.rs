@@ -3,9 +3,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -14,15 +17,16 @@ use axum::http::Request;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::direct::Sniffed;
 use crate::hub::Hub;
+use crate::linger::{linger, linger_idle, LINGER_BYTES, LINGER_IDLE, LINGER_TIME};
 
 /// A handle on one TCP connection, put in each request's extensions. It can cut the connection,
 /// and it holds the connection's slot in the open-connection count: a WebSocket session keeps its
@@ -264,8 +268,41 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves a connection through hyper and the router until it closes, is cut, or drains.
+/// Serves a connection through hyper and the router until it closes, is cut, or drains; then,
+/// once hyper (or the WebSocket session it upgraded the connection to) lets go of the socket,
+/// closes it with a lingering close ([`crate::linger`]): an error answer such as `413` arrives
+/// even to a client that is still sending its body.
 async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Router, draining: CancellationToken) {
+    let kill = handle.kill.clone();
+    // Kept while lingering: a closing connection still counts, for a bounded time.
+    let slot = handle.clone();
+    let (io, released) = Shared::new(stream);
+    let stream = io.stream.clone();
+    if serve_http(io, peer, handle, app, draining).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = released => {}
+        _ = kill.cancelled() => return,
+    }
+    tokio::select! {
+        _ = linger_idle(&stream, LINGER_TIME, LINGER_IDLE, LINGER_BYTES) => {}
+        _ = kill.cancelled() => {}
+    }
+    drop(slot);
+}
+
+/// The connection was cut.
+struct Cut;
+
+/// Runs hyper on `io` until the connection ends, is cut (`Err`), or drains.
+async fn serve_http(
+    io: Shared,
+    peer: SocketAddr,
+    handle: ConnHandle,
+    app: Router,
+    draining: CancellationToken,
+) -> Result<(), Cut> {
     let kill = handle.kill.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -275,7 +312,7 @@ async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Rout
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -283,15 +320,83 @@ async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Rout
             if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            return;
+            return Ok(());
         }
         _ = draining.cancelled() => {}
-        _ = kill.cancelled() => return,
+        _ = kill.cancelled() => return Err(Cut),
     }
     conn.as_mut().graceful_shutdown();
     tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = kill.cancelled() => {}
+        _ = conn.as_mut() => Ok(()),
+        _ = kill.cancelled() => Err(Cut),
+    }
+}
+
+/// The connection's socket as hyper's transport, shared with [`http`], which lingers on it once
+/// hyper lets go. Shutting it down shuts down writing only; reading goes on, to the end.
+struct Shared {
+    stream: Arc<TcpStream>,
+    /// Dropped with the transport (by hyper, or by the WebSocket session that took it over):
+    /// tells [`http`] that the socket is its own again.
+    _held: oneshot::Sender<()>,
+}
+
+impl Shared {
+    /// The transport, and what completes when it is dropped.
+    fn new(stream: TcpStream) -> (Self, oneshot::Receiver<()>) {
+        let (held, released) = oneshot::channel();
+        (Shared { stream: Arc::new(stream), _held: held }, released)
+    }
+}
+
+impl AsyncRead for Shared {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -318,7 +423,14 @@ fn refuse_soon(tracker: &TaskTracker, open: &Arc<Open>, stream: TcpStream, why: 
     });
 }
 
-/// Answers a connection over a limit with `503` and `Retry-After`, then closes it.
+/// How long a refused connection is kept at most, lingering included: refusals happen during
+/// floods, so the bounds are tight.
+const REFUSE_TIME: Duration = Duration::from_secs(2);
+/// How much of a refused connection's input is read and discarded at most after the answer.
+const REFUSE_LINGER_BYTES: usize = 64 * 1024;
+
+/// Answers a connection over a limit with `503` and `Retry-After`, then closes it with a
+/// lingering close bounded by [`REFUSE_TIME`] and [`REFUSE_LINGER_BYTES`].
 async fn refuse(mut stream: TcpStream, why: Refusal) {
     let body = match why {
         Refusal::Full => {
@@ -336,14 +448,15 @@ async fn refuse(mut stream: TcpStream, why: Refusal) {
         // Read the request head first: a response before the request confuses clients.
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        while !crate::direct::head_complete(&head, 0) && head.len() < crate::direct::MAX_HEAD {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
         }
-        let _ = stream.write_all(response.as_bytes()).await;
-        let _ = stream.shutdown().await;
+        if stream.write_all(response.as_bytes()).await.is_ok() {
+            linger(&stream, REFUSE_TIME, REFUSE_LINGER_BYTES).await;
+        }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
+    let _ = tokio::time::timeout(REFUSE_TIME, answer).await;
 }

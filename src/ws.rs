@@ -91,6 +91,9 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let setup = Setup::read(&hub, raw.as_deref(), &headers)?;
+    if let Err(refused) = crate::handshake::check(&headers) {
+        return Ok(axum::response::IntoResponse::into_response(refused));
+    }
     let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
     let limit = hub.config().max_body_bytes;
     let handle = handle.map(|h| h.0);
