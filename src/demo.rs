@@ -92,6 +92,13 @@ pub struct RefreshRequest {
     client_id: Option<Uuid>,
 }
 
+/// The demo's own endpoint, `POST /demo/refresh`. [`crate::run`] mounts it beside
+/// [`crate::router`] when `--demo` is on; an app that nests the router does not get it unless it
+/// merges this too.
+pub fn router(hub: Hub) -> axum::Router {
+    axum::Router::new().route("/demo/refresh", axum::routing::post(refresh)).with_state(hub)
+}
+
 /// `POST /demo/refresh`: a stand-in for a backend that tells one dashboard, or all of them, to
 /// reload. It only ever sends a `refresh` event, so the demo needs no publisher rights.
 pub async fn refresh(State(hub): State<Hub>, Json(req): Json<RefreshRequest>) -> Result<Json<Value>, ApiError> {

@@ -108,7 +108,6 @@ pub fn router(hub: Hub) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
-        .route("/demo/refresh", post(demo::refresh))
         .route("/", get(web::index))
         .route("/favicon.ico", get(web::favicon))
         .route("/web/{file}", get(web::file))
@@ -151,10 +150,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let demo = config.demo;
     let hub = Hub::new(config)?;
+    let mut app = router(hub.clone());
     if demo {
         demo::spawn(hub.clone());
+        app = app.merge(demo::router(hub.clone()));
     }
-    let app = router(hub.clone());
     server::serve(listener, hub, app, shutdown).await?;
     Ok(())
 }

@@ -58,3 +58,26 @@ async fn a_nested_router_serves_sse_and_websocket_through_axum() {
     assert!(clients["clients"].as_array().unwrap().iter().any(|c| c["client_id"] == sse.client_id.as_str()));
     server.abort();
 }
+
+/// A library user's router has no demo endpoint, even with the demo on in its config: an
+/// unauthenticated `POST /demo/refresh` would let anyone broadcast `refresh` to every client.
+#[tokio::test]
+async fn a_nested_router_has_no_demo_endpoint() {
+    let hub = Hub::new(ssegate::Config { demo: true, ..Default::default() }).unwrap();
+    let app = axum::Router::new().nest("/push", ssegate::router(hub.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
+    });
+    let api = Api { base: format!("http://{addr}/push"), http: common::http() };
+    let mut sse = Sse::connect(&api, "topic=news").await;
+    let (status, body) = api.post_raw("/demo/refresh", "{}").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    // Nothing reached the subscriber: a published event is the next thing it sees.
+    let data = serde_json::value::to_raw_value(&json!({"n": 2})).unwrap();
+    hub.publish(vec![Draft::topic("news", "headline", data)]).await.unwrap();
+    assert_eq!(sse.next().await.map(|e| e.event), Some("headline".to_owned()));
+    server.abort();
+}
