@@ -1,368 +1,719 @@
 // ssegate browser client: one shared connection over SSE, WebSocket, long-poll or snapshot
 // polling, with resume (lastEventId), fallback, backoff, a circuit breaker and retained state.
-// No dependencies, no build step. Wire contract: API.md.
+// No dependencies, no build step. Wire contract: API.md. Types and option docs: ssegate.d.ts.
+//
+// Layout of this file:
+// - small helpers, then the pure parts (each exported and unit-tested): decide() (which
+//   transports, in which order), backoffDelay(), mergePatch(), applyJsonPatch() and StateStore
+//   (retained state per topic);
+// - connect(), which runs the connection. Its life cycle:
+//   1. start(): ask GET /negotiate for an order of transports, or use decide() locally.
+//   2. openTransport(): open the transport at transportIndex in that order. Every attempt gets a
+//      generation number; a callback of an older attempt (a socket that closes late, a poll answer
+//      that arrives after close()) sees that it is stale and does nothing.
+//   3. An attempt that fails before it opened moves on to the next transport at once (fallback);
+//      a connection that drops after it opened is reopened, same transport, after a backoff delay.
+//      When every transport has failed, it starts over at the first after a backoff delay.
+//   4. After `circuit.failures` consecutive failed attempts the circuit opens: nothing is tried
+//      for `circuit.cooldown` ms, then it negotiates again from step 1.
+//   Every reconnect resumes from client.lastEventId, the newest event id (or long-poll cursor)
+//   received, so nothing is missed and nothing is delivered twice across reconnects and
+//   transport switches: the gateway replays what came after it from its history.
 
-const ALL = ['sse', 'ws', 'long-poll', 'poll'];
-const isObj = (v) => v && typeof v == 'object' && !Array.isArray(v);
-const clone = (v) => (v === undefined ? v : globalThis.structuredClone ? structuredClone(v) : JSON.parse(JSON.stringify(v)));
-const fail = (m) => { throw Error(m) };
-// Plain assignment would treat a "__proto__" key as the prototype.
-const put = (o, k, value) => Object.defineProperty(o, k, { value, enumerable: 1, writable: 1, configurable: 1 });
-// Flags may come as booleans or as the strings/numbers the query form uses.
-const flag = (v) => v === true || v === 1 || v === '1' || v === 'true' || v === '';
+const ALL_TRANSPORTS = ['sse', 'ws', 'long-poll', 'poll'];
+const CONNECT_TIMEOUT_MS = 10000; // an attempt that has not opened by then has failed
+const REQUEST_TIMEOUT_MS = 10000; // plain requests: /negotiate, /snapshot
+const LONG_POLL_WAIT_S = 25; // how long the gateway holds a long poll open
+const LONG_POLL_ABORT_MS = 35000; // a long poll unanswered by then is presumed half-open
+const DEFAULT_POLL_INTERVAL_MS = 2000; // snapshot polling, unless X-Poll-Interval says otherwise
 
-/** Newer-than for ids `<ms>-<seq>` (numeric); ids of another shape count as new when different. */
-const newer = (a, b) => {
-  if (!b) return true;
-  const [x, y] = [a, b].map((s) => /^(\d+)-(\d+)$/.exec(s));
-  return x && y ? (x[1] - y[1] || x[2] - y[2]) > 0 : a != b;
+const isPlainObject = (value) => value && typeof value == 'object' && !Array.isArray(value);
+
+const deepCopy = (value) => {
+  if (value === undefined) return value;
+  return globalThis.structuredClone ? structuredClone(value) : JSON.parse(JSON.stringify(value));
 };
 
-/** The contract's decision matrix, filtered to what the client supports. */
-export function decide(f = {}, transports = ALL) {
-  const rt = flag(f.realtime) && flag(f.low_latency);
-  const order = flag(f.bidirectional) || (rt && !flag(f.server_push))
-    ? ['ws', 'sse', 'long-poll', 'poll']
-    : !rt && flag(f.legacy) ? ['long-poll', 'poll'] : ALL;
-  return order.filter((t) => transports.includes(t));
+const throwError = (message) => {
+  throw Error(message);
+};
+
+// Plain assignment would treat a "__proto__" key as the prototype; this stores it as data.
+const setProperty = (object, key, value) =>
+  Object.defineProperty(object, key, { value, enumerable: 1, writable: 1, configurable: 1 });
+
+// Flags may come as booleans or as the strings/numbers the query form uses ('1', 'true', bare).
+const isFlagSet = (value) => value === true || value === 1 || value === '1' || value === 'true' || value === '';
+
+const EVENT_ID = /^(\d+)-(\d+)$/;
+
+/**
+ * Whether event id `id` comes after `than`. The gateway's ids are `<ms>-<seq>` and compare
+ * numerically; ids of another shape (another broker's) count as newer whenever they differ.
+ */
+function isNewerId(id, than) {
+  if (!than) return true;
+  const idParts = EVENT_ID.exec(id);
+  const thanParts = EVENT_ID.exec(than);
+  if (!idParts || !thanParts) return id != than;
+  const byMilliseconds = idParts[1] - thanParts[1];
+  const bySequence = idParts[2] - thanParts[2];
+  return (byMilliseconds || bySequence) > 0;
 }
 
-/** Exponential backoff with full jitter. */
-export const backoffDelay = (attempt, { base = 500, max = 15000 } = {}, rnd = Math.random) =>
-  rnd() * Math.min(max, base * 2 ** attempt);
+// ---------------------------------------------------------------------------------------------
+// Choosing a transport
 
-/** RFC 7386 JSON Merge Patch; returns a new value, `target` is not modified. */
+/**
+ * The contract's decision matrix (the same as `GET /negotiate`): the transports in order of
+ * preference for a client described by `flags`, filtered to `transports` (what this client can
+ * use). Bidirectional, or real-time and low latency without `server_push`: WebSocket first.
+ * Legacy (and not real-time): long-poll, then snapshot polling. Otherwise SSE first.
+ * @param {import('./ssegate').Flags} [flags]
+ * @param {import('./ssegate').Transport[]} [transports]
+ * @returns {import('./ssegate').Transport[]}
+ */
+export function decide(flags = {}, transports = ALL_TRANSPORTS) {
+  const realtime = isFlagSet(flags.realtime) && isFlagSet(flags.low_latency);
+  let preference;
+  if (isFlagSet(flags.bidirectional) || (realtime && !isFlagSet(flags.server_push))) {
+    preference = ['ws', 'sse', 'long-poll', 'poll'];
+  } else if (!realtime && isFlagSet(flags.legacy)) {
+    preference = ['long-poll', 'poll'];
+  } else {
+    preference = ALL_TRANSPORTS;
+  }
+  return preference.filter((transport) => transports.includes(transport));
+}
+
+/**
+ * Exponential backoff with full jitter: a random delay in `[0, min(max, base * 2 ** attempt))`
+ * ms, so that many clients dropped at once (a gateway restart) do not all come back at once.
+ * @param {number} attempt consecutive failed attempts so far
+ * @param {import('./ssegate').BackoffOptions} [options] `base` (default 500) and `max` (default 15000) ms
+ * @param {() => number} [random] a source of numbers in [0, 1)
+ * @returns {number} ms
+ */
+export const backoffDelay = (attempt, { base = 500, max = 15000 } = {}, random = Math.random) =>
+  random() * Math.min(max, base * 2 ** attempt);
+
+// ---------------------------------------------------------------------------------------------
+// Patches
+
+/**
+ * RFC 7386 JSON Merge Patch: objects merge key by key, `null` deletes a key, anything else
+ * replaces. Returns a new value; `target` and `patch` are not modified.
+ * @param {unknown} target
+ * @param {unknown} patch
+ * @returns {any}
+ */
 export function mergePatch(target, patch) {
-  if (!isObj(patch)) return clone(patch);
-  const out = isObj(target) ? { ...target } : {};
-  for (const k in patch) patch[k] === null ? delete out[k] : put(out, k, mergePatch(out[k], patch[k]));
-  return out;
+  if (!isPlainObject(patch)) return deepCopy(patch);
+  const result = isPlainObject(target) ? { ...target } : {};
+  for (const key in patch) {
+    if (patch[key] === null) delete result[key];
+    else setProperty(result, key, mergePatch(result[key], patch[key]));
+  }
+  return result;
 }
 
-const equal = (a, b) => {
+/** Structural equality of JSON values, as RFC 6902's `test` operation defines it. */
+function jsonEqual(a, b) {
   if (a === b) return true;
-  if (!a || !b || typeof a != 'object' || typeof b != 'object' || Array.isArray(a) != Array.isArray(b)) return false;
-  const k = Object.keys(a);
-  return k.length == Object.keys(b).length && k.every((i) => Object.hasOwn(b, i) && equal(a[i], b[i]));
-};
+  if (!a || !b || typeof a != 'object' || typeof b != 'object') return false;
+  if (Array.isArray(a) != Array.isArray(b)) return false;
+  const keys = Object.keys(a);
+  if (keys.length != Object.keys(b).length) return false;
+  return keys.every((key) => Object.hasOwn(b, key) && jsonEqual(a[key], b[key]));
+}
 
-/** RFC 6902 JSON Patch. Atomic: works on a copy and throws (leaving `doc` alone) on any failure. */
-export function applyJsonPatch(doc, ops) {
-  let root = clone(doc);
-  const keys = (p) =>
-    p === '' ? [] : p?.[0] == '/' ? p.slice(1).split('/').map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~')) : fail('bad path ' + p);
-  // Resolves an index or key of container `o`; `end` allows the position just past an array.
-  const idx = (o, k, end) =>
-    Array.isArray(o)
-      ? (k == '-' && end) || (/^(0|[1-9]\d*)$/.test(k) && +k < o.length + !!end) ? (k == '-' ? o.length : +k) : fail('bad index ' + k)
-      : isObj(o) && (end || Object.hasOwn(o, k)) ? k : fail('no ' + k);
-  const walk = (ks) => ks.reduce((o, k) => o[idx(o, k)], root);
-  const get = (p) => walk(keys(p));
-  const add = (p, v) => {
-    const ks = keys(p), k = ks.pop();
-    if (k === undefined) return (root = v);
-    const o = walk(ks), i = idx(o, k, 1);
-    Array.isArray(o) ? o.splice(i, 0, v) : put(o, i, v);
+/**
+ * RFC 6902 JSON Patch. Atomic: it works on a copy and throws on any failure, so `doc` is never
+ * left half-patched; the retained state then asks for a fresh snapshot instead.
+ * @param {unknown} doc
+ * @param {import('./ssegate').JsonPatchOp[]} operations
+ * @returns {any} the new document
+ */
+export function applyJsonPatch(doc, operations) {
+  let root = deepCopy(doc);
+
+  // A JSON Pointer (RFC 6901) as its reference tokens; '~1' is unescaped before '~0', as the
+  // RFC requires, so '~01' becomes '~1' and not '/'.
+  const parsePointer = (pointer) => {
+    if (pointer === '') return [];
+    if (pointer?.[0] != '/') throwError('bad path ' + pointer);
+    return pointer
+      .slice(1)
+      .split('/')
+      .map((token) => token.replace(/~1/g, '/').replace(/~0/g, '~'));
   };
-  const remove = (p) => {
-    const ks = keys(p), k = ks.pop();
-    if (k === undefined) fail('cannot remove the root');
-    const o = walk(ks), i = idx(o, k), v = o[i];
-    Array.isArray(o) ? o.splice(i, 1) : delete o[i];
-    return v;
+
+  // The array index or object key that `token` names in `container`. `forInsert` also allows
+  // the position just past the end of an array ('-' or its length) and a key not there yet.
+  const resolveToken = (container, token, forInsert) => {
+    if (Array.isArray(container)) {
+      if (token == '-' && forInsert) return container.length;
+      if (/^(0|[1-9]\d*)$/.test(token) && +token < container.length + !!forInsert) return +token;
+      throwError('bad index ' + token);
+    }
+    if (isPlainObject(container) && (forInsert || Object.hasOwn(container, token))) return token;
+    throwError('no ' + token);
   };
-  for (const { op, path, from, value } of clone(ops)) {
-    if (op == 'add') add(path, value);
-    else if (op == 'remove') remove(path);
-    else if (op == 'replace') get(path), path ? (remove(path), add(path, value)) : (root = value);
-    else if (op == 'move') get(from), path.startsWith(from + '/') ? fail('move into itself') : from != path && add(path, remove(from));
-    else if (op == 'copy') add(path, clone(get(from)));
-    else if (op == 'test') equal(get(path), value) || fail('test failed at ' + path);
-    else fail('bad op ' + op);
+
+  const walk = (tokens) => tokens.reduce((node, token) => node[resolveToken(node, token)], root);
+  const getValue = (pointer) => walk(parsePointer(pointer));
+
+  const addValue = (pointer, value) => {
+    const tokens = parsePointer(pointer);
+    const last = tokens.pop();
+    if (last === undefined) return (root = value);
+    const parent = walk(tokens);
+    const position = resolveToken(parent, last, true);
+    if (Array.isArray(parent)) parent.splice(position, 0, value);
+    else setProperty(parent, position, value);
+  };
+
+  // Removes the value at `pointer` and returns it.
+  const removeValue = (pointer) => {
+    const tokens = parsePointer(pointer);
+    const last = tokens.pop();
+    if (last === undefined) throwError('cannot remove the root');
+    const parent = walk(tokens);
+    const position = resolveToken(parent, last);
+    const removed = parent[position];
+    if (Array.isArray(parent)) parent.splice(position, 1);
+    else delete parent[position];
+    return removed;
+  };
+
+  // The operations are copied too, so the result never shares a `value` with them.
+  for (const { op, path, from, value } of deepCopy(operations)) {
+    if (op == 'add') {
+      addValue(path, value);
+    } else if (op == 'remove') {
+      removeValue(path);
+    } else if (op == 'replace') {
+      getValue(path); // the target must exist
+      if (path) removeValue(path), addValue(path, value);
+      else root = value;
+    } else if (op == 'move') {
+      getValue(from);
+      if (path.startsWith(from + '/')) throwError('move into itself');
+      if (from != path) addValue(path, removeValue(from));
+    } else if (op == 'copy') {
+      addValue(path, deepCopy(getValue(from)));
+    } else if (op == 'test') {
+      if (!jsonEqual(getValue(path), value)) throwError('test failed at ' + path);
+    } else {
+      throwError('bad op ' + op);
+    }
   }
   return root;
 }
 
-/** Retained state per topic: `{version, state}`, fed snapshot and patch events in version order. */
+// ---------------------------------------------------------------------------------------------
+// Retained state
+
+/**
+ * Retained state per topic: `{version, state}`, fed `snapshot` and `patch` events. A snapshot
+ * replaces the state when it is newer; a patch applies only to the version just before it, so a
+ * missed or out-of-order patch is noticed (a "gap") and a fresh snapshot is fetched.
+ */
 export class StateStore {
+  /**
+   * @param {(topic: string) => void} [onGap] called when a topic needs a fresh snapshot
+   * @param {(topic: string, state: unknown, version: number) => void} [onChange] called after every change
+   */
   constructor(onGap, onChange) {
     this.topics = new Map();
     this.onGap = onGap;
     this.onChange = onChange;
   }
+
+  /** The `{version, state}` of a topic, or undefined. */
   get(topic) {
     return this.topics.get(topic);
   }
-  /** Returns 'snapshot' | 'patch' (applied), 'stale' (ignored), 'gap' (snapshot needed), or undefined. */
-  apply(ev, force) {
-    const d = ev.data || {}, t = d.topic ?? ev.topic, cur = this.topics.get(t), v = d.version;
-    let r = 'stale', state;
-    if (ev.event == 'snapshot') {
-      if (force || !cur || v > cur.version) (r = ev.event), (state = d.state);
-    } else if (ev.event == 'patch') {
-      if (!cur || v > cur.version + 1) r = 'gap';
-      else if (v == cur.version + 1)
+
+  /**
+   * Applies a `snapshot` (when newer, or always with `force`) or a `patch` event.
+   * Returns 'snapshot' or 'patch' when applied, 'stale' when ignored as not newer, 'gap' when a
+   * snapshot is needed first, or undefined for any other event.
+   */
+  apply(event, force) {
+    const data = event.data || {};
+    const topic = data.topic ?? event.topic;
+    const current = this.topics.get(topic);
+    const version = data.version;
+    let result = 'stale';
+    let state;
+    if (event.event == 'snapshot') {
+      if (force || !current || version > current.version) {
+        result = 'snapshot';
+        state = data.state;
+      }
+    } else if (event.event == 'patch') {
+      if (!current || version > current.version + 1) {
+        result = 'gap'; // a patch is missing in between, or we have nothing to patch
+      } else if (version == current.version + 1) {
         try {
-          state = 'json_patch' in d ? applyJsonPatch(cur.state, d.json_patch) : mergePatch(cur.state, d.patch);
-          r = ev.event;
+          state = 'json_patch' in data
+            ? applyJsonPatch(current.state, data.json_patch)
+            : mergePatch(current.state, data.patch);
+          result = 'patch';
         } catch {
-          r = 'gap'; // our copy disagrees with the server's: reload it
+          result = 'gap'; // our copy disagrees with the server's: reload it
         }
-    } else return;
-    if (r == 'gap') this.onGap?.(t);
-    else if (r != 'stale') this.topics.set(t, { version: v, state }), this.onChange?.(t, state, v);
-    return r;
+      }
+    } else {
+      return;
+    }
+    if (result == 'gap') {
+      this.onGap?.(topic);
+    } else if (result != 'stale') {
+      this.topics.set(topic, { version, state });
+      this.onChange?.(topic, state, version);
+    }
+    return result;
   }
 }
 
-/** Opens one shared connection; see ssegate.d.ts for the options and the returned client. */
-export function connect(o = {}) {
-  const url = o.url || '', allowed = o.transports || ALL, flags = o.flags || {};
-  const { failures = 6, cooldown = 30000 } = o.circuit || {};
-  const topics = new Set(o.topics), handlers = new Map(), statusFns = new Set(), watchers = new Map();
-  const dirty = new Set(), busy = new Set(), pending = new Map();
-  let order = [], idx = 0, attempt = 0, gen = 0, cur, timer, to, raf, ref = 0, restart, cid;
-  const throttle = o.throttleMs > 0 ? o.throttleMs : undefined;
-  const abs = (p) => new URL(url + p, globalThis.location?.href).href;
+// ---------------------------------------------------------------------------------------------
+// The connection
+
+/**
+ * Opens one connection that every part of the page shares (topics are added and removed on it),
+ * after the current tick, so handlers and topics registered right after this call are in place.
+ * @param {import('./ssegate').ConnectOptions} [options]
+ * @returns {import('./ssegate').Client}
+ */
+export function connect(options = {}) {
+  const baseUrl = options.url || '';
+  const allowedTransports = options.transports || ALL_TRANSPORTS;
+  const flags = options.flags || {};
+  const { failures: circuitFailures = 6, cooldown: circuitCooldownMs = 30000 } = options.circuit || {};
+  const throttleMs = options.throttleMs > 0 ? options.throttleMs : undefined;
+
+  const topics = new Set(options.topics);
+  const handlersByEvent = new Map(); // event name (or '*') -> Set of handlers
+  const statusListeners = new Set();
+  const stateWatchers = new Map(); // topic -> Set of watchers
+  const changedTopics = new Set(); // topics whose watchers are due at the next frame
+  const snapshotsInFlight = new Set(); // topics with a GET /snapshot under way
+  const pendingRpcs = new Map(); // ref -> [resolve, reject]
+
+  let transportOrder = []; // from /negotiate or decide()
+  let transportIndex = 0; // the transport in transportOrder being tried
+  let failedAttempts = 0; // consecutive, since the last successful open
+  let generation = 0; // bumped whenever the current attempt ends; see openTransport()
+  let currentTransport; // the live transport's handle, opened or connecting; none between attempts
+  let retryTimer; // the next attempt, after a backoff delay or the circuit's cool-down
+  let connectTimer; // fails the current attempt if it has not opened in time
+  let frameRequested; // watchers are due at the next animation frame
+  let lastRef = 0; // numbers the `ref` of WebSocket frames
+  let restartTimer; // reconnects once for all the topic changes of one tick
+  let lastClientId; // the client_id of the last connection that opened
+
+  const absoluteUrl = (pathAndQuery) => new URL(baseUrl + pathAndQuery, globalThis.location?.href).href;
+
   // Plain requests (not the long poll) get a time limit, so a silent server cannot stall them.
-  const get = (p, headers) => fetch(abs(p), { headers, signal: AbortSignal.timeout?.(1e4) });
-  const qs = (q) => {
-    const p = new URLSearchParams();
-    for (const k in q) for (const v of [].concat(q[k] ?? [])) p.append(k, v);
-    return p;
+  const request = (pathAndQuery, headers) =>
+    fetch(absoluteUrl(pathAndQuery), { headers, signal: AbortSignal.timeout?.(REQUEST_TIMEOUT_MS) });
+
+  // A query string: arrays become repeated parameters, undefined and null are left out.
+  const queryString = (params) => {
+    const query = new URLSearchParams();
+    for (const name in params) for (const value of [].concat(params[name] ?? [])) query.append(name, value);
+    return query;
   };
+
   // Reports a handler's exception without breaking the connection that delivered the event.
-  const safe = (f, ...a) => { try { f(...a) } catch (e) { setTimeout(() => { throw e }) } };
-  const later = (f, ms) => (timer = setTimeout(f, ms));
-
-  const c = { status: 'connecting', lastEventId: o.lastEventId };
-  const st = (status, error) => {
-    c.status = status;
-    const s = { status, transport: c.transport, clientId: c.clientId, attempt, error };
-    statusFns.forEach((f) => safe(f, s));
-  };
-  const pos = (id) => id && newer(id, c.lastEventId) && (c.lastEventId = id);
-
-  // Watchers are told once per animation frame, with the state as it is then.
-  const flush = () => {
-    raf = 0;
-    for (const t of dirty) {
-      const s = store.get(t);
-      s && watchers.get(t)?.forEach((f) => safe(f, s.state, s.version, t));
-    }
-    dirty.clear();
-  };
-  const changed = (t) => {
-    dirty.add(t);
-    raf ||= (globalThis.requestAnimationFrame || ((f) => setTimeout(f, 16)))(flush);
-  };
-  const snap = async (t, force) => {
-    if (busy.has(t)) return;
-    busy.add(t);
+  const callSafely = (fn, ...args) => {
     try {
-      const r = await get('/snapshot?' + qs({ topic: t }));
-      r.ok && store.apply({ event: 'snapshot', data: await r.json() }, force);
-    } catch {} // the next event or reconnect tries again
-    busy.delete(t);
+      fn(...args);
+    } catch (error) {
+      setTimeout(() => {
+        throw error;
+      });
+    }
   };
-  const store = new StateStore(snap, changed);
+
+  const retryLater = (fn, ms) => (retryTimer = setTimeout(fn, ms));
+
+  const client = { status: 'connecting', lastEventId: options.lastEventId };
+
+  const setStatus = (status, error) => {
+    client.status = status;
+    const info = { status, transport: client.transport, clientId: client.clientId, attempt: failedAttempts, error };
+    statusListeners.forEach((listener) => callSafely(listener, info));
+  };
+
+  // The resume position only moves forward.
+  const advancePosition = (id) => id && isNewerId(id, client.lastEventId) && (client.lastEventId = id);
+
+  // Retained state. Watchers are told once per animation frame, with the state as it is then,
+  // so a burst of patches costs one render.
+  const notifyWatchers = () => {
+    frameRequested = 0;
+    for (const topic of changedTopics) {
+      const entry = store.get(topic);
+      if (entry) stateWatchers.get(topic)?.forEach((watcher) => callSafely(watcher, entry.state, entry.version, topic));
+    }
+    changedTopics.clear();
+  };
+  const stateChanged = (topic) => {
+    changedTopics.add(topic);
+    frameRequested ||= (globalThis.requestAnimationFrame || ((fn) => setTimeout(fn, 16)))(notifyWatchers);
+  };
+  // Fetches a topic's snapshot (after a gap or a reset); one request per topic at a time.
+  const fetchSnapshot = async (topic, force) => {
+    if (snapshotsInFlight.has(topic)) return;
+    snapshotsInFlight.add(topic);
+    try {
+      const response = await request('/snapshot?' + queryString({ topic }));
+      if (response.ok) store.apply({ event: 'snapshot', data: await response.json() }, force);
+    } catch {} // the next event or reconnect tries again
+    snapshotsInFlight.delete(topic);
+  };
+  const store = new StateStore(fetchSnapshot, stateChanged);
 
   // Every transport delivers here, in the envelope shape {id, topic, event, data, ts}.
-  const deliver = (ev) => {
-    const e = ev.event;
-    // Snapshots and resets carry a position, not a new event: never dropped as duplicates.
-    if (ev.id && e != 'snapshot' && e != 'reset' && !newer(ev.id, c.lastEventId)) return;
-    pos(ev.id);
-    if (e == 'reset') for (const t of watchers.keys()) snap(t, 1);
+  const deliver = (event) => {
+    const name = event.event;
+    // Drop what we already have (a resumed stream may repeat the last event). Snapshots and
+    // resets carry a position, not a new event: never dropped as duplicates.
+    if (event.id && name != 'snapshot' && name != 'reset' && !isNewerId(event.id, client.lastEventId)) return;
+    advancePosition(event.id);
+    // A reset means our position was unknown or too old: what we hold may be out of date.
+    if (name == 'reset') for (const topic of stateWatchers.keys()) fetchSnapshot(topic, true);
     // A snapshot on the stream is consistent with the events that follow it, so it replaces even
     // an older version (the gateway restarted with fresh state); fetched ones only when newer.
-    store.apply(ev, e == 'snapshot');
-    handlers.get(e)?.forEach((f) => safe(f, ev.data, ev));
-    handlers.get('*')?.forEach((f) => safe(f, ev));
+    store.apply(event, name == 'snapshot');
+    handlersByEvent.get(name)?.forEach((handler) => callSafely(handler, event.data, event));
+    handlersByEvent.get('*')?.forEach((handler) => callSafely(handler, event));
   };
 
+  // The transports. Each is started with `attempt`, whose functions it calls:
+  //   attempt.open(clientId)   the connection is established (once, at the gateway's welcome);
+  //   attempt.deliver(event)   an event in the envelope shape;
+  //   attempt.fail(error)      the connection failed or ended;
+  //   attempt.isCurrent()      false once this attempt is over (stop polling).
+  // It returns a handle: close(), and optionally listen(eventName) (SSE), send(frame) and
+  // updateTopics(topics, unsubscribe) (WebSocket).
   const transports = {
-    sse(x) {
-      const es = new EventSource(abs('/stream?' + qs({ topic: [...topics], envelope: 1, lastEventId: c.lastEventId, throttle_ms: throttle })));
-      const names = new Set();
-      const listen = (n) => {
-        if (names.has(n)) return;
-        names.add(n);
-        es.addEventListener(n, (m) => {
-          let d = m.data;
-          try { d = JSON.parse(d) } catch {}
-          if (n == 'welcome') pos(m.lastEventId), x.open(d.client_id);
-          else if (n == 'snapshot') x.ev({ topic: d.topic, event: n, data: d });
-          else if (n == 'reset') x.ev({ id: m.lastEventId, event: n, data: d });
-          else x.ev(d); // envelope=1: the whole event
+    // SSE: GET /stream with envelope=1, so every event's data is the whole envelope and events of
+    // several topics can be told apart. The gateway's own events (welcome, snapshot, reset) are
+    // not enveloped.
+    sse(attempt) {
+      const query = { topic: [...topics], envelope: 1, lastEventId: client.lastEventId, throttle_ms: throttleMs };
+      const source = new EventSource(absoluteUrl('/stream?' + queryString(query)));
+      // EventSource only reports event names that someone listens to.
+      const listening = new Set();
+      const listen = (eventName) => {
+        if (listening.has(eventName)) return;
+        listening.add(eventName);
+        source.addEventListener(eventName, (message) => {
+          let data = message.data;
+          try {
+            data = JSON.parse(data);
+          } catch {}
+          if (eventName == 'welcome') {
+            advancePosition(message.lastEventId);
+            attempt.open(data.client_id);
+          } else if (eventName == 'snapshot') {
+            attempt.deliver({ topic: data.topic, event: eventName, data });
+          } else if (eventName == 'reset') {
+            attempt.deliver({ id: message.lastEventId, event: eventName, data });
+          } else {
+            attempt.deliver(data); // envelope=1: the whole event
+          }
         });
       };
-      ['welcome', 'reset', 'snapshot', 'patch', 'message', ...handlers.keys()].forEach(listen);
+      ['welcome', 'reset', 'snapshot', 'patch', 'message', ...handlersByEvent.keys()].forEach(listen);
       // Our own reconnect logic replaces the browser's, so fallback and the circuit work.
-      es.onerror = () => x.fail('sse error');
-      return { close: () => es.close(), listen };
+      source.onerror = () => attempt.fail('sse error');
+      return { close: () => source.close(), listen };
     },
-    ws(x) {
-      const w = new WebSocket(abs('/ws?' + qs({ topic: [...topics], lastEventId: c.lastEventId, throttle_ms: throttle })).replace(/^http/, 'ws'));
-      const send = (m) => w.readyState == 1 && (w.send(JSON.stringify(m)), 1);
-      w.onmessage = (m) => {
-        const { type, ...d } = JSON.parse(m.data), p = pending.get(d.ref);
-        if (type == 'welcome') x.open(d.client_id);
-        else if (type == 'event') x.ev(d);
-        else if (type == 'snapshot') x.ev({ topic: d.topic, event: type, data: d });
-        else if (type == 'reset') x.ev({ event: type, data: d });
-        else if (p) pending.delete(d.ref), type == 'error' ? p[1](Object.assign(Error(d.message), d)) : p[0](d.data);
-      };
-      w.onclose = (e) => x.fail('ws closed ' + e.code);
-      return {
-        close: () => w.close(1000),
-        send,
-        sub: (ts, un) => send({ type: un ? 'unsubscribe' : 'subscribe', topics: ts, ref: '' + ++ref, ...(un ? {} : { last_event_id: c.lastEventId, throttle_ms: throttle }) }),
-      };
-    },
-    'long-poll'(x) {
-      let ac, id = c.transport == 'long-poll' ? cid : undefined;
-      (async () => {
-        for (let first = 1; ; first = 0) {
-          ac = new AbortController();
-          const t = setTimeout(() => ac.abort(), 35e3); // a silent, half-open request must end
-          const j = await fetch(abs('/poll?' + qs({ topic: [...topics], cursor: c.lastEventId, client_id: id, timeout: 25, throttle_ms: throttle })), { signal: ac.signal })
-            .then((r) => (r.ok ? r.json() : fail('poll ' + r.status)))
-            .finally(() => clearTimeout(t));
-          id = j.client_id;
-          first && x.open(id);
-          j.events.forEach(x.ev);
-          if (!x.ev.live()) return;
-          pos(j.cursor);
+
+    // WebSocket: GET /ws, one JSON object with a `type` per frame. Topic changes and rpc calls are
+    // frames on the same connection.
+    ws(attempt) {
+      const query = { topic: [...topics], lastEventId: client.lastEventId, throttle_ms: throttleMs };
+      const socketUrl = absoluteUrl('/ws?' + queryString(query));
+      const socket = new WebSocket(socketUrl.replace(/^http/, 'ws'));
+      // Returns 1 when the frame was sent, false when the socket is not open (yet).
+      const send = (frame) => socket.readyState == 1 && (socket.send(JSON.stringify(frame)), 1);
+      socket.onmessage = (message) => {
+        const { type, ...frame } = JSON.parse(message.data);
+        const rpc = pendingRpcs.get(frame.ref);
+        if (type == 'welcome') {
+          attempt.open(frame.client_id);
+        } else if (type == 'event') {
+          attempt.deliver(frame);
+        } else if (type == 'snapshot') {
+          attempt.deliver({ topic: frame.topic, event: type, data: frame });
+        } else if (type == 'reset') {
+          attempt.deliver({ event: type, data: frame });
+        } else if (rpc) {
+          // `reply` or `error` (with its `code`) to one of our rpc calls
+          const [resolve, reject] = rpc;
+          pendingRpcs.delete(frame.ref);
+          if (type == 'error') reject(Object.assign(Error(frame.message), frame));
+          else resolve(frame.data);
         }
-      })().catch((e) => x.fail(e));
-      return { close: () => ac.abort() };
-    },
-    poll(x) {
-      const tags = {};
-      let t, first = 1;
-      const round = async () => {
-        let every = 2000;
-        await Promise.all([...topics].filter((s) => !s.includes('*')).map(async (s) => {
-          const r = await get('/snapshot?' + qs({ topic: s }), tags[s] && { 'If-None-Match': tags[s] });
-          every = +r.headers.get('X-Poll-Interval') || every;
-          if (r.status == 200) {
-            tags[s] = r.headers.get('ETag');
-            const { cursor, ...d } = await r.json();
-            x.ev({ topic: d.topic, event: 'snapshot', data: d });
-          } else if (r.status != 304 && (r.status != 404 || (await r.json()).error?.code != 'unknown_topic')) fail('snapshot ' + r.status);
-        }));
-        first && x.open(), (first = 0);
-        if (x.ev.live()) t = setTimeout(() => round().catch(x.fail), every);
       };
-      round().catch(x.fail);
-      return { close: () => clearTimeout(t) };
+      socket.onclose = (event) => attempt.fail('ws closed ' + event.code);
+      return {
+        close: () => socket.close(1000),
+        send,
+        updateTopics: (changed, unsubscribe) =>
+          send({
+            type: unsubscribe ? 'unsubscribe' : 'subscribe',
+            topics: changed,
+            ref: '' + ++lastRef,
+            // a new subscription resumes from our position, like a reconnect would
+            ...(unsubscribe ? {} : { last_event_id: client.lastEventId, throttle_ms: throttleMs }),
+          }),
+      };
+    },
+
+    // Long-poll: GET /poll in a loop; each answer is {client_id, cursor, events}, and the next
+    // request asks for what comes after that cursor.
+    'long-poll'(attempt) {
+      let abortController;
+      // Offer the client_id of the last connection that opened (whatever its transport): the
+      // gateway rejoins that poll session, or opens one under that id when no connected client
+      // holds it, so events targeted at this client keep reaching it.
+      let clientId = lastClientId;
+      (async () => {
+        for (let firstRequest = true; ; firstRequest = false) {
+          abortController = new AbortController();
+          // A silent, half-open request must end.
+          const abortTimer = setTimeout(() => abortController.abort(), LONG_POLL_ABORT_MS);
+          const query = {
+            topic: [...topics],
+            cursor: client.lastEventId,
+            client_id: clientId,
+            timeout: LONG_POLL_WAIT_S,
+            throttle_ms: throttleMs,
+          };
+          const answer = await fetch(absoluteUrl('/poll?' + queryString(query)), { signal: abortController.signal })
+            .then((response) => (response.ok ? response.json() : throwError('poll ' + response.status)))
+            .finally(() => clearTimeout(abortTimer));
+          clientId = answer.client_id;
+          if (firstRequest) attempt.open(clientId);
+          answer.events.forEach(attempt.deliver);
+          if (!attempt.isCurrent()) return;
+          advancePosition(answer.cursor);
+        }
+      })().catch((error) => attempt.fail(error));
+      return { close: () => abortController.abort() };
+    },
+
+    // Snapshot polling: GET /snapshot for each subscribed topic (patterns cannot be polled), with
+    // If-None-Match so an unchanged topic costs a 304, at the interval the gateway suggests.
+    poll(attempt) {
+      const etags = {};
+      let roundTimer;
+      let firstRound = true;
+      const pollRound = async () => {
+        let intervalMs = DEFAULT_POLL_INTERVAL_MS;
+        const pollable = [...topics].filter((topic) => !topic.includes('*'));
+        await Promise.all(
+          pollable.map(async (topic) => {
+            const headers = etags[topic] && { 'If-None-Match': etags[topic] };
+            const response = await request('/snapshot?' + queryString({ topic }), headers);
+            intervalMs = +response.headers.get('X-Poll-Interval') || intervalMs;
+            if (response.status == 200) {
+              etags[topic] = response.headers.get('ETag');
+              const { cursor, ...snapshot } = await response.json();
+              attempt.deliver({ topic: snapshot.topic, event: 'snapshot', data: snapshot });
+            } else if (response.status != 304) {
+              // A topic without retained state (yet) is not an error of the connection.
+              const unknownTopic = response.status == 404 && (await response.json()).error?.code == 'unknown_topic';
+              if (!unknownTopic) throwError('snapshot ' + response.status);
+            }
+          }),
+        );
+        if (firstRound) attempt.open();
+        firstRound = false;
+        if (attempt.isCurrent()) roundTimer = setTimeout(() => pollRound().catch(attempt.fail), intervalMs);
+      };
+      pollRound().catch(attempt.fail);
+      return { close: () => clearTimeout(roundTimer) };
     },
   };
 
-  // Opens order[idx]. A failure before it opened moves on to the next transport at once; a drop
-  // after it opened reconnects the same one after a backoff delay.
-  const run = () => {
-    [timer, to].forEach(clearTimeout);
-    const name = order[idx], my = ++gen;
-    let opened, h;
-    c.transport = name;
-    const live = () => my == gen;
-    const ev = (e) => live() && deliver(e);
-    ev.live = live;
-    const x = {
-      ev,
-      open(id) {
-        if (!live()) return;
-        clearTimeout(to);
-        opened = 1, (attempt = 0), (cid = c.clientId = id);
-        st('open');
+  // Opens transportOrder[transportIndex] as a new attempt. The attempt's generation number makes
+  // its callbacks no-ops once it is over (failed, replaced, or closed).
+  const openTransport = () => {
+    clearTimeout(retryTimer);
+    clearTimeout(connectTimer);
+    const name = transportOrder[transportIndex];
+    const myGeneration = ++generation;
+    let opened;
+    let handle;
+    client.transport = name;
+    const isCurrent = () => myGeneration == generation;
+    const attempt = {
+      deliver: (event) => isCurrent() && deliver(event),
+      isCurrent,
+      open(clientId) {
+        if (!isCurrent()) return;
+        clearTimeout(connectTimer);
+        opened = true;
+        failedAttempts = 0;
+        lastClientId = client.clientId = clientId;
+        setStatus('open');
       },
-      fail(err) {
-        if (!live()) return;
-        gen++;
-        clearTimeout(to);
-        h?.close();
-        drop();
-        if (opened) st('reconnecting', err), later(run, backoffDelay(attempt, o.backoff));
-        else attempt++, idx++, next(err);
+      fail(error) {
+        if (!isCurrent()) return;
+        generation++;
+        clearTimeout(connectTimer);
+        handle?.close();
+        dropConnection();
+        if (opened) {
+          // It worked until now: reopen the same transport, after a backoff delay.
+          setStatus('reconnecting', error);
+          retryLater(openTransport, backoffDelay(failedAttempts, options.backoff));
+        } else {
+          // It never opened: fall back to the next transport.
+          failedAttempts++;
+          transportIndex++;
+          tryNextTransport(error);
+        }
       },
     };
-    to = setTimeout(() => x.fail('timeout'), 1e4);
+    connectTimer = setTimeout(() => attempt.fail('timeout'), CONNECT_TIMEOUT_MS);
     try {
-      h = transports[name](x);
-      live() ? (cur = h) : h.close();
-    } catch (e) {
-      x.fail(e); // e.g. no EventSource / WebSocket in this environment
+      handle = transports[name](attempt);
+      // It may already have failed (synchronously), which started the next attempt.
+      if (isCurrent()) currentTransport = handle;
+      else handle.close();
+    } catch (error) {
+      attempt.fail(error); // e.g. no EventSource / WebSocket in this environment
     }
   };
-  const next = (err) => {
-    if (attempt >= failures) {
-      st('circuit-open', err);
-      later(() => ((attempt = 0), st('reconnecting'), start()), cooldown);
-    } else if (idx < order.length) run();
-    else (idx = 0), st('reconnecting', err), later(run, backoffDelay(attempt, o.backoff));
-  };
-  const start = async () => {
-    order = [];
-    if (o.negotiate ?? true)
-      try {
-        const q = qs({ ...flags, transports: allowed.join() });
-        const r = await get('/negotiate?' + q);
-        const j = r.ok && (await r.json());
-        order = j ? [j.transport, ...(j.fallbacks || [])].filter((t) => allowed.includes(t) && transports[t]) : [];
-      } catch {}
-    if (c.status == 'closed') return;
-    if (!order.length) order = decide(flags, allowed);
-    idx = 0;
-    order.length ? run() : (attempt = failures, next('no transport'));
-  };
-  // Topic changes: WebSocket sends frames; the others reconnect (once per tick) and resume.
-  // `cur` is the live transport, opened or still connecting (none while waiting to retry).
-  const retopic = (t, un) => {
-    if (!cur || cur.sub?.([t], un) || restart) return;
-    restart = setTimeout(() => {
-      restart = 0;
-      if (cur) gen++, cur.close(), run();
-    });
-  };
-  const drop = () => {
-    cur = null;
-    for (const [, p] of pending) p[1](Error('connection lost'));
-    pending.clear();
+
+  // After an attempt failed before opening: open the circuit, try the next transport, or start
+  // over at the first one after a backoff delay.
+  const tryNextTransport = (error) => {
+    if (failedAttempts >= circuitFailures) {
+      setStatus('circuit-open', error);
+      retryLater(() => {
+        failedAttempts = 0;
+        setStatus('reconnecting');
+        start();
+      }, circuitCooldownMs);
+    } else if (transportIndex < transportOrder.length) {
+      openTransport();
+    } else {
+      transportIndex = 0;
+      setStatus('reconnecting', error);
+      retryLater(openTransport, backoffDelay(failedAttempts, options.backoff));
+    }
   };
 
-  Object.assign(c, {
-    on(name, fn) {
-      handlers.has(name) || (handlers.set(name, new Set()), cur?.listen?.(name));
-      handlers.get(name).add(fn);
-      return c;
+  // Chooses the transport order, then opens the first. The gateway's /negotiate knows which
+  // transports it has enabled; without an answer, decide() gives the same matrix locally.
+  const start = async () => {
+    transportOrder = [];
+    if (options.negotiate ?? true) {
+      try {
+        const query = queryString({ ...flags, transports: allowedTransports.join() });
+        const response = await request('/negotiate?' + query);
+        const answer = response.ok && (await response.json());
+        const offered = answer ? [answer.transport, ...(answer.fallbacks || [])] : [];
+        transportOrder = offered.filter((name) => allowedTransports.includes(name) && transports[name]);
+      } catch {}
+    }
+    if (client.status == 'closed') return;
+    if (!transportOrder.length) transportOrder = decide(flags, allowedTransports);
+    transportIndex = 0;
+    if (transportOrder.length) {
+      openTransport();
+    } else {
+      failedAttempts = circuitFailures; // nothing to try: straight to the circuit's cool-down
+      tryNextTransport('no transport');
+    }
+  };
+
+  // A topic was added or removed. The WebSocket sends a frame; the other transports (or a
+  // WebSocket not open yet) reconnect with the new topics, once per tick, resuming from
+  // lastEventId. Between attempts there is nothing to do: the next one uses the new topics.
+  const topicsChanged = (topic, unsubscribe) => {
+    if (!currentTransport || currentTransport.updateTopics?.([topic], unsubscribe) || restartTimer) return;
+    restartTimer = setTimeout(() => {
+      restartTimer = 0;
+      if (currentTransport) {
+        generation++; // so closing it is not taken for a failure
+        currentTransport.close();
+        openTransport();
+      }
+    });
+  };
+
+  // The connection is gone: rpc calls waiting on it will get no answer.
+  const dropConnection = () => {
+    currentTransport = null;
+    for (const [, [, reject]] of pendingRpcs) reject(Error('connection lost'));
+    pendingRpcs.clear();
+  };
+
+  Object.assign(client, {
+    on(name, handler) {
+      if (!handlersByEvent.has(name)) {
+        handlersByEvent.set(name, new Set());
+        currentTransport?.listen?.(name); // SSE has to listen for a new event name
+      }
+      handlersByEvent.get(name).add(handler);
+      return client;
     },
-    off: (name, fn) => (handlers.get(name)?.delete(fn), c),
-    subscribe: (t) => topics.has(t) || (topics.add(t), retopic(t)),
-    unsubscribe: (t) => topics.delete(t) && retopic(t, 1),
-    state(t, fn) {
-      watchers.has(t) || watchers.set(t, new Set());
-      watchers.get(t).add(fn);
-      store.get(t) && changed(t);
-      return () => watchers.get(t)?.delete(fn);
+    off(name, handler) {
+      handlersByEvent.get(name)?.delete(handler);
+      return client;
     },
-    onStatus: (fn) => (statusFns.add(fn), () => statusFns.delete(fn)),
+    subscribe(topic) {
+      if (topics.has(topic)) return;
+      topics.add(topic);
+      topicsChanged(topic);
+    },
+    unsubscribe(topic) {
+      if (topics.delete(topic)) topicsChanged(topic, true);
+    },
+    state(topic, watcher) {
+      if (!stateWatchers.has(topic)) stateWatchers.set(topic, new Set());
+      stateWatchers.get(topic).add(watcher);
+      if (store.get(topic)) stateChanged(topic); // a new watcher sees the state we already hold
+      return () => stateWatchers.get(topic)?.delete(watcher);
+    },
+    onStatus(listener) {
+      statusListeners.add(listener);
+      return () => statusListeners.delete(listener);
+    },
     rpc: (method, data) =>
-      new Promise((res, rej) => {
-        const r = '' + ++ref;
-        cur?.send?.({ type: 'rpc', method, data, ref: r }) ? pending.set(r, [res, rej]) : rej(Error('rpc needs an open WebSocket'));
+      new Promise((resolve, reject) => {
+        const ref = '' + ++lastRef;
+        if (currentTransport?.send?.({ type: 'rpc', method, data, ref })) pendingRpcs.set(ref, [resolve, reject]);
+        else reject(Error('rpc needs an open WebSocket'));
       }),
     store,
     close() {
-      gen++;
-      [timer, to, restart].forEach(clearTimeout);
-      cur?.close();
-      drop();
-      st('closed');
+      generation++;
+      clearTimeout(retryTimer);
+      clearTimeout(connectTimer);
+      clearTimeout(restartTimer);
+      currentTransport?.close();
+      dropConnection();
+      setStatus('closed');
     },
   });
+
   // Start after the caller has registered its handlers and topics in this tick.
-  Promise.resolve().then(() => c.status != 'closed' && (st('connecting'), start()));
-  return c;
+  Promise.resolve().then(() => {
+    if (client.status == 'closed') return;
+    setStatus('connecting');
+    start();
+  });
+  return client;
 }
