@@ -402,7 +402,9 @@ pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     .await;
     // The session has unregistered the client. The server closes TCP first (RFC 6455 §7.1.1),
     // then lets the peer's last bytes (its answer to a close) arrive before the socket goes.
-    if !kill.is_cancelled() {
-        crate::linger::linger(&socket, ws::CLOSE_WAIT, crate::linger::LINGER_BYTES).await;
+    // A cut (the drain's time limit at shutdown) ends it at once.
+    tokio::select! {
+        _ = crate::linger::linger(&socket, ws::CLOSE_WAIT, crate::linger::LINGER_BYTES) => {}
+        _ = kill.cancelled() => {}
     }
 }
