@@ -9,7 +9,8 @@
 //! - [`broker`]: gives events ids and order and keeps history ([`broker::MemoryBroker`] by default).
 //! - [`client`]: one connected client and its bounded outbound queue.
 //! - [`hub`]: the registry of clients and the topic index (a trie for patterns); decides who
-//!   receives each event; `fanout`, a thread of its own, writes the runs to sockets and queues
+//!   receives each event; `subscribers`: the sets of clients, in chunks shared copy-on-write
+//!   with the fan-out; `fanout`, a thread of its own, writes the runs to sockets and queues
 //!   outside every lock.
 //! - [`sse`], [`ws`], [`poll`], [`snapshot`]: the transports (`/stream`, `/ws`, `/poll`,
 //!   `/snapshot`); each renders the same per-client queue in its own wire format.
