@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 use ssegate::{Draft, Hub};
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn a_nested_router_serves_sse_and_websocket_through_axum() {
-    let hub = Hub::new(ssegate::Config { demo: false, ..Default::default() }).unwrap();
+/// A backend's own axum app with the gateway's router nested under `/push`, served on a free
+/// port: the hub, the address, the API under `/push`, and the server's task.
+async fn nested(demo: bool) -> (Hub, std::net::SocketAddr, Api, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let hub = Hub::new(ssegate::Config { demo, ..Default::default() }).unwrap();
     let app = axum::Router::new().nest("/push", ssegate::router(hub.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -20,6 +21,12 @@ async fn a_nested_router_serves_sse_and_websocket_through_axum() {
         axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
     });
     let api = Api { base: format!("http://{addr}/push"), http: common::http() };
+    (hub, addr, api, server)
+}
+
+#[tokio::test]
+async fn a_nested_router_serves_sse_and_websocket_through_axum() {
+    let (hub, addr, api, server) = nested(false).await;
 
     let mut sse = Sse::connect(&api, "topic=news").await;
 
@@ -63,14 +70,7 @@ async fn a_nested_router_serves_sse_and_websocket_through_axum() {
 /// unauthenticated `POST /demo/refresh` would let anyone broadcast `refresh` to every client.
 #[tokio::test]
 async fn a_nested_router_has_no_demo_endpoint() {
-    let hub = Hub::new(ssegate::Config { demo: true, ..Default::default() }).unwrap();
-    let app = axum::Router::new().nest("/push", ssegate::router(hub.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
-    });
-    let api = Api { base: format!("http://{addr}/push"), http: common::http() };
+    let (hub, _, api, server) = nested(true).await;
     let mut sse = Sse::connect(&api, "topic=news").await;
     let (status, body) = api.post_raw("/demo/refresh", "{}").await;
     assert_eq!(status, 404, "{body}");
