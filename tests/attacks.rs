@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{until, within, Api, ChildServer, Sse};
+use common::{client_frame, get_request, op, until, within, ws_request, Api, ChildServer, Sse};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -43,29 +43,6 @@ async fn connect_small(addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("a socket");
     socket.set_recv_buffer_size(4 * 1024).expect("SO_RCVBUF");
     within("a connection", socket.connect(addr)).await.expect("connect")
-}
-
-/// An HTTP/1.1 `GET` request head with extra header lines.
-fn get_request(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    head.into_bytes()
-}
-
-/// The WebSocket upgrade request for `path` (RFC 6455 §4.1).
-fn ws_request(path: &str) -> Vec<u8> {
-    get_request(
-        path,
-        &[
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ],
-    )
 }
 
 /// Reads until a response head is complete; returns the head and the bytes that followed it.
@@ -154,37 +131,6 @@ async fn peak_rss_mib(s: &ChildServer, window: Duration) -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 // WebSocket frames by hand (RFC 6455 §5.2).
-
-/// WebSocket opcodes.
-mod op {
-    pub const CONTINUATION: u8 = 0x0;
-    pub const TEXT: u8 = 0x1;
-    pub const CLOSE: u8 = 0x8;
-    pub const PING: u8 = 0x9;
-    pub const PONG: u8 = 0xA;
-}
-
-/// A client-to-server frame: the FIN bit, `opcode`, and `payload` masked as clients must
-/// (RFC 6455 §5.3; the key need not be unpredictable for a test).
-fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x1f, 0x2e, 0x3d, 0x4c];
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(if fin { 0x80 } else { 0 } | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= usize::from(u16::MAX) => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    out
-}
 
 /// The first whole server-to-client frame at the start of `buf` (servers never mask): its
 /// opcode, its payload and how many bytes of `buf` it takes; `None` until all of it is there.

@@ -9,16 +9,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{within, Sse, TestServer};
+use common::{get_request, request_head, within, Sse, TestServer, WS_HEADERS};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
-
-/// RFC 6455's example key.
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// A response read off a raw connection.
 #[derive(Debug)]
@@ -142,28 +139,9 @@ impl Raw {
     }
 }
 
-/// A request head: `GET {target}` with `Host` and `headers`, lines ended by `eol`.
-fn head_with(version: &str, target: &str, headers: &[(&str, &str)], eol: &str) -> Vec<u8> {
-    let mut head = format!("GET {target} {version}{eol}Host: 127.0.0.1{eol}");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}{eol}"));
-    }
-    head.push_str(eol);
-    head.into_bytes()
-}
-
-fn get(target: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    head_with("HTTP/1.1", target, headers, "\r\n")
-}
-
 /// The headers of a valid WebSocket handshake, with `change` applied (`None` drops a header).
 fn ws_headers<'a>(change: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, &'a str)> {
-    let mut headers = vec![
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", KEY),
-    ];
+    let mut headers = WS_HEADERS.to_vec();
     for (name, value) in change {
         headers.retain(|(n, _)| n != name);
         if let Some(v) = value {
@@ -283,12 +261,12 @@ async fn oversized_heads_get_431_on_the_socket_path() {
     let s = TestServer::start().await;
     let pad = "a".repeat(20 * 1024);
     for target in ["/stream?topic=a", "/ws?topic=a"] {
-        let request = get(target, &ws_headers(&[("X-Pad", Some(&pad))]));
+        let request = get_request(target, &ws_headers(&[("X-Pad", Some(&pad))]));
         refused(Raw::connect(s.addr).await, &request, 431, "request_header_fields_too_large").await;
     }
     // Just under the limit is fine.
     let pad = "a".repeat(15 * 1024);
-    streams(s.addr, &get("/stream?topic=a", &[("X-Pad", &pad)])).await;
+    streams(s.addr, &get_request("/stream?topic=a", &[("X-Pad", &pad)])).await;
     s.stop().await;
 }
 
@@ -298,10 +276,10 @@ async fn more_than_100_headers_get_431() {
     let names: Vec<String> = (0..101).map(|i| format!("X-Header-{i}")).collect();
     let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
     for target in ["/stream?topic=a", "/ws?topic=a"] {
-        refused(Raw::connect(s.addr).await, &get(target, &many), 431, "request_header_fields_too_large").await;
+        refused(Raw::connect(s.addr).await, &get_request(target, &many), 431, "request_header_fields_too_large").await;
     }
     // 90 are fine.
-    streams(s.addr, &get("/stream?topic=a", &many[..90])).await;
+    streams(s.addr, &get_request("/stream?topic=a", &many[..90])).await;
     s.stop().await;
 }
 
@@ -325,11 +303,11 @@ async fn malformed_heads_get_400() {
 #[tokio::test]
 async fn bare_lf_heads_are_served() {
     let s = TestServer::start().await;
-    streams(s.addr, &head_with("HTTP/1.1", "/stream?topic=a", &[], "\n")).await;
-    upgrades(Raw::connect(s.addr).await, &head_with("HTTP/1.1", "/ws?topic=a", &ws_headers(&[]), "\n")).await;
+    streams(s.addr, &request_head("HTTP/1.1", "/stream?topic=a", &[], "\n")).await;
+    upgrades(Raw::connect(s.addr).await, &request_head("HTTP/1.1", "/ws?topic=a", &ws_headers(&[]), "\n")).await;
     // The same through the framework.
     let mut raw = Raw::kept_alive(s.addr).await;
-    raw.send(&head_with("HTTP/1.1", "/stream?topic=a", &[], "\n")).await;
+    raw.send(&request_head("HTTP/1.1", "/stream?topic=a", &[], "\n")).await;
     assert_eq!(raw.reply().await.status, 200);
     raw.read_until("event: welcome").await;
     s.stop().await;
@@ -338,8 +316,8 @@ async fn bare_lf_heads_are_served() {
 #[tokio::test]
 async fn http_1_0_streams_but_does_not_upgrade() {
     let s = TestServer::start().await;
-    streams(s.addr, &head_with("HTTP/1.0", "/stream?topic=a", &[], "\r\n")).await;
-    let request = head_with("HTTP/1.0", "/ws?topic=a", &ws_headers(&[]), "\r\n");
+    streams(s.addr, &request_head("HTTP/1.0", "/stream?topic=a", &[], "\r\n")).await;
+    let request = request_head("HTTP/1.0", "/ws?topic=a", &ws_headers(&[]), "\r\n");
     refused(Raw::connect(s.addr).await, &request, 400, "websocket_required").await;
     s.stop().await;
 }
@@ -347,7 +325,7 @@ async fn http_1_0_streams_but_does_not_upgrade() {
 #[tokio::test]
 async fn an_absolute_form_target_gets_the_stream() {
     let s = TestServer::start().await;
-    streams(s.addr, &get(&format!("http://{}/stream?topic=a", s.addr), &[])).await;
+    streams(s.addr, &get_request(&format!("http://{}/stream?topic=a", s.addr), &[])).await;
     s.stop().await;
 }
 
@@ -356,7 +334,7 @@ async fn a_get_stream_with_a_body_still_streams() {
     let s = TestServer::start().await;
     for body_headers in [[("Content-Length", "5")], [("Transfer-Encoding", "chunked")]] {
         let mut raw = Raw::connect(s.addr).await;
-        let mut request = get("/stream?topic=body", &body_headers);
+        let mut request = get_request("/stream?topic=body", &body_headers);
         request.extend_from_slice(if body_headers[0].0 == "Content-Length" {
             b"hello"
         } else {
@@ -374,13 +352,13 @@ async fn a_get_stream_with_a_body_still_streams() {
 #[tokio::test]
 async fn a_get_ws_with_a_body_is_refused_and_the_answer_arrives() {
     let s = TestServer::start().await;
-    let mut request = get("/ws?topic=a", &ws_headers(&[("Content-Length", Some("5"))]));
+    let mut request = get_request("/ws?topic=a", &ws_headers(&[("Content-Length", Some("5"))]));
     request.extend_from_slice(b"hello");
     refused(Raw::connect(s.addr).await, &request, 400, "invalid_request").await;
     refused(Raw::kept_alive(s.addr).await, &request, 400, "invalid_request").await;
     // A large body, written whole before the client reads: the answer still arrives.
     let size = 4 << 20;
-    let mut request = get("/ws?topic=a", &ws_headers(&[("Content-Length", Some(&size.to_string()))]));
+    let mut request = get_request("/ws?topic=a", &ws_headers(&[("Content-Length", Some(&size.to_string()))]));
     request.resize(request.len() + size, b'x');
     refused(Raw::connect(s.addr).await, &request, 400, "invalid_request").await;
     s.stop().await;
@@ -390,8 +368,8 @@ async fn a_get_ws_with_a_body_is_refused_and_the_answer_arrives() {
 async fn pipelined_heads_are_both_answered() {
     let s = TestServer::start().await;
     let mut raw = Raw::connect(s.addr).await;
-    let mut request = get("/healthz", &[]);
-    request.extend_from_slice(&get("/stream?topic=a", &[]));
+    let mut request = get_request("/healthz", &[]);
+    request.extend_from_slice(&get_request("/stream?topic=a", &[]));
     raw.send(&request).await;
     let health = raw.reply().await;
     assert_eq!(health.status, 200, "{health:?}");
@@ -415,8 +393,8 @@ async fn dribble(raw: &mut Raw, first: usize, bytes: &[u8]) {
 #[tokio::test]
 async fn a_head_sent_one_byte_at_a_time_is_served() {
     let s = TestServer::start().await;
-    let stream = get("/stream?topic=a", &[]);
-    let ws = get("/ws?topic=a", &ws_headers(&[]));
+    let stream = get_request("/stream?topic=a", &[]);
+    let ws = get_request("/ws?topic=a", &ws_headers(&[]));
     // From the first byte (which goes the framework's way: the path is not known yet), and
     // after the path (the socket path).
     for first in [1, "GET /stream?".len()] {
@@ -489,7 +467,7 @@ fn bad_handshakes() -> Vec<BadHandshake> {
 async fn bad_handshakes_are_refused_alike_on_both_paths() {
     let s = TestServer::start().await;
     for BadHandshake { what, headers, status, code } in bad_handshakes() {
-        let request = get("/ws?topic=a", &headers);
+        let request = get_request("/ws?topic=a", &headers);
         for path in ["socket", "framework"] {
             let raw = match path {
                 "socket" => Raw::connect(s.addr).await,
@@ -499,8 +477,8 @@ async fn bad_handshakes_are_refused_alike_on_both_paths() {
         }
     }
     // A good handshake still upgrades on both.
-    upgrades(Raw::connect(s.addr).await, &get("/ws?topic=a", &ws_headers(&[]))).await;
-    upgrades(Raw::kept_alive(s.addr).await, &get("/ws?topic=a", &ws_headers(&[]))).await;
+    upgrades(Raw::connect(s.addr).await, &get_request("/ws?topic=a", &ws_headers(&[]))).await;
+    upgrades(Raw::kept_alive(s.addr).await, &get_request("/ws?topic=a", &ws_headers(&[]))).await;
     s.stop().await;
 }
 
@@ -520,7 +498,7 @@ async fn raw_check(mut raw: Raw, request: &[u8], status: u16, code: &str, what: 
 async fn error_answers_on_the_socket_path_arrive_before_a_clean_close() {
     let s = TestServer::start().await;
     // A bad topic, refused after the head, with more bytes sent behind it.
-    let mut request = get("/stream?topic=a%01b", &[]);
+    let mut request = get_request("/stream?topic=a%01b", &[]);
     request.extend(std::iter::repeat_n(b'x', 1 << 20));
     refused(Raw::connect(s.addr).await, &request, 400, "invalid_topic").await;
     s.stop().await;

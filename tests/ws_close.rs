@@ -14,7 +14,8 @@ mod common;
 use std::fmt;
 use std::time::Duration;
 
-use common::TestServer;
+use common::op::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+use common::{encode_frame, TestServer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,13 +23,6 @@ use tokio::time::Instant;
 
 /// Longest wait for each step of a close: the close frame, then the end of the connection.
 const BOUND: Duration = Duration::from_secs(5);
-
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CONTINUATION: u8 = 0x0;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
 
 /// How the upgrade reaches the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -95,26 +89,7 @@ impl Frame {
 
     /// The frame's bytes, masked with `mask` as a client must (RFC 6455 §5.3), or not.
     fn encode(&self, mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut out = vec![(u8::from(self.fin) << 7) | (self.rsv << 4) | self.opcode];
-        let flag = if mask.is_some() { 0x80 } else { 0 };
-        let len = self.payload.len();
-        if len < 126 {
-            out.push(flag | len as u8);
-        } else if len <= usize::from(u16::MAX) {
-            out.push(flag | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(flag | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        match mask {
-            Some(key) => {
-                out.extend_from_slice(&key);
-                out.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-            }
-            None => out.extend_from_slice(&self.payload),
-        }
-        out
+        encode_frame(self.fin, self.rsv, self.opcode, &self.payload, mask)
     }
 
     /// A whole frame at the start of `buf`, and its length; `None` if more bytes are needed.
