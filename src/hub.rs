@@ -21,7 +21,7 @@ use crate::event::{now_ms, Audience, Draft, Event, EventId};
 use crate::metrics::{Metrics, TransportLabel};
 use crate::persist::{Saved, SavedTopic};
 use crate::retained::{Follow, Prepared, Snapshot, Store};
-use crate::rpc::{HttpRpc, RpcHandler};
+use crate::rpc::RpcHandler;
 use crate::subscribers::{Snapshot as Receivers, Subscribers};
 use crate::topic::{validate_topic, Pattern};
 use crate::trie::PatternTrie;
@@ -607,13 +607,9 @@ impl Hub {
             }
             (other, _) => return Err(HubError::UnsupportedBroker(other.to_owned())),
         };
-        let rpc = config.rpc_url.as_deref().map(HttpRpc::new).transpose().map_err(HubError::Config)?;
         let hub = Hub::with_broker(config, broker);
         if let Some(saved) = saved {
             lock(&hub.shared.state).retained.load(saved.retained);
-        }
-        if let Some(rpc) = rpc {
-            hub.set_rpc_handler(rpc);
         }
         Ok(hub)
     }

@@ -150,7 +150,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let demo = config.demo;
+    // The backend's rpc endpoint is reached through an HTTP client made here, not by the hub,
+    // which only knows the handler (a library user sets its own with `Hub::set_rpc_handler`).
+    let rpc = config.rpc_url.as_deref().map(rpc::HttpRpc::new).transpose().map_err(hub::HubError::Config)?;
     let hub = Hub::new(config)?;
+    if let Some(rpc) = rpc {
+        hub.set_rpc_handler(rpc);
+    }
     let mut app = router(hub.clone());
     if demo {
         demo::spawn(hub.clone());

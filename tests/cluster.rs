@@ -588,3 +588,28 @@ async fn racing_json_patches_on_two_nodes_apply_once() {
         }
     }
 }
+
+/// `--rpc-url` works with the Redis broker too: a node forwards a WebSocket client's `rpc` to
+/// the backend and relays its answer.
+#[tokio::test]
+async fn rpc_reaches_the_backend_from_a_node_on_redis() {
+    use futures::SinkExt;
+    let backend = axum::Router::new().route(
+        "/rpc",
+        axum::routing::post(|axum::Json(req): axum::Json<Value>| async move {
+            axum::Json(json!({"method": req["method"], "client": req["client_id"]}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let backend_task = tokio::spawn(async move { axum::serve(listener, backend).await });
+    let url = format!("http://{backend_addr}/rpc");
+    let cluster = Cluster::start(1, &["--rpc-url", &url]).await;
+    let mut ws = ws_connect(&cluster.nodes[0], "/ws").await;
+    let id = ws_next(&mut ws).await.expect("welcome")["client_id"].clone();
+    let frame = json!({"type": "rpc", "method": "ping_backend", "data": null, "ref": "r1"});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.unwrap();
+    let reply = ws_next(&mut ws).await.expect("reply");
+    assert_eq!(reply, json!({"type": "reply", "ref": "r1", "data": {"method": "ping_backend", "client": id}}));
+    backend_task.abort();
+}
