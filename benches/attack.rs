@@ -903,6 +903,16 @@ impl Run {
         self.began() + self.limit.max(self.duration)
     }
 
+    /// The attack window around one publish of `body` (status, answer, milliseconds): the victim
+    /// is measured for the whole window, not only while the publish is answered.
+    async fn publish_in_window(&self, body: String) -> (u16, Value, f64) {
+        self.begin();
+        let answered = self.publish_raw(body, self.limit).await;
+        sleep_until(self.window_end()).await;
+        self.end();
+        answered
+    }
+
     /// POSTs a publish body as the backend: status, the answer's JSON, milliseconds.
     async fn publish_raw(&self, body: String, within: Duration) -> (u16, Value, f64) {
         let started = Instant::now();
@@ -1278,10 +1288,7 @@ async fn publish_many_topics(run: &Run, retain: bool) -> anyhow::Result<Detail> 
     }
     .to_string();
     let bytes = body.len();
-    run.begin();
-    let (status, answer, ms) = run.publish_raw(body, run.limit).await;
-    sleep_until(run.window_end()).await;
-    run.end();
+    let (status, answer, ms) = run.publish_in_window(body).await;
     Ok(detail(json!({
         "body_bytes": bytes,
         "topics": run.sizes.many_topics,
@@ -1300,10 +1307,7 @@ async fn patch_copy_bomb(run: &Run) -> anyhow::Result<Detail> {
         (0..run.sizes.copy_ops).map(|i| json!({"op": "copy", "from": "", "path": format!("/copy-{i:02}")})).collect();
     let body = json!({"topic": "bomb", "json_patch": ops}).to_string();
     let bytes = body.len();
-    run.begin();
-    let (status, answer, ms) = run.publish_raw(body, run.limit).await;
-    sleep_until(run.window_end()).await;
-    run.end();
+    let (status, answer, ms) = run.publish_in_window(body).await;
     Ok(detail(json!({
         "body_bytes": bytes,
         "copy_ops": run.sizes.copy_ops,

@@ -33,56 +33,22 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-# --- what it needs -------------------------------------------------------------------------
-need_apt=()
-wanted=(jq python3)
-[[ ",$targets," == *",nchan,"* ]] && wanted+=(nginx libnginx-mod-nchan)
-for pkg in "${wanted[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-
-if [ -z "${SSEGATE_BIN:-}" ]; then
-  log "building the release gateway"
-  cargo build --release --locked --bin ssegate >&2
-  SSEGATE_BIN="$repo/target/release/ssegate"
-fi
-if [ -z "${ATTACK_BIN:-}" ]; then
-  log "building the attack harness"
-  ATTACK_BIN=$(cargo bench --locked --no-run --bench attack 2>&1 \
-    | sed -n 's/.*Executable benches\/attack.rs (\(.*\))$/\1/p' | tail -n 1)
-  [ -x "$ATTACK_BIN" ] || { echo "could not build benches/attack.rs" >&2; exit 1; }
-fi
-commit="${SSEGATE_COMMIT:-$(git -C "$repo" log -1 --format=%h 2>/dev/null || echo unknown)}"
-if [ -z "${SSEGATE_COMMIT:-}" ] && [ -n "$(git -C "$repo" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-  commit="$commit (with uncommitted changes under src/)"
-fi
-
-# The fan-out attack holds 10,000 connections: ask for 20,000 files, never more.
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -gt 20000 ]; then hard=20000; fi
-ulimit -n "$hard"
-nofile=$(ulimit -n)
-
-work=$(mktemp -d /tmp/ssegate-attack.XXXXXX)
-results="$work/results.jsonl"
-: >"$results"
-log "work dir $work, open files $nofile"
-
-# --- servers: start, stop ------------------------------------------------------------------
+# log, install_missing, build_bench, set_up, free_port, wait_port, fill, stop_all (and the
+# exit trap, which ends only what this script started).
+source benches/peers/lib.sh
 started=()   # the PIDs this script started itself and has not yet stopped
 adopted=()   # their children (nginx workers): killed only if they outlive them
+
+# --- what it needs -------------------------------------------------------------------------
+wanted=(jq python3)
+[[ ",$targets," == *",nchan,"* ]] && wanted+=(nginx libnginx-mod-nchan)
+install_missing "${wanted[@]}"
+set_up ssegate-attack
+if [ -z "${ATTACK_BIN:-}" ]; then ATTACK_BIN=$(build_bench attack); fi
+
+# --- servers: start, stop ------------------------------------------------------------------
 server_pids=""
 url=""
-
-# free_port, wait_port, fill, stop_all (and the exit trap).
-source benches/peers/lib.sh
 
 start_ssegate() {  # start_ssegate DIR
   local dir=$1 port

@@ -32,56 +32,22 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-# --- what it needs -------------------------------------------------------------------------
-need_apt=()
-for pkg in nginx libnginx-mod-nchan pushpin curl jq python3; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-
-if [ -z "${SSEGATE_BIN:-}" ]; then
-  log "building the release gateway"
-  cargo build --release --locked --bin ssegate >&2
-  SSEGATE_BIN="$repo/target/release/ssegate"
-fi
-if [ -z "${LOADGEN_BIN:-}" ]; then
-  log "building the load generator"
-  LOADGEN_BIN=$(cargo bench --locked --no-run --bench loadgen 2>&1 \
-    | sed -n 's/.*Executable benches\/loadgen.rs (\(.*\))$/\1/p' | tail -n 1)
-  [ -x "$LOADGEN_BIN" ] || { echo "could not build benches/loadgen.rs" >&2; exit 1; }
-fi
-commit="${SSEGATE_COMMIT:-$(git -C "$repo" log -1 --format=%h 2>/dev/null || echo unknown)}"
-if [ -z "${SSEGATE_COMMIT:-}" ] && [ -n "$(git -C "$repo" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-  commit="$commit (with uncommitted changes under src/)"
-fi
-
-# A process here may hold at most 20,000 files: ask for that, never more.
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -gt 20000 ]; then hard=20000; fi
-ulimit -n "$hard"
-nofile=$(ulimit -n)
-
-work=$(mktemp -d /tmp/ssegate-compare.XXXXXX)
-results="$work/results.jsonl"
-: >"$results"
-log "work dir $work, open files $nofile"
-
-# --- servers: start, measure, stop ---------------------------------------------------------
+# log, install_missing, build_bench, set_up, free_port, wait_port, fill, stop_all (and the
+# exit trap, which ends only what this script started).
+source benches/peers/lib.sh
 started=()   # the PIDs this script started itself and has not yet stopped
 adopted=()   # their children (nginx workers, Pushpin's services): killed only if they outlive them
+
+# --- what it needs -------------------------------------------------------------------------
+install_missing nginx libnginx-mod-nchan pushpin curl jq python3
+set_up ssegate-compare
+if [ -z "${LOADGEN_BIN:-}" ]; then LOADGEN_BIN=$(build_bench loadgen); fi
+
+# --- servers: start, measure, stop ---------------------------------------------------------
 server_pids=""   # comma list the load generator measures
 backend_pid=""
 url=""
 publish_url=""
-
-# free_port, wait_port, fill, stop_all (and the exit trap).
-source benches/peers/lib.sh
 
 start_ssegate() {  # start_ssegate DIR CLIENTS
   local dir=$1 port
