@@ -40,6 +40,10 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/dechunk.rs"]
+mod dechunk;
+use dechunk::Dechunker;
+
 /// What to run.
 #[derive(Debug, Parser)]
 struct Args {
@@ -627,52 +631,6 @@ enum Seen<'a> {
     Open,
     /// One event (the text between blank lines, without them).
     Frame(&'a str),
-}
-
-/// Undoes `Transfer-Encoding: chunked` on a byte stream that arrives in arbitrary pieces
-/// (as in `benches/loadgen.rs`).
-#[derive(Default)]
-struct Dechunker {
-    raw: Vec<u8>,
-    left: Option<usize>,
-}
-
-impl Dechunker {
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
-        self.raw.extend_from_slice(input);
-        let mut at = 0;
-        loop {
-            match self.left {
-                Some(0) => {
-                    if self.raw.len() - at < 2 {
-                        break;
-                    }
-                    at += 2;
-                    self.left = None;
-                }
-                Some(n) => {
-                    let take = n.min(self.raw.len() - at);
-                    if take == 0 {
-                        break;
-                    }
-                    out.extend_from_slice(&self.raw[at..at + take]);
-                    at += take;
-                    self.left = Some(n - take);
-                }
-                None => {
-                    let Some(eol) = self.raw[at..].windows(2).position(|w| w == b"\r\n") else { break };
-                    let line = String::from_utf8_lossy(&self.raw[at..at + eol]);
-                    let size = line.split(';').next().unwrap_or("").trim();
-                    let size = usize::from_str_radix(size, 16)
-                        .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
-                    at += eol + 2;
-                    self.left = Some(size);
-                }
-            }
-        }
-        self.raw.drain(..at);
-        Ok(())
-    }
 }
 
 /// Sends `request` and reads an event stream until the server ends it (`false`) or `on` returns
