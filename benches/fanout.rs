@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::value::RawValue;
-use ssegate::client::Transport;
-use ssegate::event::{Audience, Draft, Event, EventId};
-use ssegate::topic::Pattern;
+use ssegate::Pattern;
+use ssegate::Transport;
+use ssegate::{Audience, Draft, Event, EventId};
 use ssegate::{Config, Hub};
 
 fn draft(payload: usize) -> Draft {

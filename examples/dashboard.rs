@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use ssegate::event::StateChange;
+use ssegate::StateChange;
 use ssegate::{Draft, Hub};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -81,7 +81,7 @@ struct Refresh {
 /// Tells the listed clients (or, with none listed, every client) to reload their data.
 async fn refresh(State(app): State<App>, Json(req): Json<Refresh>) -> Response {
     let data = serde_json::value::to_raw_value(&json!({"reason": "backend data changed"}))
-        .unwrap_or_else(|_| ssegate::event::null_data());
+        .unwrap_or_else(|_| ssegate::null_data());
     let draft = if req.clients.is_empty() {
         Draft::broadcast("refresh", data)
     } else {
@@ -117,7 +117,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let hub = Hub::new(ssegate::Config::default())?;
     let router = app(hub.clone()).await;
-    ssegate::server::serve(listener, hub, router, shutdown).await?;
+    ssegate::serve(listener, hub, router, shutdown).await?;
     Ok(())
 }
 

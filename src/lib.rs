@@ -52,33 +52,12 @@
 //! ```
 
 pub mod api;
-pub mod auth;
 pub mod broker;
-pub mod client;
 pub mod config;
-pub mod conflate;
-pub mod demo;
-pub(crate) mod direct;
-pub mod error;
-pub mod event;
-pub(crate) mod fanout;
-pub(crate) mod handshake;
-pub mod hub;
-pub(crate) mod linger;
-pub mod metrics;
-pub mod negotiate;
-pub mod persist;
-pub mod poll;
-pub mod retained;
-pub mod rpc;
-pub mod server;
-pub mod snapshot;
-pub mod sse;
-pub(crate) mod subscribers;
-pub mod topic;
-pub(crate) mod trie;
-pub mod web;
-pub mod ws;
+pub mod core;
+pub mod edge;
+pub mod http;
+pub mod transport;
 
 use std::future::Future;
 
@@ -88,18 +67,22 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-pub use config::Config;
-pub use event::{Draft, Event, EventId};
-pub use hub::Hub;
+pub use config::{Config, Transports};
+pub use core::client::Transport;
+pub use core::event::{null_data, Audience, Draft, Event, EventId, StateChange};
+pub use core::hub::Hub;
+pub use core::retained::MAX_STATE_DEPTH;
+pub use core::topic::Pattern;
+pub use edge::server::serve;
 
 /// The gateway's HTTP routes over `hub`, ready to serve or to nest in another axum app.
 pub fn router(hub: Hub) -> Router {
     Router::new()
-        .route("/stream", get(sse::stream))
-        .route("/ws", get(ws::upgrade))
-        .route("/poll", get(poll::poll))
-        .route("/snapshot", get(snapshot::snapshot))
-        .route("/negotiate", get(negotiate::negotiate))
+        .route("/stream", get(transport::sse::stream))
+        .route("/ws", get(transport::ws::upgrade))
+        .route("/poll", get(transport::poll::poll).with_state(transport::poll::Polls::new(hub.clone())))
+        .route("/snapshot", get(transport::snapshot::snapshot))
+        .route("/negotiate", get(transport::negotiate::negotiate))
         .route("/publish", post(api::publish))
         .route("/clients", get(api::clients))
         .route("/clients/{client_id}", delete(api::disconnect))
@@ -109,9 +92,9 @@ pub fn router(hub: Hub) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
-        .route("/", get(web::index))
-        .route("/favicon.ico", get(web::favicon))
-        .route("/web/{file}", get(web::file))
+        .route("/", get(api::web::index))
+        .route("/favicon.ico", get(api::web::favicon))
+        .route("/web/{file}", get(api::web::file))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(cors(&hub.config().cors_origins))
@@ -137,7 +120,7 @@ pub(crate) fn cors_origins(origins: &str) -> Option<impl Iterator<Item = &str>> 
 pub enum RunError {
     /// The configuration cannot be used.
     #[error(transparent)]
-    Hub(#[from] hub::HubError),
+    Hub(#[from] core::hub::HubError),
     /// Serving failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -152,16 +135,17 @@ pub async fn run(
     let demo = config.demo;
     // The backend's rpc endpoint is reached through an HTTP client made here, not by the hub,
     // which only knows the handler (a library user sets its own with `Hub::set_rpc_handler`).
-    let rpc = config.rpc_url.as_deref().map(rpc::HttpRpc::new).transpose().map_err(hub::HubError::Config)?;
+    let rpc =
+        config.rpc_url.as_deref().map(core::rpc::HttpRpc::new).transpose().map_err(core::hub::HubError::Config)?;
     let hub = Hub::new(config)?;
     if let Some(rpc) = rpc {
         hub.set_rpc_handler(rpc);
     }
     let mut app = router(hub.clone());
     if demo {
-        demo::spawn(hub.clone());
-        app = app.merge(demo::router(hub.clone()));
+        api::demo::spawn(hub.clone());
+        app = app.merge(api::demo::router(hub.clone()));
     }
-    server::serve(listener, hub, app, shutdown).await?;
+    edge::server::serve(listener, hub, app, shutdown).await?;
     Ok(())
 }

@@ -42,7 +42,7 @@ async fn a_nested_router_serves_sse_and_websocket_through_axum() {
             Some("news".into()),
             "headline",
             serde_json::value::to_raw_value(&json!({"n": 1})).unwrap(),
-            ssegate::event::Audience::Topic,
+            ssegate::Audience::Topic,
         )])
         .await
         .unwrap();

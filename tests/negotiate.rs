@@ -202,11 +202,11 @@ async fn bad_flags_are_refused() {
 }
 
 trait ParseTransports {
-    fn parse_transports(&self) -> ssegate::config::Transports;
+    fn parse_transports(&self) -> ssegate::Transports;
 }
 
 impl ParseTransports for str {
-    fn parse_transports(&self) -> ssegate::config::Transports {
+    fn parse_transports(&self) -> ssegate::Transports {
         ssegate::Config::from_sources(["serve", "--transports", self], &Default::default()).unwrap().transports
     }
 }

@@ -8,8 +8,8 @@ mod common;
 use common::{AnyClient, ChildServer, Kind, Sse, TestServer, KINDS};
 use serde_json::{json, Value};
 
-/// How deep a retained state may nest (`ssegate::retained::MAX_STATE_DEPTH`).
-const MAX_DEPTH: usize = ssegate::retained::MAX_STATE_DEPTH;
+/// How deep a retained state may nest (`ssegate::MAX_STATE_DEPTH`).
+const MAX_DEPTH: usize = ssegate::MAX_STATE_DEPTH;
 
 /// `{"a":{"a":…{}}}`, `levels` objects deep.
 fn nest(levels: usize) -> Value {

@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use super::{Broker, BrokerError, Dispatch, PublishError, Replay};
-use crate::event::{now_ms, Draft, Event, EventId};
+use crate::core::broker::{Broker, BrokerError, Dispatch, PublishError, Replay};
+use crate::core::event::{now_ms, Draft, Event, EventId};
 
 /// Keeps the last events in memory. Nothing to install; lost when the process ends.
 pub struct MemoryBroker {
@@ -86,7 +86,7 @@ impl MemoryBroker {
         }
     }
 
-    /// A broker that continues from a saved history (see [`crate::persist`]).
+    /// A broker that continues from a saved history (see [`crate::core::persist`]).
     pub fn restored(
         max_len: usize,
         max_bytes: usize,
@@ -215,7 +215,7 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Audience;
+    use crate::core::event::Audience;
     use serde_json::value::RawValue;
 
     struct Nobody;
@@ -227,21 +227,21 @@ mod tests {
         ) -> Vec<Result<Vec<Arc<Event>>, PublishError>> {
             requests.into_iter().map(|drafts| Ok(store(drafts))).collect()
         }
-        fn prepare(&self, _: &mut [Draft]) -> Result<Vec<crate::retained::Prepared>, PublishError> {
+        fn prepare(&self, _: &mut [Draft]) -> Result<Vec<crate::core::retained::Prepared>, PublishError> {
             Ok(Vec::new())
         }
         fn deliver(&self, _: Vec<Arc<Event>>, _: EventId) -> Vec<Arc<str>> {
             Vec::new()
         }
-        fn restore(&self, _: Vec<crate::persist::SavedTopic>) {}
+        fn restore(&self, _: Vec<crate::core::persist::SavedTopic>) {}
         fn resume_all(&self) {}
-        fn retained(&self) -> Vec<crate::persist::SavedTopic> {
+        fn retained(&self) -> Vec<crate::core::persist::SavedTopic> {
             Vec::new()
         }
-        fn command(&self, _: uuid::Uuid, _: &crate::broker::Command) -> Option<crate::broker::Answer> {
+        fn command(&self, _: uuid::Uuid, _: &crate::core::broker::Command) -> Option<crate::core::broker::Answer> {
             None
         }
-        fn local_clients(&self) -> Vec<crate::client::ClientInfo> {
+        fn local_clients(&self) -> Vec<crate::core::client::ClientInfo> {
             Vec::new()
         }
     }

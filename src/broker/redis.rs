@@ -32,12 +32,12 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Answer, Broker, BrokerError, Cluster, Command, Dispatch, Presence, PublishError, Replay};
-use crate::client::ClientInfo;
 use crate::config::Config;
-use crate::event::{Draft, Event, EventId};
-use crate::hub::TooManyTopics;
-use crate::persist::{SavedEvent, SavedTopic};
+use crate::core::broker::{Answer, Broker, BrokerError, Cluster, Command, Dispatch, Presence, PublishError, Replay};
+use crate::core::client::ClientInfo;
+use crate::core::event::{Draft, Event, EventId};
+use crate::core::hub::TooManyTopics;
+use crate::core::persist::{SavedEvent, SavedTopic};
 
 /// Prefix of every key and channel the gateway uses.
 const PREFIX: &str = "ssegate";

@@ -18,10 +18,10 @@ use serde_json::Value;
 pub use limits::{Limits, MAX_STATE_DEPTH};
 use limits::{Meter, Refusal};
 
-use crate::broker::PublishError;
-use crate::event::{now_ms, push_json_str, sse_frame, ws_text_frame, ws_text_of, Draft, StateChange};
-use crate::topic::Pattern;
-use crate::trie::PatternTrie;
+use crate::core::broker::PublishError;
+use crate::core::event::{now_ms, push_json_str, sse_frame, ws_text_frame, ws_text_of, Draft, StateChange};
+use crate::core::topic::Pattern;
+use crate::core::trie::PatternTrie;
 
 /// A topic's state at one version, as `{"topic","version","state"}` JSON.
 #[derive(Debug)]
@@ -145,8 +145,8 @@ impl Entry {
         Ok(())
     }
 
-    fn saved(&self) -> crate::persist::SavedTopic {
-        crate::persist::SavedTopic {
+    fn saved(&self) -> crate::core::persist::SavedTopic {
+        crate::core::persist::SavedTopic {
             topic: self.topic.to_string(),
             version: self.version,
             state: self.state.clone().unwrap_or(Value::Null),
@@ -187,8 +187,8 @@ pub struct Prepared {
 
 impl Prepared {
     /// The topic's state after the batch, as stored.
-    pub fn saved(&self) -> crate::persist::SavedTopic {
-        crate::persist::SavedTopic {
+    pub fn saved(&self) -> crate::core::persist::SavedTopic {
+        crate::core::persist::SavedTopic {
             topic: self.topic.to_string(),
             version: self.after,
             state: self.state.clone(),
@@ -235,7 +235,7 @@ struct Payload<'a> {
 
 fn raw(payload: &Payload<'_>) -> Arc<RawValue> {
     // Serialising JSON values cannot fail.
-    Arc::from(serde_json::value::to_raw_value(payload).unwrap_or_else(|_| crate::event::null_data()))
+    Arc::from(serde_json::value::to_raw_value(payload).unwrap_or_else(|_| crate::core::event::null_data()))
 }
 
 impl Store {
@@ -402,7 +402,7 @@ impl Store {
     }
 
     /// Takes a topic's stored state if it is newer than the one held; says whether it did.
-    pub fn restore(&mut self, saved: crate::persist::SavedTopic) -> bool {
+    pub fn restore(&mut self, saved: crate::core::persist::SavedTopic) -> bool {
         if self.topics.get(saved.topic.as_str()).is_some_and(|e| e.version >= saved.version) {
             return false;
         }
@@ -470,12 +470,12 @@ impl Store {
     }
 
     /// Every topic's state (and every deleted one's last version), to keep across a restart.
-    pub fn dump(&self) -> Vec<crate::persist::SavedTopic> {
+    pub fn dump(&self) -> Vec<crate::core::persist::SavedTopic> {
         self.topics.values().map(Entry::saved).collect()
     }
 
     /// Takes back the state of topics kept across a restart.
-    pub fn load(&mut self, saved: Vec<crate::persist::SavedTopic>) {
+    pub fn load(&mut self, saved: Vec<crate::core::persist::SavedTopic>) {
         for t in saved {
             let topic: Arc<str> = Arc::from(t.topic);
             let state = (!t.deleted).then_some(t.state);

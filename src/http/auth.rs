@@ -8,8 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
-use crate::hub::Hub;
+use crate::core::hub::Hub;
+use crate::http::error::ApiError;
 
 /// Proof that the request may publish and administer. Use it as a handler argument.
 #[derive(Debug, Clone, Copy)]

@@ -16,12 +16,12 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::api::parse_patterns;
-use crate::client::{CloseReason, Outbound, Transport, Wire, SSE_HEARTBEAT};
-use crate::conflate::{self, Shaper};
-use crate::error::ApiError;
-use crate::event::{now_ms, sse_frame, EventId};
-use crate::hub::{Connection, Hub, Start};
-use crate::server::ConnHandle;
+use crate::core::client::{CloseReason, Outbound, Transport, Wire, SSE_HEARTBEAT};
+use crate::core::conflate::{self, Shaper};
+use crate::core::event::{now_ms, sse_frame, EventId};
+use crate::core::hub::{Connection, Hub, Start};
+use crate::edge::server::ConnHandle;
+use crate::http::error::ApiError;
 
 /// About the most a connection renders for one write: the rest of what it is behind on waits,
 /// shared, in its queue.
@@ -172,7 +172,7 @@ impl Pump {
     }
 
     /// The client this pump renders.
-    pub(crate) fn client(&self) -> &Arc<crate::client::Client> {
+    pub(crate) fn client(&self) -> &Arc<crate::core::client::Client> {
         self.conn.client()
     }
 

@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::event::{now_ms, Event, EventId};
-use crate::retained::Snapshot;
-use crate::topic::Pattern;
+use crate::core::event::{now_ms, Event, EventId};
+use crate::core::retained::Snapshot;
+use crate::core::topic::Pattern;
 
 /// One line of `GET /clients`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,7 +90,7 @@ pub enum Outbound {
     /// A topic's retained state, sent when the client subscribes.
     Snapshot(Arc<Snapshot>),
     /// Updates of this retained topic were dropped from a full queue: send its current state
-    /// instead (see [`crate::conflate`]).
+    /// instead (see [`crate::core::conflate`]).
     Resync(Arc<str>),
     /// The last message: the stream ends after it.
     Close(CloseReason),
@@ -98,7 +98,7 @@ pub enum Outbound {
     /// to it, or a WebSocket control frame the protocol answers with (pong, close).
     Raw(bytes::Bytes),
     /// The rest of a resume: the missed events after a position, read from the shared history
-    /// a page at a time when the transport gets to it (see [`crate::conflate::Shaper::next`]).
+    /// a page at a time when the transport gets to it (see [`crate::core::conflate::Shaper::next`]).
     Resume(Box<Resume>),
 }
 
@@ -200,7 +200,7 @@ impl Frames {
 }
 
 /// Set while a connection's socket may be written straight from [`Client::push`] (see
-/// [`crate::direct`]).
+/// [`crate::edge::direct`]).
 struct Direct {
     wire: Wire,
     /// The task has written everything and waits: a push may write to the socket itself.
@@ -432,7 +432,7 @@ impl Client {
                 Outbound::Heartbeat => self.write_direct(&mut q, &bytes::Bytes::from_static(wire.heartbeat())),
                 Outbound::Raw(bytes) => self.write_direct(&mut q, bytes),
                 Outbound::Frame(text) if wire == Wire::Ws => {
-                    self.write_direct(&mut q, &crate::event::ws_text_frame(text.as_bytes()))
+                    self.write_direct(&mut q, &crate::core::event::ws_text_frame(text.as_bytes()))
                 }
                 _ => false,
             };
@@ -679,7 +679,7 @@ fn conflatable(items: &VecDeque<Outbound>, item: &Outbound, capacity: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Audience, Draft};
+    use crate::core::event::{Audience, Draft};
 
     fn state_update(seq: u64) -> Outbound {
         let data = serde_json::value::to_raw_value(&seq).unwrap();

@@ -7,9 +7,9 @@
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
-use crate::client::{Client, Frames, Push};
-use crate::event::{Event, EventId};
-use crate::subscribers::Snapshot as Receivers;
+use crate::core::client::{Client, Frames, Push};
+use crate::core::event::{Event, EventId};
+use crate::core::subscribers::Snapshot as Receivers;
 
 /// A run of events that go to the same receivers, collected under the hub's lock.
 pub(crate) struct Run {

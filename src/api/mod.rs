@@ -1,6 +1,9 @@
 //! The backend-facing HTTP API: `POST /publish`, the client and topic admin endpoints, and the
 //! health checks. Every request is checked whole before anything is published.
 
+pub mod demo;
+pub mod web;
+
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body, Bytes};
@@ -14,14 +17,14 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::Publisher;
-use crate::broker::Command;
-use crate::error::ApiError;
-use crate::event::{now_ms, null_data, Audience, Draft, StateChange};
-use crate::hub::{Hub, PublishError};
-use crate::metrics::Format;
-use crate::retained::MAX_STATE_DEPTH;
-use crate::topic::{validate_topic, Pattern};
+use crate::core::broker::Command;
+use crate::core::event::{now_ms, null_data, Audience, Draft, StateChange};
+use crate::core::hub::{Hub, PublishError};
+use crate::core::metrics::Format;
+use crate::core::retained::MAX_STATE_DEPTH;
+use crate::core::topic::{validate_topic, Pattern};
+use crate::http::auth::Publisher;
+use crate::http::error::ApiError;
 
 /// One item of a publish request, as the contract names its fields.
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::event::{Audience, Draft, Event, EventId};
+use crate::core::event::{Audience, Draft, Event, EventId};
 
 /// Format version of the file.
 const FORMAT: u32 = 1;

@@ -7,10 +7,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
-use crate::error::ApiError;
-use crate::event::push_json_str;
-use crate::hub::Hub;
-use crate::topic::validate_topic;
+use crate::core::event::push_json_str;
+use crate::core::hub::Hub;
+use crate::core::topic::validate_topic;
+use crate::http::error::ApiError;
 
 /// Whether an `If-None-Match` value names `etag` (or is `*`).
 fn matches(if_none_match: &str, etag: &str) -> bool {

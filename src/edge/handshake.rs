@@ -1,11 +1,11 @@
 //! The WebSocket opening handshake checked as RFC 6455 §4.2.1 says, once for both serving paths:
-//! the socket path ([`crate::direct`]) and the axum path ([`crate::ws::upgrade`]), so a client
+//! the socket path ([`crate::edge::direct`]) and the axum path ([`crate::transport::ws::upgrade`]), so a client
 //! gets the same answer whichever way its connection went.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The only WebSocket version the gateway speaks (RFC 6455).
 pub(crate) const VERSION: &str = "13";

@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::broker::BrokerError;
-use crate::hub::{PublishError, SubscribeError, TooManyTopics, UnknownClient};
+use crate::core::broker::BrokerError;
+use crate::core::hub::{PublishError, SubscribeError, TooManyTopics, UnknownClient};
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone)]
@@ -103,12 +103,12 @@ impl From<SubscribeError> for ApiError {
     }
 }
 
-impl From<crate::hub::CommandError> for ApiError {
-    fn from(e: crate::hub::CommandError) -> Self {
+impl From<crate::core::hub::CommandError> for ApiError {
+    fn from(e: crate::core::hub::CommandError) -> Self {
         match e {
-            crate::hub::CommandError::Unknown(u) => u.into(),
-            crate::hub::CommandError::TooManyTopics(t) => t.into(),
-            crate::hub::CommandError::Broker(b) => b.into(),
+            crate::core::hub::CommandError::Unknown(u) => u.into(),
+            crate::core::hub::CommandError::TooManyTopics(t) => t.into(),
+            crate::core::hub::CommandError::Broker(b) => b.into(),
         }
     }
 }

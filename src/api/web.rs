@@ -6,15 +6,15 @@ use axum::extract::Path;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Name, content type and contents of each file served under `/web/`.
 const FILES: &[(&str, &str, &str)] = &[
-    ("index.html", "text/html; charset=utf-8", include_str!("../web/index.html")),
-    ("demo.js", "text/javascript; charset=utf-8", include_str!("../web/demo.js")),
-    ("demo.css", "text/css; charset=utf-8", include_str!("../web/demo.css")),
-    ("ssegate.js", "text/javascript; charset=utf-8", include_str!("../web/ssegate.js")),
-    ("ssegate.d.ts", "text/plain; charset=utf-8", include_str!("../web/ssegate.d.ts")),
+    ("index.html", "text/html; charset=utf-8", include_str!("../../web/index.html")),
+    ("demo.js", "text/javascript; charset=utf-8", include_str!("../../web/demo.js")),
+    ("demo.css", "text/css; charset=utf-8", include_str!("../../web/demo.css")),
+    ("ssegate.js", "text/javascript; charset=utf-8", include_str!("../../web/ssegate.js")),
+    ("ssegate.d.ts", "text/plain; charset=utf-8", include_str!("../../web/ssegate.d.ts")),
 ];
 
 fn serve(name: &str) -> Option<Response> {
@@ -33,7 +33,7 @@ pub async fn index() -> Response {
 }
 
 /// The gateway's icon: a 32×32 PNG, which every browser takes at `/favicon.ico`.
-const FAVICON: &[u8] = include_bytes!("../web/favicon.png");
+const FAVICON: &[u8] = include_bytes!("../../web/favicon.png");
 
 /// `GET /favicon.ico`: the icon browsers ask every site for (so the demo page logs no 404).
 pub async fn favicon() -> Response {

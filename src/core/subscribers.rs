@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::client::Client;
+use crate::core::client::Client;
 
 /// Clients per chunk: small enough that copying one under the hub's lock is a few microseconds,
 /// large enough that a snapshot of 10,000 clients is a few dozen references.
@@ -123,7 +123,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Transport;
+    use crate::core::client::Transport;
 
     fn client() -> (Uuid, Arc<Client>) {
         let id = Uuid::new_v4();

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::event::{now_ms, null_data, Draft, StateChange};
-use crate::hub::Hub;
+use crate::core::event::{now_ms, null_data, Draft, StateChange};
+use crate::core::hub::Hub;
+use crate::http::error::ApiError;
 
 /// The retained topic of the demo's counters.
 pub const COUNTERS: &str = "demo/counters";

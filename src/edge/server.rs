@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::direct::Sniffed;
-use crate::hub::Hub;
-use crate::linger::{linger, linger_idle, LINGER_BYTES, LINGER_IDLE, LINGER_TIME};
+use crate::core::hub::Hub;
+use crate::edge::direct::Sniffed;
+use crate::edge::linger::{linger, linger_idle, LINGER_BYTES, LINGER_IDLE, LINGER_TIME};
 
 /// A handle on one TCP connection, put in each request's extensions. It can cut the connection,
 /// and it holds the connection's slot in the open-connection count: a WebSocket session keeps its
@@ -216,7 +216,7 @@ pub async fn serve(
         tracker.spawn(async move {
             let kill = handle.kill.clone();
             let sniffed = tokio::select! {
-                s = crate::direct::sniff(&stream) => s,
+                s = crate::edge::direct::sniff(&stream) => s,
                 _ = kill.cancelled() => return,
                 _ = draining.cancelled() => return,
             };
@@ -230,9 +230,9 @@ pub async fn serve(
             }
             match sniffed {
                 None => return,
-                Some(Sniffed::Stream) if transports.sse => return crate::direct::serve(hub, stream, kill).await,
+                Some(Sniffed::Stream) if transports.sse => return crate::edge::direct::serve(hub, stream, kill).await,
                 Some(Sniffed::Ws) if transports.ws => {
-                    return Box::pin(crate::direct::serve_ws(hub, stream, handle)).await
+                    return Box::pin(crate::edge::direct::serve_ws(hub, stream, handle)).await
                 }
                 Some(_) => {}
             }
@@ -270,7 +270,7 @@ pub async fn serve(
 
 /// Serves a connection through hyper and the router until it closes, is cut, or drains; then,
 /// once hyper (or the WebSocket session it upgraded the connection to) lets go of the socket,
-/// closes it with a lingering close ([`crate::linger`]): an error answer such as `413` arrives
+/// closes it with a lingering close ([`crate::edge::linger`]): an error answer such as `413` arrives
 /// even to a client that is still sending its body.
 async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Router, draining: CancellationToken) {
     let kill = handle.kill.clone();
@@ -448,7 +448,7 @@ async fn refuse(mut stream: TcpStream, why: Refusal) {
         // Read the request head first: a response before the request confuses clients.
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 1024];
-        while !crate::direct::head_complete(&head, 0) && head.len() < crate::direct::MAX_HEAD {
+        while !crate::edge::direct::head_complete(&head, 0) && head.len() < crate::edge::direct::MAX_HEAD {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => head.extend_from_slice(&buf[..n]),

@@ -12,19 +12,19 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use crate::broker::PublishError;
-use crate::broker::{Answer, Broker, BrokerError, Command, Dispatch, MemoryBroker, Presence, RedisBroker, Replay};
-pub use crate::client::ClientInfo;
-use crate::client::{Client, CloseReason, Outbound, Resume, Transport};
 use crate::config::Config;
-use crate::event::{now_ms, Audience, Draft, Event, EventId};
-use crate::metrics::{Metrics, TransportLabel};
-use crate::persist::{Saved, SavedTopic};
-use crate::retained::{Follow, Prepared, Snapshot, Store};
-use crate::rpc::RpcHandler;
-use crate::subscribers::{Snapshot as Receivers, Subscribers};
-use crate::topic::{validate_topic, Pattern};
-use crate::trie::PatternTrie;
+pub use crate::core::broker::PublishError;
+use crate::core::broker::{Answer, Broker, BrokerError, Command, Dispatch, Presence, Replay};
+pub use crate::core::client::ClientInfo;
+use crate::core::client::{Client, CloseReason, Outbound, Resume, Transport};
+use crate::core::event::{now_ms, Audience, Draft, Event, EventId};
+use crate::core::metrics::{Metrics, TransportLabel};
+use crate::core::persist::{Saved, SavedTopic};
+use crate::core::retained::{Follow, Prepared, Snapshot, Store};
+use crate::core::rpc::RpcHandler;
+use crate::core::subscribers::{Snapshot as Receivers, Subscribers};
+use crate::core::topic::{validate_topic, Pattern};
+use crate::core::trie::PatternTrie;
 
 /// Event names the gateway itself sends; publishers may not use them.
 pub const RESERVED_EVENTS: [&str; 4] = ["welcome", "reset", "snapshot", "patch"];
@@ -146,15 +146,13 @@ struct Shared {
     metrics: Metrics,
     /// Cancelled once, when the gateway shuts down.
     shutdown: CancellationToken,
-    /// Long-poll sessions, kept between polls.
-    polls: crate::poll::Sessions,
     /// Answers WebSocket `rpc` requests, if the backend set one up.
     rpc: RwLock<Option<Arc<dyn RpcHandler>>>,
     /// The last event delivered from a shared broker, for clients that resume from a position
     /// another node has reached and this one not yet.
     delivered: tokio::sync::watch::Sender<EventId>,
     /// Runs of events for the fan-out writer thread, sent under the state lock in dispatch order.
-    fanout: crate::fanout::Queue,
+    fanout: crate::core::fanout::Queue,
     /// The last event the fan-out writer has handed to every receiver.
     fanned: tokio::sync::watch::Sender<EventId>,
     /// Bytes of unfinished WebSocket messages held across all connections.
@@ -411,7 +409,7 @@ impl Shared {
 
     /// Called by the fan-out writer after each group of batches: closed clients leave the
     /// index, the counters move, and waiters learn how far delivery has come.
-    fn fanned(&self, done: crate::fanout::Outcome, head: EventId) {
+    fn fanned(&self, done: crate::core::fanout::Outcome, head: EventId) {
         self.metrics.delivered.inc_by(done.delivered);
         self.metrics.overflows.inc_by(done.overflowed.len() as u64);
         self.metrics.conflations.inc_by(done.conflated);
@@ -491,7 +489,7 @@ impl State {
     /// Decides who receives each event and sends the runs to the fan-out writer, which writes
     /// them outside this lock. Moves the head: a client registering from now on receives only
     /// what comes after these events live.
-    fn fan_out(&mut self, events: &[Arc<Event>], writer: &crate::fanout::Queue) {
+    fn fan_out(&mut self, events: &[Arc<Event>], writer: &crate::core::fanout::Queue) {
         let mut runs = Vec::new();
         let mut rest = events;
         while let Some(ev) = rest.first() {
@@ -525,7 +523,7 @@ impl State {
             if receivers.is_empty() {
                 continue;
             }
-            runs.push(crate::fanout::Run {
+            runs.push(crate::core::fanout::Run {
                 events: events.to_vec(),
                 receivers,
                 round: self.round,
@@ -533,7 +531,7 @@ impl State {
             });
         }
         // The writer lives as long as the hub; if it is gone, so is everyone to write to.
-        let _ = writer.send(crate::fanout::Batch { runs, head: self.head });
+        let _ = writer.send(crate::core::fanout::Batch { runs, head: self.head });
     }
 }
 
@@ -580,47 +578,13 @@ impl Drop for Connection {
 }
 
 impl Hub {
-    /// A hub with the broker named by `config.broker`. Must be called inside a tokio runtime (it
-    /// starts the heartbeat task, which stops with the hub).
-    pub fn new(config: Config) -> Result<Hub, HubError> {
-        let saved = match &config.state_file {
-            Some(path) => Saved::load(path).map_err(|e| HubError::Config(e.to_string()))?,
-            None => None,
-        };
-        let (len, bytes, age) = (config.history_size, config.history_bytes, config.history_age());
-        let broker: Box<dyn Broker> = match (config.broker.as_str(), &saved) {
-            ("memory" | "", None) => Box::new(MemoryBroker::new(len, bytes, age)),
-            ("memory" | "", Some(saved)) => {
-                let bad = |what: &str| HubError::Config(format!("state file: bad {what} id"));
-                let floor = saved.floor.parse().map_err(|_| bad("floor"))?;
-                let last = saved.last.parse().map_err(|_| bad("last"))?;
-                let events = saved.events().map_err(HubError::Config)?;
-                tracing::info!(events = events.len(), topics = saved.retained.len(), "history and state restored");
-                Box::new(MemoryBroker::restored(len, bytes, age, floor, last, events))
-            }
-            (url, _) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                if saved.is_some() {
-                    tracing::warn!("--state-file is ignored with a Redis broker, which keeps history and state itself");
-                }
-                let broker = RedisBroker::new(url, &config).map_err(|e| HubError::Config(e.to_string()))?;
-                return Ok(Hub::with_broker(config, Box::new(broker)));
-            }
-            (other, _) => return Err(HubError::UnsupportedBroker(other.to_owned())),
-        };
-        let hub = Hub::with_broker(config, broker);
-        if let Some(saved) = saved {
-            lock(&hub.shared.state).retained.load(saved.retained);
-        }
-        Ok(hub)
-    }
-
-    /// A hub over a given broker.
+    /// A hub over a given broker (`Hub::new` picks the one `config.broker` names).
     pub fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
         let head = broker.head();
         let max_state_bytes = config.max_state_bytes;
         let shared = Arc::new_cyclic(|me: &Weak<Shared>| {
             let me = me.clone();
-            let fanout = crate::fanout::spawn(move |done, head| {
+            let fanout = crate::core::fanout::spawn(move |done, head| {
                 if let Some(shared) = me.upgrade() {
                     shared.fanned(done, head);
                 }
@@ -642,7 +606,6 @@ impl Hub {
                 metrics: Metrics::default(),
                 shutdown: CancellationToken::new(),
                 rpc: RwLock::new(None),
-                polls: crate::poll::Sessions::default(),
                 delivered: tokio::sync::watch::Sender::new(head),
                 fanout,
                 fanned: tokio::sync::watch::Sender::new(head),
@@ -654,6 +617,11 @@ impl Hub {
         let weak: Weak<Shared> = Arc::downgrade(&hub.shared);
         hub.shared.broker.attach(weak, hub.shared.shutdown.clone());
         hub
+    }
+
+    /// Loads retained states kept from an earlier run (a hub just built, before clients come).
+    pub(crate) fn load_retained(&self, saved: Vec<SavedTopic>) {
+        lock(&self.shared.state).retained.load(saved);
     }
 
     /// The configuration the hub runs with.
@@ -697,11 +665,6 @@ impl Hub {
     /// The last event dispatched: every event up to it has been queued to its receivers.
     pub fn head(&self) -> EventId {
         lock(&self.shared.state).head
-    }
-
-    /// The long-poll sessions.
-    pub(crate) fn polls(&self) -> &crate::poll::Sessions {
-        &self.shared.polls
     }
 
     /// Answers clients' `rpc` requests with `handler` from now on.
@@ -977,7 +940,7 @@ impl Hub {
     }
 
     /// Writes history and retained state to the configured state file, if any.
-    pub fn save_state(&self) -> Result<(), crate::persist::PersistError> {
+    pub fn save_state(&self) -> Result<(), crate::core::persist::PersistError> {
         let Some(path) = &self.shared.config.state_file else { return Ok(()) };
         let Some((floor, last, events)) = self.shared.broker.export() else { return Ok(()) };
         let retained = lock(&self.shared.state).retained.dump();
@@ -987,8 +950,6 @@ impl Hub {
     /// Stops the hub: every client is told to come back later and its stream ends.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        // Sessions hold the hub: dropping them breaks the cycle.
-        self.shared.polls.clear();
         self.shared.close_all(CloseReason::Shutdown);
     }
 }
@@ -1021,8 +982,7 @@ fn validate(d: &Draft) -> Result<(), String> {
 
 /// Keeps connections alive and honest, from one task for the whole hub rather than a timer per
 /// connection: `: hb` to SSE clients silent for a heartbeat interval; a ping to WebSocket peers
-/// not heard from for one, and a close for those silent past the timeout; expiry of idle
-/// long-poll sessions.
+/// not heard from for one, and a close for those silent past the timeout.
 async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
     let Some(every) = shared.upgrade().map(|s| s.config.heartbeat()) else { return };
     let mut tick = tokio::time::interval((every / 4).max(Duration::from_millis(5)));
@@ -1052,8 +1012,6 @@ async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
             sent += u64::from(queued);
         }
         shared.metrics.heartbeats.inc_by(sent);
-        let ttl = shared.config.poll_session_ttl_ms;
-        shared.polls.expire(now.saturating_sub(ttl));
     }
 }
 

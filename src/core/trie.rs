@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::topic::Pattern;
+use crate::core::topic::Pattern;
 
 /// Wildcard patterns, each with a value, found by the topics they match.
 ///

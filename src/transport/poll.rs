@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,12 +17,12 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::api::parse_patterns;
-use crate::client::{CloseReason, Outbound, Transport};
-use crate::conflate::{self, Shaper};
-use crate::error::ApiError;
-use crate::event::{now_ms, push_json_str, EventId};
-use crate::hub::{Connection, Hub};
-use crate::topic::Pattern;
+use crate::core::client::{CloseReason, Outbound, Transport};
+use crate::core::conflate::{self, Shaper};
+use crate::core::event::{now_ms, push_json_str, EventId};
+use crate::core::hub::{Connection, Hub};
+use crate::core::topic::Pattern;
+use crate::http::error::ApiError;
 
 /// Default wait of a long poll, in seconds.
 pub const DEFAULT_TIMEOUT_S: f64 = 25.0;
@@ -30,7 +30,7 @@ pub const DEFAULT_TIMEOUT_S: f64 = 25.0;
 /// One long-poll client, kept between its polls.
 struct Session {
     conn: Connection,
-    /// The source address it was opened from (see [`crate::server::address_key`]), if known.
+    /// The source address it was opened from (see [`crate::edge::server::address_key`]), if known.
     address: Option<IpAddr>,
     patterns: Vec<Pattern>,
     /// The cursor last handed out and the conflation state; one poll at a time holds them.
@@ -47,16 +47,61 @@ struct PollState {
     shaper: Shaper,
 }
 
+/// What `/poll` works with: the hub and the long-poll sessions, which this transport owns (the
+/// hub knows nothing of them). [`crate::router`] makes one per router.
+#[derive(Clone)]
+pub struct Polls {
+    hub: Hub,
+    sessions: Arc<Sessions>,
+}
+
+impl Polls {
+    /// The long-poll transport over `hub`, with a task that expires idle sessions and drops them
+    /// all when the hub shuts down. Must be called inside a tokio runtime.
+    pub fn new(hub: Hub) -> Polls {
+        let sessions = Arc::new(Sessions::default());
+        tokio::spawn(sweep(Arc::downgrade(&sessions), hub.clone()));
+        Polls { hub, sessions }
+    }
+}
+
+/// Expires sessions not polled for `--poll-session-ttl-ms` (their clients unregister and what was
+/// kept for them goes) until the hub shuts down, then drops every session. Ends by itself once
+/// the router that holds the sessions is gone.
+async fn sweep(sessions: Weak<Sessions>, hub: Hub) {
+    let ttl = hub.config().poll_session_ttl_ms;
+    let every = (hub.config().heartbeat() / 4).max(Duration::from_millis(5));
+    let shutdown = hub.shutdown_token().clone();
+    // Holding the hub would keep it alive as long as the router lives: the task keeps only what
+    // it needs.
+    drop(hub);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                if let Some(sessions) = sessions.upgrade() {
+                    sessions.clear();
+                }
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let Some(sessions) = sessions.upgrade() else { return };
+        sessions.expire(now_ms().saturating_sub(ttl));
+    }
+}
+
 /// The open long-poll sessions, by client id, and how many each source address holds.
 #[derive(Default)]
-pub struct Sessions {
+struct Sessions {
     inner: Mutex<Table>,
 }
 
 #[derive(Default)]
 struct Table {
     map: HashMap<Uuid, Arc<Session>>,
-    per_address: crate::server::PerAddress,
+    per_address: crate::edge::server::PerAddress,
 }
 
 impl Table {
@@ -84,7 +129,7 @@ impl Sessions {
     /// Drops sessions not polled since `idle_since` (unix ms); their clients unregister and what
     /// was kept for them goes. A session the hub closed stays until then, so that its next poll
     /// learns why (a client the backend disconnected comes back under a new id).
-    pub(crate) fn expire(&self, idle_since: u64) {
+    fn expire(&self, idle_since: u64) {
         let mut t = self.lock();
         let expired: Vec<Uuid> = t
             .map
@@ -110,7 +155,7 @@ impl Sessions {
     }
 
     /// Drops every session (at shutdown).
-    pub(crate) fn clear(&self) {
+    fn clear(&self) {
         let gone = std::mem::take(&mut *self.lock());
         drop(gone);
     }
@@ -168,11 +213,11 @@ fn wait_time(hub: &Hub, q: &PollQuery, headers: &HeaderMap) -> Result<Duration, 
 /// one that no connected client holds).
 fn session_for(
     hub: &Hub,
+    sessions: &Sessions,
     id: Option<Uuid>,
     patterns: Vec<Pattern>,
     address: Option<IpAddr>,
 ) -> Result<(Arc<Session>, bool), ApiError> {
-    let sessions = hub.polls();
     let mut reuse_id = id;
     if let Some(id) = id {
         let found = sessions.lock().map.get(&id).cloned();
@@ -271,7 +316,7 @@ fn respond(client_id: Uuid, answer: Answer) -> Response {
 
 /// `GET /poll`.
 pub async fn poll(
-    State(hub): State<Hub>,
+    State(Polls { hub, sessions }): State<Polls>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
@@ -289,8 +334,8 @@ pub async fn poll(
         None => None,
     };
     hub.catch_up(q.cursor.as_deref()).await;
-    let address = peer.map(|p| crate::server::address_key(p.0 .0.ip()));
-    let (session, fresh) = session_for(&hub, id, patterns, address)?;
+    let address = peer.map(|p| crate::edge::server::address_key(p.0 .0.ip()));
+    let (session, fresh) = session_for(&hub, &sessions, id, patterns, address)?;
     let client = session.conn.client().clone();
     let client_id = client.id();
 
@@ -307,7 +352,7 @@ pub async fn poll(
     if client.is_closed() {
         // Overflowed, kicked or shut down: the next poll opens a new session and resumes from
         // its cursor.
-        hub.polls().remove(&client_id);
+        sessions.remove(&client_id);
     }
     Ok(respond(client_id, answer))
 }

@@ -7,7 +7,7 @@
 //! client queue and a small task, instead of an HTTP connection's read and write buffers.
 //! Everything else (and these paths on a keep-alive connection that began with another request,
 //! or in an app that nests the router) goes through axum with the same rendering
-//! ([`crate::sse::Pump`], [`crate::ws::session`]).
+//! ([`crate::transport::sse::Pump`], [`crate::transport::ws::session`]).
 
 use std::io;
 use std::sync::Arc;
@@ -18,14 +18,14 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Wire;
-use crate::error::ApiError;
-use crate::handshake::{self, Refused};
-use crate::hub::Hub;
-use crate::linger::{linger, linger_idle, LINGER_BYTES, LINGER_TIME};
-use crate::server::ConnHandle;
-use crate::sse::{self, Flow, Pump};
-use crate::ws;
+use crate::core::client::Wire;
+use crate::core::hub::Hub;
+use crate::edge::handshake::{self, Refused};
+use crate::edge::linger::{linger, linger_idle, LINGER_BYTES, LINGER_TIME};
+use crate::edge::server::ConnHandle;
+use crate::http::error::ApiError;
+use crate::transport::sse::{self, Flow, Pump};
+use crate::transport::ws;
 
 /// Longest request head accepted on this path, request line and headers together: 16 KiB
 /// (hyper, which serves every other request, takes up to about 400 KiB). A longer head is
@@ -239,7 +239,7 @@ fn response_head(status: StatusCode, headers: &[(&str, &str)], cors: Option<&str
 }
 
 /// Answers an error as the router would: the contract's JSON body with `extra` headers, then a
-/// lingering close ([`crate::linger`]), so the answer arrives even to a client still sending.
+/// lingering close ([`crate::edge::linger`]), so the answer arrives even to a client still sending.
 /// A peer that does not read gets [`HEAD_TIMEOUT`] for the answer; a cut connection closes at once.
 async fn refuse(stream: &TcpStream, e: ApiError, extra: &[(&str, &str)], cors: Option<&str>, kill: &CancellationToken) {
     let body = e.body().to_string();
@@ -352,7 +352,7 @@ fn accept_key(head: &Head) -> Result<String, Refused> {
     handshake::check(&head.headers)
 }
 
-/// Serves one `GET /ws` connection: the handshake here, then the session of [`crate::ws`] with
+/// Serves one `GET /ws` connection: the handshake here, then the session of [`crate::transport::ws`] with
 /// frames written straight to the socket and the peer's frames decoded by tungstenite.
 pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     let kill = handle.token();
@@ -404,7 +404,7 @@ pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     // then lets the peer's last bytes (its answer to a close) arrive before the socket goes.
     // A cut (the drain's time limit at shutdown) ends it at once.
     tokio::select! {
-        _ = crate::linger::linger(&socket, ws::CLOSE_WAIT, crate::linger::LINGER_BYTES) => {}
+        _ = crate::edge::linger::linger(&socket, ws::CLOSE_WAIT, crate::edge::linger::LINGER_BYTES) => {}
         _ = kill.cancelled() => {}
     }
 }

@@ -6,9 +6,9 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::config::Transports;
-use crate::error::ApiError;
-use crate::hub::Hub;
-use crate::sse::truthy;
+use crate::core::hub::Hub;
+use crate::http::error::ApiError;
+use crate::transport::sse::truthy;
 
 pub use crate::config::Choice;
 

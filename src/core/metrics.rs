@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::client::Transport;
+use crate::core::client::Transport;
 
 /// The label of per-transport series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

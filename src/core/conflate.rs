@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::{Client, Outbound, Resume};
-use crate::hub::Hub;
-use crate::hub::Page;
-use crate::retained::Snapshot;
+use crate::core::client::{Client, Outbound, Resume};
+use crate::core::hub::Hub;
+use crate::core::hub::Page;
+use crate::core::retained::Snapshot;
 
 /// What waits for a throttled topic's interval to end.
 #[derive(Debug, Default)]
@@ -130,7 +130,7 @@ impl Shaper {
             // so the client is closed instead, to resume from the last event it got.
             Ok(Page::Lost(_)) | Err(_) => {
                 tracing::info!(client_id = %client.id(), "resume overtaken by history trimming: closed to resume again");
-                client.close(crate::client::CloseReason::Overflow);
+                client.close(crate::core::client::CloseReason::Overflow);
             }
         }
         true
@@ -178,9 +178,9 @@ pub async fn until(due: Option<Instant>) {
 }
 
 /// Parses a `throttle_ms` query value.
-pub fn throttle_param(value: &str) -> Result<u64, crate::error::ApiError> {
+pub fn throttle_param(value: &str) -> Result<u64, crate::http::error::ApiError> {
     value.parse().map_err(|_| {
-        crate::error::ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
+        crate::http::error::ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
     })
 }
 

@@ -19,17 +19,17 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::api::parse_patterns;
-use crate::auth;
-use crate::client::{Client, CloseReason, Outbound, Transport, WS_PING};
-use crate::conflate::{self, Shaper};
-use crate::error::ApiError;
-use crate::event::{now_ms, null_data, ws_text_frame, Audience, Draft, Event};
-use crate::hub::{Connection, Hub, Start};
-use crate::retained::Snapshot;
-use crate::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
-use crate::server::ConnHandle;
-use crate::sse::StreamQuery;
-use crate::topic::Pattern;
+use crate::core::client::{Client, CloseReason, Outbound, Transport, WS_PING};
+use crate::core::conflate::{self, Shaper};
+use crate::core::event::{now_ms, null_data, ws_text_frame, Audience, Draft, Event};
+use crate::core::hub::{Connection, Hub, Start};
+use crate::core::retained::Snapshot;
+use crate::core::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
+use crate::core::topic::Pattern;
+use crate::edge::server::ConnHandle;
+use crate::http::auth;
+use crate::http::error::ApiError;
+use crate::transport::sse::StreamQuery;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
@@ -91,7 +91,7 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let setup = Setup::read(&hub, raw.as_deref(), &headers)?;
-    if let Err(refused) = crate::handshake::check(&headers) {
+    if let Err(refused) = crate::edge::handshake::check(&headers) {
         return Ok(axum::response::IntoResponse::into_response(refused));
     }
     let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
@@ -365,7 +365,7 @@ pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream)
         }
         let mut end = false;
         // About a chunk per write: a long queue goes out in several, never copied whole.
-        while out.len() < crate::sse::CHUNK {
+        while out.len() < crate::transport::sse::CHUNK {
             let Some(item) = taken.next() else { break };
             match item {
                 Outbound::Event(ev) => out.extend_from_slice(ev.ws_frame()),
@@ -392,7 +392,7 @@ pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream)
                 }
             }
         }
-        crate::direct::write_all(socket, &out).await?;
+        crate::edge::direct::write_all(socket, &out).await?;
         out.clear();
         if end {
             return Ok(());

@@ -1,0 +1,7 @@
+//! The socket edge: the accept loop, connection limits and graceful shutdown, and the serving of
+//! fresh `/stream` and `/ws` connections straight on their sockets.
+
+pub(crate) mod direct;
+pub(crate) mod handshake;
+pub(crate) mod linger;
+pub mod server;
