@@ -40,10 +40,27 @@ pub struct Config {
     /// Reconnection delay suggested to SSE clients (`retry:`), in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     pub retry_ms: u64,
-    /// API keys that grant publisher rights (comma list). With none, publishing and the admin
-    /// endpoints answer loopback peers only.
-    #[arg(long, value_delimiter = ',')]
+    /// API keys that grant publisher rights (comma list). With none (and no `--jwt-key`),
+    /// publishing and the admin endpoints answer loopback peers only. An empty key is refused.
+    #[arg(long, value_delimiter = ',', value_parser = non_empty_key)]
     pub api_key: Vec<String>,
+    /// Key that verifies JWTs: an HS256 secret, or `@PATH` to a PEM public key (RS256 or ES256).
+    /// With it, subscribing needs a token whose `ssegate.subscribe` patterns cover the topics.
+    #[arg(long, value_parser = JwtKey::parse)]
+    pub jwt_key: Option<JwtKey>,
+    /// Topics and patterns anyone may subscribe to without a token when `--jwt-key` is set
+    /// (comma list).
+    #[arg(long, value_delimiter = ',')]
+    pub anonymous_topics: Vec<String>,
+    /// Host names (besides loopback names and addresses) that the keyless loopback rule accepts
+    /// in `Host` (comma list); other hosts are refused, against DNS rebinding.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Addresses or networks (`ADDR` or `ADDR/BITS`, comma list) of reverse proxies in front of
+    /// the gateway: a request from one is taken to come from the address its `Forwarded` or
+    /// `X-Forwarded-For` header names, so that "loopback" means the real client.
+    #[arg(long, value_delimiter = ',', value_parser = IpNet::parse)]
+    pub trusted_proxies: Vec<IpNet>,
     /// Origins allowed by CORS (comma list), or `*`.
     #[arg(long, default_value = "*")]
     pub cors_origins: String,
@@ -132,6 +149,93 @@ impl Config {
     /// The longest age of an event in history.
     pub fn history_age(&self) -> Duration {
         Duration::from_secs(self.history_age_s)
+    }
+}
+
+/// Refuses an empty API key: an empty `X-API-Key` would otherwise grant publisher rights.
+fn non_empty_key(s: &str) -> Result<String, String> {
+    let key = s.trim();
+    if key.is_empty() {
+        return Err("an empty API key is not a key (check for a stray comma or an empty SSEGATE_API_KEY)".into());
+    }
+    Ok(key.to_owned())
+}
+
+/// The key that verifies JWTs (`--jwt-key`), with the algorithm it verifies. Its `Debug` does
+/// not show the key.
+#[derive(Clone)]
+pub struct JwtKey {
+    /// The verification key.
+    pub key: jsonwebtoken::DecodingKey,
+    /// HS256 for a secret; RS256 or ES256 for a public key.
+    pub algorithm: jsonwebtoken::Algorithm,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JwtKey({:?}, <redacted>)", self.algorithm)
+    }
+}
+
+impl JwtKey {
+    /// Reads `--jwt-key`: an HS256 secret, or `@PATH` to a PEM public key (RS256 or ES256). An
+    /// empty secret, or a file that holds no such key, is refused.
+    pub fn parse(s: &str) -> Result<JwtKey, String> {
+        use jsonwebtoken::{Algorithm, DecodingKey};
+        if s.trim().is_empty() {
+            return Err("an empty JWT key is not a key".into());
+        }
+        let Some(path) = s.strip_prefix('@') else {
+            return Ok(JwtKey { key: DecodingKey::from_secret(s.as_bytes()), algorithm: Algorithm::HS256 });
+        };
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read the JWT public key {path:?}: {e}"))?;
+        if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+            return Ok(JwtKey { key, algorithm: Algorithm::ES256 });
+        }
+        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+            return Ok(JwtKey { key, algorithm: Algorithm::RS256 });
+        }
+        Err(format!("{path:?} holds no PEM public key for RS256 or ES256"))
+    }
+}
+
+/// An address or network of trusted proxies: `ADDR` or `ADDR/BITS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    bits: u8,
+}
+
+impl IpNet {
+    /// Parses `ADDR` or `ADDR/BITS` (IPv4 or IPv6).
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not an address or ADDR/BITS network");
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        if bits > max {
+            return Err(bad());
+        }
+        Ok(IpNet { addr, bits })
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let prefix = |a: u128, b: u128, len: u32, bits: u8| {
+            let shift = len - u32::from(bits);
+            shift >= len || (a >> shift) == (b >> shift)
+        };
+        match (self.addr.to_canonical(), ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix(u32::from(n).into(), u32::from(a).into(), 32, self.bits),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix(n.into(), a.into(), 128, self.bits),
+            _ => false,
+        }
     }
 }
 
@@ -266,6 +370,28 @@ mod tests {
         assert_eq!(c.heartbeat_ms, 250);
         assert_eq!(c.history_size, 10_000);
         assert!(c.transports.sse && c.transports.poll);
+    }
+
+    #[test]
+    fn empty_keys_are_refused() {
+        let env = HashMap::new();
+        assert!(Config::from_sources(["serve", "--api-key", ""], &env).is_err());
+        assert!(Config::from_sources(["serve", "--api-key", "k1,"], &env).is_err());
+        assert!(Config::from_sources(["serve", "--jwt-key", ""], &env).is_err());
+        assert_eq!(Config::from_sources(["serve", "--api-key", "k1,k2"], &env).unwrap().api_key, ["k1", "k2"]);
+        let env = HashMap::from([("SSEGATE_API_KEY".to_owned(), String::new())]);
+        assert!(Config::from_sources(["serve"], &env).is_err());
+    }
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let net = |s: &str| IpNet::parse(s).unwrap();
+        assert!(net("10.0.0.0/8").contains("10.1.2.3".parse().unwrap()));
+        assert!(!net("10.0.0.0/8").contains("11.1.2.3".parse().unwrap()));
+        assert!(net("127.0.0.1").contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(net("::1").contains("::1".parse().unwrap()));
+        assert!(net("0.0.0.0/0").contains("1.2.3.4".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_err() && IpNet::parse("nope").is_err());
     }
 
     #[test]

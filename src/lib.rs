@@ -21,7 +21,10 @@
 //!   [`persist`]: history and state kept across restarts.
 //! - [`rpc`]: WebSocket clients' requests to the backend.
 //! - [`api`]: `POST /publish`, client and topic administration, health checks, metrics.
-//! - [`auth`]: publisher rights. [`error`]: the JSON errors of the HTTP edge.
+//! - [`auth`]: who may publish, administer and subscribe (API keys, JWTs with the `ssegate`
+//!   claim, the loopback rule); [`guard`]: the real peer behind trusted proxies and the checks
+//!   against cross-site requests and DNS rebinding; [`jwt`]: tokens. [`error`]: the JSON
+//!   errors of the HTTP edge.
 //! - [`metrics`]: Prometheus counters. [`config`]: flags and environment.
 //! - [`server`]: the accept loop, connection limits and graceful shutdown; `direct` serves a
 //!   fresh `/stream` or `/ws` connection on its socket, without the HTTP framework;
@@ -98,8 +101,14 @@ pub fn router(hub: Hub) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(cors(&hub.config().cors_origins))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(hub)
+}
+
+/// The span of a request: its method and path, never its query (which may hold `token` or
+/// `access_token`) nor its headers.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), version = ?req.version())
 }
 
 fn cors(origins: &str) -> CorsLayer {
@@ -132,6 +141,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    // Keys and lists that cannot be used stop the gateway before it serves (exit status 64).
+    http::auth::check_config(&config).map_err(core::hub::HubError::Config)?;
     let demo = config.demo;
     // The backend's rpc endpoint is reached through an HTTP client made here, not by the hub,
     // which only knows the handler (a library user sets its own with `Hub::set_rpc_handler`).

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::core::event::{now_ms, null_data, Draft, StateChange};
 use crate::core::hub::Hub;
+use crate::http::auth::Admin;
 use crate::http::error::ApiError;
 
 /// The retained topic of the demo's counters.
@@ -100,8 +101,14 @@ pub fn router(hub: Hub) -> axum::Router {
 }
 
 /// `POST /demo/refresh`: a stand-in for a backend that tells one dashboard, or all of them, to
-/// reload. It only ever sends a `refresh` event, so the demo needs no publisher rights.
-pub async fn refresh(State(hub): State<Hub>, Json(req): Json<RefreshRequest>) -> Result<Json<Value>, ApiError> {
+/// reload. It targets clients or broadcasts, so it needs admin rights like `POST /publish` would:
+/// with no key configured, the demo page served by the gateway on loopback has them; a page on
+/// another site does not.
+pub async fn refresh(
+    State(hub): State<Hub>,
+    _: Admin,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Json<Value>, ApiError> {
     if !hub.config().demo {
         return Err(ApiError::not_found("not_found", "the demo is turned off on this server"));
     }

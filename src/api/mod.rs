@@ -23,7 +23,7 @@ use crate::core::hub::{Hub, PublishError};
 use crate::core::metrics::Format;
 use crate::core::retained::MAX_STATE_DEPTH;
 use crate::core::topic::{validate_topic, Pattern};
-use crate::http::auth::Publisher;
+use crate::http::auth::{Admin, Publisher};
 use crate::http::error::ApiError;
 
 /// One item of a publish request, as the contract names its fields.
@@ -211,13 +211,15 @@ pub async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Byt
 /// `POST /publish`.
 pub async fn publish(
     State(hub): State<Hub>,
-    _: Publisher,
+    publisher: Publisher,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let result = async {
         let body = read_body(&hub, &headers, body).await?;
         let (drafts, item_of) = parse_items(&body, hub.config().max_topics_per_client)?;
+        // A token publishes only where its claim allows; nothing is published otherwise.
+        publisher.check(&drafts)?;
         // The hub counts drafts; the client counts the items it sent.
         let item = |index: usize| item_of.get(index).copied().unwrap_or(index);
         hub.publish(drafts).await.map_err(|e| ApiError::from(e.renumbered(item)))
@@ -281,7 +283,7 @@ where
 /// `POST /clients/{client_id}/subscribe` and `/unsubscribe`: the client's subscriptions after.
 pub async fn subscriptions(
     State(hub): State<Hub>,
-    _: Publisher,
+    _: Admin,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -299,19 +301,19 @@ pub async fn subscriptions(
 }
 
 /// `DELETE /clients/{client_id}`.
-pub async fn disconnect(State(hub): State<Hub>, _: Publisher, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn disconnect(State(hub): State<Hub>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
     hub.command(id, Command::Disconnect).await?;
     Ok(Json(json!({ "client_id": id, "disconnected": true })))
 }
 
 /// `GET /clients`.
-pub async fn clients(State(hub): State<Hub>, _: Publisher) -> Result<Json<Value>, ApiError> {
+pub async fn clients(State(hub): State<Hub>, _: Admin) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "clients": hub.all_clients().await? })))
 }
 
 /// `GET /topics`.
-pub async fn topics(State(hub): State<Hub>, _: Publisher) -> Json<Value> {
+pub async fn topics(State(hub): State<Hub>, _: Admin) -> Json<Value> {
     Json(json!({ "topics": hub.topics() }))
 }
 
@@ -321,10 +323,17 @@ pub async fn topics(State(hub): State<Hub>, _: Publisher) -> Json<Value> {
 /// id of the deletion), or `404 unknown_topic` when the topic has no state.
 pub async fn delete_topic(
     State(hub): State<Hub>,
-    _: Publisher,
+    publisher: Publisher,
     Path(topic): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     validate_topic(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
+    if !publisher.may_publish(&topic) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("your token does not allow publishing to {topic:?}"),
+        ));
+    }
     let events = hub.publish(vec![Draft::state_change(&topic, StateChange::Delete)]).await.map_err(|e| match e {
         PublishError::UnknownTopic { .. } => {
             ApiError::not_found("unknown_topic", format!("topic {topic:?} has no retained state"))

@@ -74,6 +74,8 @@ pub enum CloseReason {
     Protocol,
     /// The peer sent WebSocket text that is not UTF-8.
     InvalidData,
+    /// The token the client connected with has expired; it reconnects with a fresh one.
+    Expired,
 }
 
 /// What the hub asks a transport to send.

@@ -165,12 +165,23 @@ impl Saved {
         Ok(Some(saved))
     }
 
-    /// Writes the state file (to a temporary file first, so a crash never leaves half of one).
+    /// Writes the state file, readable by its owner only (mode 0600: it holds every retained
+    /// state and the history). It goes to a new temporary file with a random name in the same
+    /// directory first (created exclusively, so no file or symlink planted there is followed),
+    /// then replaces the file, so a crash never leaves half of one.
     pub fn store(&self, path: &Path) -> Result<(), PersistError> {
+        use std::io::Write;
         let io = |source| PersistError::Io { path: path.display().to_string(), source };
         let text = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        // tempfile creates the file with O_EXCL and mode 0600.
+        let mut tmp = tempfile::Builder::new().prefix(".ssegate-state").tempfile_in(dir).map_err(io)?;
+        tmp.write_all(&text).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Requests from WebSocket clients to the backend (`rpc {method, data, ref}`), answered by
 //! `reply` or `error`. A backend either embeds a handler ([`crate::Hub::set_rpc_handler`]) or
-//! names a URL (`--rpc-url`) that each request is POSTed to as `{client_id, method, data}`.
+//! names a URL (`--rpc-url`) that each request is POSTed to as `{client_id, method, data,
+//! identity}` (`identity`: the verified claims of the client's token, or `null`).
 
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub struct RpcRequest {
     pub method: String,
     /// Its arguments.
     pub data: Value,
+    /// Who asked: the claims of the token the client connected with, or `null` for a client
+    /// without one. The gateway has verified them; the backend may rely on them.
+    pub identity: Option<Value>,
 }
 
 /// A failed request, sent to the client as `error {ref, code, message}`.

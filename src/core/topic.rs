@@ -105,6 +105,21 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// Whether every topic `other` matches is matched by this pattern too: `a/*` is covered by
+    /// `a/*`, `a/**` and `**`; `a/b` by `a/b`, `a/*`, `a/**` and `**`. Used to check a request
+    /// against the patterns a token grants.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        match (self, other) {
+            (Pattern::All, _) => true,
+            (_, Pattern::Exact(t)) => self.matches(t),
+            (Pattern::OneLevel(p), Pattern::OneLevel(q)) => p == q,
+            (Pattern::MultiLevel(p), Pattern::OneLevel(q) | Pattern::MultiLevel(q)) => q.starts_with(&**p),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -139,6 +154,15 @@ mod tests {
         assert!(m("**", "anything/at/all"));
         assert_eq!(Pattern::parse("a/**").unwrap().to_string(), "a/**");
         assert_eq!(Pattern::parse("a/*").unwrap().to_string(), "a/*");
+    }
+
+    #[test]
+    fn a_pattern_covers_what_it_matches_all_of() {
+        let c = |a: &str, b: &str| Pattern::parse(a).unwrap().covers(&Pattern::parse(b).unwrap());
+        assert!(c("a/*", "a/*") && c("a/**", "a/*") && c("**", "a/*"));
+        assert!(c("a/b", "a/b") && c("a/*", "a/b") && c("a/**", "a/b/c") && c("a/**", "a/b/**"));
+        assert!(!c("a/*", "a/**") && !c("a/*", "a/b/c") && !c("a/b", "a/*") && !c("a/**", "a"));
+        assert!(!c("a/**", "ab/**") && !c("a/**", "**") && !c("a/*", "a/b/*"));
     }
 
     #[test]

@@ -283,7 +283,7 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     };
     let cors = allow_origin(&hub, asked.header("origin"));
     let opened = tokio::select! {
-        opened = sse::open(&hub, asked.query.as_deref(), asked.header("last-event-id")) => opened,
+        opened = sse::open(&hub, asked.query.as_deref(), asked.header("last-event-id"), &asked.headers) => opened,
         _ = kill.cancelled() => return,
     };
     let opened = match opened {

@@ -1,6 +1,8 @@
 //! `GET /poll`: long-polling. A poll session is a client kept between polls under its
 //! `client_id`, so targeted events wait for it; the cursor says what the client has, so a lost
-//! response or an expired session is made good from history.
+//! response or an expired session is made good from history. The `client_id` is an address that
+//! anyone may learn: a poll continues a session (and reads what was kept for it, or its targeted
+//! history) only with the session's secret, `session`, which only its first answer gave out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -53,6 +55,8 @@ struct PollState {
 pub struct Polls {
     hub: Hub,
     sessions: Arc<Sessions>,
+    /// Signs client ids into session secrets; made at random for each router.
+    secrets: Arc<ring::hmac::Key>,
 }
 
 impl Polls {
@@ -61,8 +65,23 @@ impl Polls {
     pub fn new(hub: Hub) -> Polls {
         let sessions = Arc::new(Sessions::default());
         tokio::spawn(sweep(Arc::downgrade(&sessions), hub.clone()));
-        Polls { hub, sessions }
+        let seed = [*Uuid::new_v4().as_bytes(), *Uuid::new_v4().as_bytes()].concat();
+        let secrets = Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed));
+        Polls { hub, sessions, secrets }
     }
+}
+
+/// The secret of the session under `id`: an HMAC of the id, so it holds for that id whether
+/// the session is still kept or has expired (and is resumed from history under the same id).
+fn secret(key: &ring::hmac::Key, id: Uuid) -> String {
+    let tag = ring::hmac::sign(key, id.as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `given` is the secret of the session under `id` (compared in constant time).
+fn owns(key: &ring::hmac::Key, id: Uuid, given: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(secret(key, id).as_bytes().ct_eq(given.as_bytes()))
 }
 
 /// Expires sessions not polled for `--poll-session-ttl-ms` (their clients unregister and what was
@@ -173,6 +192,8 @@ struct PollQuery {
     topics: Vec<String>,
     cursor: Option<String>,
     client_id: Option<String>,
+    session: Option<String>,
+    access_token: Option<String>,
     timeout_s: Option<String>,
     throttle_ms: Option<u64>,
 }
@@ -180,12 +201,14 @@ struct PollQuery {
 impl PollQuery {
     fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut q = PollQuery::default();
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        for (k, v) in crate::http::query::pairs(raw)? {
             match &*k {
-                "topic" => q.topics.push(v.into_owned()),
-                "cursor" => q.cursor = Some(v.into_owned()).filter(|c| !c.is_empty()),
-                "client_id" => q.client_id = Some(v.into_owned()).filter(|c| !c.is_empty()),
-                "timeout" => q.timeout_s = Some(v.into_owned()),
+                "topic" => q.topics.push(v),
+                "cursor" => q.cursor = Some(v).filter(|c| !c.is_empty()),
+                "client_id" => q.client_id = Some(v).filter(|c| !c.is_empty()),
+                "session" => q.session = Some(v).filter(|c| !c.is_empty()),
+                "access_token" => q.access_token = Some(v),
+                "timeout" => q.timeout_s = Some(v),
                 "throttle_ms" => q.throttle_ms = Some(conflate::throttle_param(&v)?),
                 _ => {}
             }
@@ -293,11 +316,13 @@ fn reset_event(cursor: EventId, reason: &str) -> bytes::Bytes {
     bytes::Bytes::from(v.to_string())
 }
 
-fn respond(client_id: Uuid, answer: Answer) -> Response {
-    let mut out = Vec::with_capacity(64 + answer.events.iter().map(|e| e.len() + 1).sum::<usize>());
+fn respond(client_id: Uuid, session: &str, answer: Answer) -> Response {
+    let mut out = Vec::with_capacity(160 + answer.events.iter().map(|e| e.len() + 1).sum::<usize>());
     out.extend_from_slice(b"{\"client_id\":\"");
     out.extend_from_slice(client_id.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"cursor\":");
+    out.extend_from_slice(b"\",\"session\":");
+    push_json_str(&mut out, session);
+    out.extend_from_slice(b",\"cursor\":");
     push_json_str(&mut out, &answer.cursor.to_string());
     out.extend_from_slice(b",\"events\":[");
     for (i, ev) in answer.events.iter().enumerate() {
@@ -316,7 +341,7 @@ fn respond(client_id: Uuid, answer: Answer) -> Response {
 
 /// `GET /poll`.
 pub async fn poll(
-    State(Polls { hub, sessions }): State<Polls>,
+    State(Polls { hub, sessions, secrets }): State<Polls>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
@@ -327,12 +352,21 @@ pub async fn poll(
     let q = PollQuery::parse(raw.as_deref())?;
     let wait = wait_time(&hub, &q, &headers)?;
     let patterns = parse_patterns(q.topics.iter().map(String::as_str), hub.config().max_topics_per_client)?;
+    // Every poll shows its credentials: a session outlives no token.
+    let subscriber = crate::http::auth::subscriber(hub.config(), &headers, q.access_token.as_deref())?;
+    subscriber.check(hub.config(), &patterns)?;
+    let expires_in = subscriber.identity.as_ref().and_then(|id| id.expires_in_ms());
+    let wait = expires_in.map_or(wait, |ms| wait.min(Duration::from_millis(ms)));
     let id = match &q.client_id {
         Some(c) => {
             Some(c.parse::<Uuid>().map_err(|_| ApiError::bad_request("invalid_request", "client_id is not a UUID"))?)
         }
         None => None,
     };
+    // A client_id alone is an address, not a key: without the session's secret the poll opens a
+    // session of its own (and resumes from its cursor through the topics, never through what
+    // was targeted at that id).
+    let id = id.filter(|id| q.session.as_deref().is_some_and(|s| owns(&secrets, *id, s)));
     hub.catch_up(q.cursor.as_deref()).await;
     let address = peer.map(|p| crate::edge::server::address_key(p.0 .0.ip()));
     let (session, fresh) = session_for(&hub, &sessions, id, patterns, address)?;
@@ -354,7 +388,7 @@ pub async fn poll(
         // its cursor.
         sessions.remove(&client_id);
     }
-    Ok(respond(client_id, answer))
+    Ok(respond(client_id, &secret(&secrets, client_id), answer))
 }
 
 /// The snapshots that open a session's stream: those taken when it registered if it is new;

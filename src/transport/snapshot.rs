@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use crate::core::event::push_json_str;
 use crate::core::hub::Hub;
-use crate::core::topic::validate_topic;
+use crate::core::topic::{validate_topic, Pattern};
 use crate::http::error::ApiError;
 
 /// Whether an `If-None-Match` value names `etag` (or is `*`).
@@ -26,11 +26,15 @@ pub async fn snapshot(
     if !hub.config().transports.poll {
         return Err(ApiError::not_found("transport_disabled", "the poll transport is disabled on this server"));
     }
-    let topic = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "topic")
-        .map(|(_, v)| v.into_owned())
+    let pairs = crate::http::query::pairs(raw.as_deref())?;
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let topic = param("topic")
+        .map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("invalid_request", "give the topic: /snapshot?topic=T"))?;
     validate_topic(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
+    let subscriber = crate::http::auth::subscriber(hub.config(), &headers, param("access_token"))?;
+    let pattern = Pattern::parse(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
+    subscriber.check(hub.config(), &[pattern])?;
     let (snapshot, cursor) = hub
         .snapshot_at(&topic)
         .ok_or_else(|| ApiError::not_found("unknown_topic", format!("topic {topic:?} has no retained state")))?;

@@ -41,6 +41,9 @@ pub struct StreamQuery {
     pub envelope: bool,
     /// `token`: an API key, for WebSocket clients that cannot set headers.
     pub token: Option<String>,
+    /// `access_token`: a JWT, for clients that cannot set headers (`EventSource`, browsers'
+    /// WebSocket).
+    pub access_token: Option<String>,
     /// `throttle_ms`: at most one update per topic per interval.
     pub throttle_ms: Option<u64>,
 }
@@ -54,12 +57,13 @@ impl StreamQuery {
     /// Parses the query string.
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut q = StreamQuery::default();
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        for (k, v) in crate::http::query::pairs(raw)? {
             match &*k {
-                "topic" => q.topics.push(v.into_owned()),
-                "lastEventId" | "last_event_id" => q.last_event_id = Some(v.into_owned()),
+                "topic" => q.topics.push(v),
+                "lastEventId" | "last_event_id" => q.last_event_id = Some(v),
                 "envelope" => q.envelope = truthy(&v),
-                "token" => q.token = Some(v.into_owned()),
+                "token" => q.token = Some(v),
+                "access_token" => q.access_token = Some(v),
                 "throttle_ms" => q.throttle_ms = Some(conflate::throttle_param(&v)?),
                 _ => {}
             }
@@ -109,16 +113,25 @@ pub(crate) struct Opened {
     /// The prelude, to write first.
     pub first: Bytes,
     envelope: bool,
+    /// Closes the stream when the subscriber's token expires.
+    expiry: Option<crate::http::auth::Expiry>,
 }
 
-/// Checks a `/stream` request (its query string and `Last-Event-ID` header), registers the
-/// client and renders its prelude.
-pub(crate) async fn open(hub: &Hub, raw_query: Option<&str>, last_event_id: Option<&str>) -> Result<Opened, ApiError> {
+/// Checks a `/stream` request (its query string, `Last-Event-ID` header and credentials in
+/// `headers`), registers the client and renders its prelude.
+pub(crate) async fn open(
+    hub: &Hub,
+    raw_query: Option<&str>,
+    last_event_id: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Opened, ApiError> {
     if !hub.config().transports.sse {
         return Err(ApiError::not_found("transport_disabled", "the sse transport is disabled on this server"));
     }
     let q = StreamQuery::parse(raw_query)?;
     let patterns = parse_patterns(q.topics.iter().map(String::as_str), hub.config().max_topics_per_client)?;
+    let subscriber = crate::http::auth::subscriber(hub.config(), headers, q.access_token.as_deref())?;
+    subscriber.check(hub.config(), &patterns)?;
     let topics: Vec<String> = patterns.iter().map(ToString::to_string).collect();
     let last_id = last_event_id.map(str::to_owned).or(q.last_event_id).filter(|id| !id.is_empty());
 
@@ -134,7 +147,8 @@ pub(crate) async fn open(hub: &Hub, raw_query: Option<&str>, last_event_id: Opti
         // The rest of the missed events, page by page, before any live event.
         conn.client().insert_at(conn.head(), vec![Outbound::Resume(Box::new(more))]);
     }
-    Ok(Opened { conn, first, envelope: q.envelope })
+    let expiry = subscriber.close_at_expiry(conn.client());
+    Ok(Opened { conn, first, envelope: q.envelope, expiry })
 }
 
 /// What [`Pump::fill`] found.
@@ -154,11 +168,12 @@ pub(crate) struct Pump {
     items: Vec<Outbound>,
     shaper: Shaper,
     last_id: Option<EventId>,
+    _expiry: Option<crate::http::auth::Expiry>,
 }
 
 impl Pump {
     pub(crate) fn new(opened: Opened) -> (Pump, Bytes) {
-        let Opened { conn, first, envelope } = opened;
+        let Opened { conn, first, envelope, expiry } = opened;
         conn.client().wrote(now_ms());
         let pump = Pump {
             conn,
@@ -167,6 +182,7 @@ impl Pump {
             items: Vec::new(),
             shaper: Shaper::default(),
             last_id: None,
+            _expiry: expiry,
         };
         (pump, first)
     }
@@ -255,7 +271,7 @@ pub async fn stream(
     conn_handle: Option<axum::Extension<ConnHandle>>,
 ) -> Result<Response, ApiError> {
     let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let opened = open(&hub, raw.as_deref(), header_id).await?;
+    let opened = open(&hub, raw.as_deref(), header_id, &headers).await?;
     let kill = conn_handle.map(|h| h.0);
     // A client the hub closed for a full queue is cut 5 s later even if the stream is never
     // polled again (a peer that does not read leaves the body waiting on the socket). The

@@ -27,7 +27,8 @@ use crate::core::retained::Snapshot;
 use crate::core::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
 use crate::core::topic::Pattern;
 use crate::edge::server::ConnHandle;
-use crate::http::auth;
+use crate::http::auth::{self, Publisher, Subscriber};
+use crate::http::guard;
 use crate::http::error::ApiError;
 use crate::transport::sse::StreamQuery;
 
@@ -37,6 +38,7 @@ mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
@@ -58,8 +60,10 @@ pub struct Setup {
     pub patterns: Vec<Pattern>,
     /// `lastEventId` in the query: resume every subscription after it.
     pub last_event_id: Option<String>,
-    /// Whether `publish` frames are allowed.
-    pub can_publish: bool,
+    /// What `publish` frames may publish; `None`: nothing.
+    pub publisher: Option<Publisher>,
+    /// What `subscribe` frames may subscribe to, and the token, passed with each `rpc`.
+    pub subscriber: Subscriber,
     /// `throttle_ms` in the query, for the query's subscriptions.
     pub throttle: Option<std::time::Duration>,
 }
@@ -70,13 +74,29 @@ impl Setup {
         if !hub.config().transports.ws {
             return Err(ApiError::not_found("transport_disabled", "the ws transport is disabled on this server"));
         }
+        let config = hub.config();
+        guard::ws_origin(config, headers)?;
         let q = StreamQuery::parse(raw_query)?;
-        let patterns = parse_patterns(q.topics.iter().map(String::as_str), hub.config().max_topics_per_client)?;
-        // Publishing over a WebSocket needs a key: a browser on the gateway's own machine is not
-        // a backend, so the loopback rule of the HTTP API does not apply here.
+        let patterns = parse_patterns(q.topics.iter().map(String::as_str), config.max_topics_per_client)?;
+        let subscriber = auth::subscriber(config, headers, q.access_token.as_deref())?;
+        subscriber.check(config, &patterns)?;
+        // Publishing over a WebSocket needs a key or a token that allows it: a browser on the
+        // gateway's own machine is not a backend, so the loopback rule of the HTTP API does not
+        // apply here.
         let key = auth::key_in(headers).or(q.token.as_deref());
-        let can_publish = !hub.config().api_key.is_empty() && auth::check(hub, key, None).is_ok();
-        Ok(Setup { patterns, last_event_id: q.last_event_id, can_publish, throttle: conflate::throttle(q.throttle_ms) })
+        let publisher = if key.is_some_and(|k| auth::is_api_key(config, k)) {
+            Some(Publisher::ALL)
+        } else {
+            let id = subscriber.identity.as_ref().filter(|id| id.admin || !id.publish.is_empty());
+            id.map(|id| Publisher::with_token(id.clone()))
+        };
+        Ok(Setup {
+            patterns,
+            last_event_id: q.last_event_id,
+            publisher,
+            subscriber,
+            throttle: conflate::throttle(q.throttle_ms),
+        })
     }
 }
 
@@ -171,6 +191,9 @@ where
     let conn = hub.connect(Transport::Ws, setup.patterns.clone());
     let client = conn.client().clone();
     client.set_throttle(&setup.patterns, setup.throttle);
+    // A token that expires closes the connection then (1008); dropped with the session.
+    let _expiry = setup.subscriber.close_at_expiry(&client);
+    let caller = Caller { publisher: setup.publisher, subscriber: setup.subscriber };
     let welcome = json!({
         "type": "welcome",
         "client_id": client.id(),
@@ -213,7 +236,7 @@ where
         tokio::time::sleep(CLOSE_GRACE).await;
     };
     let ended = {
-        let reading = read_loop(&conn, &mut stream, setup.can_publish, &mut rpcs);
+        let reading = read_loop(&conn, &mut stream, &caller, &mut rpcs);
         tokio::select! {
             _ = &mut writer => Ended::Written,
             ending = reading => Ended::Read(ending),
@@ -298,6 +321,7 @@ fn close_of(reason: CloseReason) -> Option<(u16, &'static str)> {
         CloseReason::TooLarge => (close::TOO_BIG, "frame over the size limit"),
         CloseReason::Protocol => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
         CloseReason::InvalidData => (close::INVALID_DATA, "text frames must be UTF-8"),
+        CloseReason::Expired => (close::POLICY, "the token has expired: reconnect with a fresh one"),
         // The peer is gone: nothing would read a close frame.
         CloseReason::Timeout => return None,
         // The answer to the peer's close is sent by the WebSocket library (see `write_loop` and
@@ -543,8 +567,14 @@ fn failure(e: &axum::Error) -> Option<CloseReason> {
     None
 }
 
+/// What the peer of a session may do, from the upgrade request's credentials.
+struct Caller {
+    publisher: Option<Publisher>,
+    subscriber: Subscriber,
+}
+
 /// Takes the client's frames until it closes, breaks the protocol or leaves.
-async fn read_loop<R>(conn: &Connection, stream: &mut R, can_publish: bool, rpcs: &mut JoinSet<()>) -> Ending
+async fn read_loop<R>(conn: &Connection, stream: &mut R, caller: &Caller, rpcs: &mut JoinSet<()>) -> Ending
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -554,7 +584,7 @@ where
         tokio::task::consume_budget().await;
         client.heard(now_ms());
         match msg {
-            Ok(Message::Text(t)) => on_text(conn, t.as_str(), can_publish, rpcs).await,
+            Ok(Message::Text(t)) => on_text(conn, t.as_str(), caller, rpcs).await,
             Ok(Message::Binary(_)) => {
                 client.push(error_frame(None, "invalid_frame", "binary frames are not supported: send JSON text"));
             }
@@ -625,7 +655,7 @@ struct RpcFrame {
     data: Value,
 }
 
-async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpcs: &mut JoinSet<()>) {
+async fn on_text(conn: &Connection, text: &str, caller: &Caller, rpcs: &mut JoinSet<()>) {
     let client = conn.client();
     let head: Head = match serde_json::from_str(text) {
         Ok(h) => h,
@@ -642,7 +672,7 @@ async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpcs: &mut Jo
     let bad = |e: serde_json::Error| error_frame(r, "invalid_request", e.to_string());
     let outcome: Result<(), Outbound> = match head.kind.as_deref() {
         Some("subscribe") => match serde_json::from_str::<SubscribeFrame>(text) {
-            Ok(f) => subscribe(conn, f, r).await,
+            Ok(f) => subscribe(conn, f, r, &caller.subscriber).await,
             Err(e) => Err(bad(e)),
         },
         Some("unsubscribe") => match serde_json::from_str::<UnsubscribeFrame>(text) {
@@ -650,12 +680,17 @@ async fn on_text(conn: &Connection, text: &str, can_publish: bool, rpcs: &mut Jo
             Err(e) => Err(bad(e)),
         },
         Some("publish") => match serde_json::from_str::<PublishFrame<'_>>(text) {
-            Ok(_) if !can_publish => Err(error_frame(r, "forbidden", "this connection may not publish")),
-            Ok(f) => publish(conn, f, r).await,
+            Ok(f) => match &caller.publisher {
+                None => Err(error_frame(r, "forbidden", "this connection may not publish")),
+                Some(p) if !p.may_publish(&f.topic) => {
+                    Err(error_frame(r, "forbidden", format!("your token does not allow publishing to {:?}", f.topic)))
+                }
+                Some(_) => publish(conn, f, r).await,
+            },
             Err(e) => Err(bad(e)),
         },
         Some("rpc") => match serde_json::from_str::<RpcFrame>(text) {
-            Ok(f) => rpc(conn, f, r, rpcs),
+            Ok(f) => rpc(conn, f, r, caller, rpcs),
             Err(e) => Err(bad(e)),
         },
         Some("ping") => {
@@ -680,8 +715,14 @@ fn patterns_of(hub: &Hub, topics: &[String], r: Option<&Value>) -> Result<Vec<Pa
         .map_err(|e| error_frame(r, e.code, e.message))
 }
 
-async fn subscribe(conn: &Connection, f: SubscribeFrame, r: Option<&Value>) -> Result<(), Outbound> {
+async fn subscribe(
+    conn: &Connection,
+    f: SubscribeFrame,
+    r: Option<&Value>,
+    subscriber: &Subscriber,
+) -> Result<(), Outbound> {
     let patterns = patterns_of(conn.hub(), &f.topics, r)?;
+    subscriber.check(conn.hub().config(), &patterns).map_err(|e| error_frame(r, e.code, e.message))?;
     let client = conn.client();
     let hub = conn.hub();
     hub.catch_up(f.last_event_id.as_deref()).await;
@@ -738,7 +779,13 @@ async fn publish(conn: &Connection, f: PublishFrame<'_>, r: Option<&Value>) -> R
     Ok(())
 }
 
-fn rpc(conn: &Connection, f: RpcFrame, r: Option<&Value>, rpcs: &mut JoinSet<()>) -> Result<(), Outbound> {
+fn rpc(
+    conn: &Connection,
+    f: RpcFrame,
+    r: Option<&Value>,
+    caller: &Caller,
+    rpcs: &mut JoinSet<()>,
+) -> Result<(), Outbound> {
     let Some(reference) = r.cloned() else {
         return Err(error_frame(None, "invalid_request", "an rpc needs a ref to answer to"));
     };
@@ -750,7 +797,8 @@ fn rpc(conn: &Connection, f: RpcFrame, r: Option<&Value>, rpcs: &mut JoinSet<()>
         return Err(error_frame(r, "too_many_requests", format!("at most {RPC_IN_FLIGHT} rpc at a time")));
     }
     let client = conn.client().clone();
-    let request = RpcRequest { client_id: client.id(), method: f.method, data: f.data };
+    let identity = caller.subscriber.identity.as_ref().map(|id| id.claims.clone());
+    let request = RpcRequest { client_id: client.id(), method: f.method, data: f.data, identity };
     // Owned by the session, which aborts it when it ends; otherwise the backend or the timeout
     // ends it.
     rpcs.spawn(async move {
