@@ -14,9 +14,10 @@ async fn poll(s: &TestServer, query: &str) -> Value {
     v
 }
 
-/// The query of the poll that follows `answer` on topic `t`: its client_id and cursor.
+/// The query of the poll that follows `answer` on topic `t`: its client_id, session and cursor.
 fn next_poll(answer: &Value) -> String {
-    format!("topic=t&client_id={}&cursor={}", answer["client_id"].as_str().unwrap(), answer["cursor"].as_str().unwrap())
+    let (id, session) = (answer["client_id"].as_str().unwrap(), answer["session"].as_str().unwrap());
+    format!("topic=t&client_id={id}&session={session}&cursor={}", answer["cursor"].as_str().unwrap())
 }
 
 fn datas(v: &Value) -> Vec<Value> {
@@ -28,15 +29,16 @@ async fn a_lost_answer_is_given_again() {
     let s = TestServer::start().await;
     let first = poll(&s, "topic=t").await;
     let (id, c0) = (first["client_id"].as_str().unwrap(), first["cursor"].as_str().unwrap());
+    let sess = first["session"].as_str().unwrap();
     s.publish_ok(json!([{"topic": "t", "data": 1}, {"topic": "t", "data": 2}])).await;
-    let answer = poll(&s, &format!("topic=t&client_id={id}&cursor={c0}")).await;
+    let answer = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={c0}")).await;
     assert_eq!(datas(&answer), [json!(1), json!(2)]);
     // That answer never arrived: the client asks again with its old cursor.
-    let again = poll(&s, &format!("topic=t&client_id={id}&cursor={c0}&timeout=0")).await;
+    let again = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={c0}&timeout=0")).await;
     assert_eq!(datas(&again), [json!(1), json!(2)]);
     assert_eq!(again["cursor"], answer["cursor"]);
     s.publish_ok(json!({"topic": "t", "data": 3})).await;
-    let next = poll(&s, &format!("topic=t&client_id={id}&cursor={}", again["cursor"].as_str().unwrap())).await;
+    let next = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}", again["cursor"].as_str().unwrap())).await;
     assert_eq!(datas(&next), [json!(3)]);
     s.stop().await;
 }
@@ -99,10 +101,11 @@ async fn idle_sessions_expire_and_come_back_from_history() {
     .await;
     let first = poll(&s, "topic=t").await;
     let id = first["client_id"].as_str().unwrap().to_owned();
+    let sess = first["session"].as_str().unwrap().to_owned();
     until("the idle session to expire", || async { s.client_ids().await.is_empty() }).await;
     s.publish_ok(json!({"topic": "t", "data": "while away"})).await;
     // Back with its id and cursor: the same client, and what it missed.
-    let back = poll(&s, &format!("topic=t&client_id={id}&cursor={}", first["cursor"].as_str().unwrap())).await;
+    let back = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}", first["cursor"].as_str().unwrap())).await;
     assert_eq!(back["client_id"], id.as_str());
     assert_eq!(datas(&back), [json!("while away")]);
     s.stop().await;
@@ -113,10 +116,11 @@ async fn a_disconnected_poll_client_comes_back_as_a_new_client() {
     let s = TestServer::start().await;
     let first = poll(&s, "topic=t").await;
     let id = first["client_id"].as_str().unwrap().to_owned();
+    let sess = first["session"].as_str().unwrap().to_owned();
     let (status, _) = s.delete(&format!("/clients/{id}")).await;
     assert_eq!(status, 200);
     let back =
-        poll(&s, &format!("topic=t&client_id={id}&cursor={}&timeout=0", first["cursor"].as_str().unwrap())).await;
+        poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}&timeout=0", first["cursor"].as_str().unwrap())).await;
     assert_ne!(back["client_id"], id.as_str());
     assert_eq!(s.client_ids().await, [back["client_id"].as_str().unwrap().to_owned()]);
     s.stop().await;
@@ -127,13 +131,14 @@ async fn an_overflowed_session_resumes_without_loss_under_the_same_id() {
     let s = TestServer::with(|c| c.queue_size = 8).await;
     let first = poll(&s, "topic=t").await;
     let id = first["client_id"].as_str().unwrap().to_owned();
+    let sess = first["session"].as_str().unwrap().to_owned();
     let batch: Vec<Value> = (0..50).map(|n| json!({"topic": "t", "data": n})).collect();
     s.publish_ok(json!(batch)).await;
     assert!(s.metric("ssegate_queue_overflows_total").await >= 1.0);
     let mut cursor = first["cursor"].as_str().unwrap().to_owned();
     let mut got = Vec::new();
     while got.len() < 50 {
-        let v = poll(&s, &format!("topic=t&client_id={id}&cursor={cursor}&timeout=5")).await;
+        let v = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={cursor}&timeout=5")).await;
         assert_eq!(v["client_id"], id.as_str(), "the same client comes back");
         got.extend(datas(&v).into_iter().map(|d| d.as_u64().unwrap()));
         cursor = v["cursor"].as_str().unwrap().to_owned();
@@ -141,7 +146,7 @@ async fn an_overflowed_session_resumes_without_loss_under_the_same_id() {
     assert_eq!(got, (0..50).collect::<Vec<_>>());
     // And it still receives live events.
     s.publish_ok(json!({"topic": "t", "data": "live"})).await;
-    let v = poll(&s, &format!("topic=t&client_id={id}&cursor={cursor}&timeout=5")).await;
+    let v = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={cursor}&timeout=5")).await;
     assert_eq!(datas(&v), [json!("live")]);
     s.stop().await;
 }

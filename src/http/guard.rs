@@ -71,14 +71,16 @@ pub fn peer(config: &Config, peer: Option<SocketAddr>, headers: &HeaderMap) -> P
         // Forwarding headers from a proxy nobody configured: the request is not what it seems.
         return if forwarding_headers(headers) { Peer::Unknown } else { Peer::Known(peer) };
     }
+    let mut nearest = Peer::Unknown;
     for hop in forwarded_for(headers).into_iter().rev() {
-        match hop {
-            Some(ip) if trusted(ip.to_canonical()) => continue,
-            Some(ip) => return Peer::Known(ip.to_canonical()),
+        match hop.map(|ip| ip.to_canonical()) {
+            // A proxy of ours (or, if every hop is one, the client in that range itself).
+            Some(ip) if trusted(ip) => nearest = Peer::Known(ip),
+            Some(ip) => return Peer::Known(ip),
             None => return Peer::Unknown,
         }
     }
-    Peer::Unknown
+    nearest
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {

@@ -131,6 +131,10 @@ pub fn verify(key: &JwtKey, token: &str) -> Result<Identity, ApiError> {
     })?;
     let claims: Claims = serde_json::from_value(data.claims.clone())
         .map_err(|_| unauthorized("the token's ssegate claim is not {subscribe, publish, admin}"))?;
+    // RFC 7519: the token is valid *before* `exp`; the library still takes it during that second.
+    if claims.exp.is_some_and(|exp| exp.saturating_mul(1000) <= now_ms()) {
+        return Err(unauthorized("the token has expired"));
+    }
     let parse = |list: &[String]| list.iter().filter_map(|p| Pattern::parse(p).ok()).collect::<Vec<_>>();
     Ok(Identity {
         subscribe: parse(&claims.ssegate.subscribe),

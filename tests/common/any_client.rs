@@ -140,11 +140,13 @@ impl AnyClient {
                 assert_eq!(status, StatusCode::OK, "{v}");
                 let buffered = v["events"].as_array().unwrap().iter().map(got_from_envelope).collect();
                 let cursor = v["cursor"].as_str().unwrap().to_owned();
+                // Later polls continue the session with its secret.
+                let query = format!("{q}&session={}", v["session"].as_str().unwrap());
                 AnyClient {
                     api: api.clone(),
                     client_id: v["client_id"].as_str().unwrap().to_owned(),
                     position: cursor.clone(),
-                    inner: Inner::Poll { cursor, query: q, buffered },
+                    inner: Inner::Poll { cursor, query, buffered },
                 }
             }
         }
