@@ -75,6 +75,14 @@ export interface ConnectOptions {
   throttleMs?: number;
   /** Resume position for the first connection (an event id / cursor). */
   lastEventId?: string;
+  /**
+   * A JWT for a gateway with `--jwt-key`: sent as `Authorization: Bearer` where the transport can
+   * set headers (long-poll, snapshot polling) and as `access_token` where it cannot (SSE,
+   * WebSocket). A function is asked for a token before the first connection, again before the
+   * token expires (the connection then reopens with it and resumes), and after a failure once it
+   * has expired.
+   */
+  token?: string | (() => string | Promise<string>);
 }
 
 export interface Client {
@@ -111,6 +119,9 @@ export interface Client {
 export function connect(options?: ConnectOptions): Client;
 
 /** The contract's decision matrix: transports in order of preference, filtered to `transports`. */
+/** When a JWT expires (its `exp`, in ms since the epoch), read without verifying; undefined if it does not say. */
+export function tokenExpiry(jwt?: string): number | undefined;
+
 export function decide(flags?: Flags, transports?: Transport[]): Transport[];
 
 /** Full-jitter exponential backoff: `rnd() * min(max, base * 2 ** attempt)` ms. */

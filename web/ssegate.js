@@ -26,6 +26,21 @@ const REQUEST_TIMEOUT_MS = 10000; // plain requests: /negotiate, /snapshot
 const LONG_POLL_WAIT_S = 25; // how long the gateway holds a long poll open
 const LONG_POLL_ABORT_MS = 35000; // a long poll unanswered by then is presumed half-open
 const DEFAULT_POLL_INTERVAL_MS = 2000; // snapshot polling, unless X-Poll-Interval says otherwise
+const RENEW_BEFORE_MS = 30000; // a renewable token is renewed this long before it expires
+const MAX_TIMER_MS = 2 ** 31 - 1; // setTimeout's longest delay
+
+/**
+ * When a JWT expires (its `exp` claim, in ms), or undefined when it does not say or is not a JWT.
+ * The token is only read here, never verified: the gateway verifies it.
+ * @param {string} [jwt]
+ * @returns {number | undefined}
+ */
+export function tokenExpiry(jwt) {
+  try {
+    const payload = JSON.parse(atob(jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    return typeof payload.exp == 'number' ? payload.exp * 1000 : undefined;
+  } catch {}
+}
 
 const isPlainObject = (value) => value && typeof value == 'object' && !Array.isArray(value);
 
@@ -313,12 +328,46 @@ export function connect(options = {}) {
   let lastRef = 0; // numbers the `ref` of WebSocket frames
   let restartTimer; // reconnects once for all the topic changes of one tick
   let lastClientId; // the client_id of the last connection that opened
+  let pollSession; // {clientId, session}: the long-poll session we own, by its secret
+  let token = typeof options.token == 'function' ? undefined : options.token; // the JWT in use
+  let renewTimer; // renews a token from options.token() before it expires
 
   const absoluteUrl = (pathAndQuery) => new URL(baseUrl + pathAndQuery, globalThis.location?.href).href;
 
+  // The token goes in the Authorization header where the transport can set one (fetch), and as
+  // access_token where it cannot (EventSource, WebSocket).
+  const withToken = (headers) => (token ? { ...headers, Authorization: 'Bearer ' + token } : headers);
+
   // Plain requests (not the long poll) get a time limit, so a silent server cannot stall them.
   const request = (pathAndQuery, headers) =>
-    fetch(absoluteUrl(pathAndQuery), { headers, signal: AbortSignal.timeout?.(REQUEST_TIMEOUT_MS) });
+    fetch(absoluteUrl(pathAndQuery), { headers: withToken(headers), signal: AbortSignal.timeout?.(REQUEST_TIMEOUT_MS) });
+
+  // A renewable token (options.token is a function) is asked for before the first connection,
+  // again before it expires (then the connection reopens with it, resuming from lastEventId),
+  // and after a failure once it has expired.
+  const renewable = typeof options.token == 'function';
+  const tokenExpiring = () => renewable && (!token || (tokenExpiry(token) ?? Infinity) - Date.now() < RENEW_BEFORE_MS);
+  const fetchToken = async () => {
+    try {
+      token = await options.token();
+    } catch {} // keep the old one; the gateway says whether it still works
+    clearTimeout(renewTimer);
+    const left = (tokenExpiry(token) ?? Infinity) - Date.now();
+    if (renewable && isFinite(left) && client.status != 'closed') {
+      renewTimer = setTimeout(renewToken, Math.min(MAX_TIMER_MS, Math.max(1000, Math.min(left - RENEW_BEFORE_MS, left * 0.8))));
+    }
+  };
+  const renewToken = async () => {
+    await fetchToken();
+    if (currentTransport && client.status != 'closed') {
+      generation++; // so closing it is not taken for a failure
+      currentTransport.close();
+      dropConnection();
+      openTransport();
+    }
+  };
+  // Opens the next attempt, with a fresh token first if ours has run out.
+  const reopen = () => (tokenExpiring() ? fetchToken().then(openTransport) : openTransport());
 
   // A query string: arrays become repeated parameters, undefined and null are left out.
   const queryString = (params) => {
@@ -405,7 +454,13 @@ export function connect(options = {}) {
     // several topics can be told apart. The gateway's own events (welcome, snapshot, reset) are
     // not enveloped.
     sse(attempt) {
-      const query = { topic: [...topics], envelope: 1, lastEventId: client.lastEventId, throttle_ms: throttleMs };
+      const query = {
+        topic: [...topics],
+        envelope: 1,
+        lastEventId: client.lastEventId,
+        throttle_ms: throttleMs,
+        access_token: token,
+      };
       const source = new EventSource(absoluteUrl('/stream?' + queryString(query)));
       // EventSource only reports event names that someone listens to.
       const listening = new Set();
@@ -438,7 +493,7 @@ export function connect(options = {}) {
     // WebSocket: GET /ws, one JSON object with a `type` per frame. Topic changes and rpc calls are
     // frames on the same connection.
     ws(attempt) {
-      const query = { topic: [...topics], lastEventId: client.lastEventId, throttle_ms: throttleMs };
+      const query = { topic: [...topics], lastEventId: client.lastEventId, throttle_ms: throttleMs, access_token: token };
       const socketUrl = absoluteUrl('/ws?' + queryString(query));
       const socket = new WebSocket(socketUrl.replace(/^http/, 'ws'));
       // Returns 1 when the frame was sent, false when the socket is not open (yet).
@@ -477,14 +532,14 @@ export function connect(options = {}) {
       };
     },
 
-    // Long-poll: GET /poll in a loop; each answer is {client_id, cursor, events}, and the next
-    // request asks for what comes after that cursor.
+    // Long-poll: GET /poll in a loop; each answer is {client_id, session, cursor, events}, and
+    // the next request asks for what comes after that cursor.
     'long-poll'(attempt) {
       let abortController;
-      // Offer the client_id of the last connection that opened (whatever its transport): the
-      // gateway rejoins that poll session, or opens one under that id when no connected client
-      // holds it, so events targeted at this client keep reaching it.
-      let clientId = lastClientId;
+      // Offer the client_id and secret of our last poll session: the gateway rejoins it, or
+      // opens one under that id when no connected client holds it, so events targeted at this
+      // client keep reaching it. (A client_id without its session secret opens a new session.)
+      let clientId = pollSession?.clientId;
       (async () => {
         for (let firstRequest = true; ; firstRequest = false) {
           abortController = new AbortController();
@@ -494,13 +549,16 @@ export function connect(options = {}) {
             topic: [...topics],
             cursor: client.lastEventId,
             client_id: clientId,
+            session: pollSession?.session,
             timeout: LONG_POLL_WAIT_S,
             throttle_ms: throttleMs,
           };
-          const answer = await fetch(absoluteUrl('/poll?' + queryString(query)), { signal: abortController.signal })
+          const init = { headers: withToken(), signal: abortController.signal };
+          const answer = await fetch(absoluteUrl('/poll?' + queryString(query)), init)
             .then((response) => (response.ok ? response.json() : throwError('poll ' + response.status)))
             .finally(() => clearTimeout(abortTimer));
           clientId = answer.client_id;
+          pollSession = { clientId, session: answer.session };
           if (firstRequest) attempt.open(clientId);
           answer.events.forEach(attempt.deliver);
           if (!attempt.isCurrent()) return;
@@ -575,7 +633,7 @@ export function connect(options = {}) {
         if (opened) {
           // It worked until now: reopen the same transport, after a backoff delay.
           setStatus('reconnecting', error);
-          retryLater(openTransport, backoffDelay(failedAttempts, options.backoff));
+          retryLater(reopen, backoffDelay(failedAttempts, options.backoff));
         } else {
           // It never opened: fall back to the next transport.
           failedAttempts++;
@@ -610,7 +668,7 @@ export function connect(options = {}) {
     } else {
       transportIndex = 0;
       setStatus('reconnecting', error);
-      retryLater(openTransport, backoffDelay(failedAttempts, options.backoff));
+      retryLater(reopen, backoffDelay(failedAttempts, options.backoff));
     }
   };
 
@@ -627,6 +685,7 @@ export function connect(options = {}) {
         transportOrder = offered.filter((name) => allowedTransports.includes(name) && transports[name]);
       } catch {}
     }
+    if (renewable && tokenExpiring()) await fetchToken();
     if (client.status == 'closed') return;
     if (!transportOrder.length) transportOrder = decide(flags, allowedTransports);
     transportIndex = 0;
@@ -703,6 +762,7 @@ export function connect(options = {}) {
       clearTimeout(retryTimer);
       clearTimeout(connectTimer);
       clearTimeout(restartTimer);
+      clearTimeout(renewTimer);
       currentTransport?.close();
       dropConnection();
       setStatus('closed');
