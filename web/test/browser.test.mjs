@@ -3,6 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -167,6 +168,46 @@ test('after a restart with history kept the page shows every event exactly once'
   assert.deepEqual(ns, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   await page.close();
   rmSync(dir, { recursive: true, force: true });
+});
+
+test('a page on another origin cannot publish to a keyless gateway on loopback', async () => {
+  const gw = await start(['--demo', 'false']);
+  // The attacker's page, on another origin of the same machine (another port).
+  const evil = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end('<!doctype html><title>a page the developer opened</title><iframe name="sink"></iframe>');
+  });
+  await new Promise((resolve) => evil.listen(0, '127.0.0.1', resolve));
+  const first = await (await fetch(`${gw.base}/poll?topic=t`)).json();
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${evil.address().port}/`);
+  const outcomes = await page.evaluate(async (base) => {
+    const body = JSON.stringify({ topic: 't', event: 'attack', data: 1 });
+    const settle = (p) => p.then((r) => (r.type == 'opaque' ? 'sent' : 'answered ' + r.status), (e) => 'blocked ' + e);
+    // A "simple" request: no preflight, the answer unreadable, but it reaches the gateway.
+    const simple = await settle(fetch(base + '/publish', { method: 'POST', mode: 'no-cors', headers: { 'content-type': 'text/plain' }, body }));
+    // A classic form post, text/plain, into an iframe.
+    const form = Object.assign(document.createElement('form'), { action: base + '/publish', method: 'POST', enctype: 'text/plain', target: 'sink' });
+    form.append(Object.assign(document.createElement('input'), { name: '{"topic":"t","event":"attack","data":1,"x":"', value: '"}' }));
+    document.body.append(form);
+    const loaded = new Promise((resolve) => (document.querySelector('iframe').onload = resolve));
+    form.submit();
+    await loaded;
+    // Reading the clients, and publishing with JSON (a preflighted request).
+    const read = await settle(fetch(base + '/clients'));
+    const json = await settle(fetch(base + '/publish', { method: 'POST', headers: { 'content-type': 'application/json' }, body }));
+    return { simple, read, json };
+  }, gw.base);
+  assert.equal(outcomes.simple, 'sent');
+  assert.equal(outcomes.read, 'answered 403', 'the request reached the gateway and was refused');
+  assert.equal(outcomes.json, 'answered 403');
+  const query = new URLSearchParams({ topic: 't', client_id: first.client_id, session: first.session, cursor: first.cursor, timeout: '0' });
+  const after = await (await fetch(`${gw.base}/poll?${query}`)).json();
+  assert.deepEqual(after.events, [], 'nothing was published');
+  // The same request from a backend on this machine is a publish.
+  await publish(gw.base, { topic: 't', event: 'legit', data: 2 });
+  await page.close();
+  await new Promise((resolve) => evil.close(resolve));
 });
 
 test('chromium and the gateway binary are where the tests expect them', () => {
