@@ -193,7 +193,10 @@ async fn websocket_subscribe_frames_are_checked_but_a_backend_subscribes_anyone(
     let id = ws_frame(&mut ws).await["client_id"].as_str().unwrap().to_owned();
     send(&mut ws, json!({"type": "subscribe", "topics": ["b"], "ref": 1})).await;
     let err = ws_frame(&mut ws).await;
-    assert_eq!((err["type"].as_str(), err["code"].as_str(), &err["ref"]), (Some("error"), Some("forbidden"), &json!(1)));
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str(), &err["ref"]),
+        (Some("error"), Some("forbidden"), &json!(1))
+    );
     send(&mut ws, json!({"type": "subscribe", "topics": ["a/y"], "ref": 2})).await;
     assert_eq!(ws_frame(&mut ws).await, json!({"type": "ack", "ref": 2}));
 
@@ -283,7 +286,11 @@ async fn a_token_publishes_where_its_claim_allows_and_admin_is_its_own_right() {
     assert_eq!(publish_as(&s, "wrong-key", json!({"topic": "a/x", "data": "no"})).await.0, StatusCode::UNAUTHORIZED);
     let res = s.http.post(s.url("/publish")).header("x-api-key", "").json(&json!({"topic": "a/x"})).send().await;
     assert_eq!(res.unwrap().status(), StatusCode::UNAUTHORIZED, "an empty key is not a key");
-    assert_eq!(s.publish(&json!({"topic": "a/x", "data": "no"})).await.0, StatusCode::UNAUTHORIZED, "loopback is no key");
+    assert_eq!(
+        s.publish(&json!({"topic": "a/x", "data": "no"})).await.0,
+        StatusCode::UNAUTHORIZED,
+        "loopback is no key"
+    );
 
     // An admin token may do all of it; a case-insensitive Bearer scheme works.
     let admin = token(json!({"admin": true}), 600);
@@ -510,6 +517,9 @@ async fn topics_that_are_not_utf8_are_refused_not_merged() {
         assert_eq!(get_as(&s, path, None).await, (StatusCode::BAD_REQUEST, Some("invalid_topic".into())), "{path}");
     }
     assert_eq!(ws_with(&s, "/ws?topic=a%FE", &[]).await.err(), Some(400));
+    let res = s.http.delete(s.url("/topics/a%FF")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "invalid_topic");
     // Both used to become "a\u{FFFD}"; a real U+FFFD is a topic like any other.
     let mut sse = Sse::connect(&s, "topic=a%EF%BF%BD").await;
     s.publish_ok(json!({"topic": "a\u{FFFD}", "data": 1})).await;
@@ -611,4 +621,30 @@ async fn keys_and_tokens_are_never_logged() {
     assert!(log.contains("request"), "the requests were traced: {log}");
     assert!(!log.contains("sekrit-api-key") && !log.contains(&jwt), "{log}");
     assert!(!log.contains(SECRET));
+}
+
+#[tokio::test]
+async fn a_token_in_the_cookie_works_for_its_own_site_only() {
+    let s = jwt_server(|_| {}).await;
+    let cookie =
+        format!("theme=dark; ssegate_token={}", token(json!({"subscribe": ["a/**"], "publish": ["a/**"]}), 600));
+    let res = s.http.get(s.url("/stream?topic=a/x")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut ws = ws_with(&s, "/ws?topic=a/x", &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(ws_frame(&mut ws).await["type"], "welcome");
+    // A page on another site: the browser would send the cookie along. Refused, even with
+    // --cors-origins '*' (cross-site WebSocket hijacking, CSRF).
+    let evil = [("cookie", cookie.as_str()), ("origin", "http://evil.example")];
+    assert_eq!(ws_with(&s, "/ws?topic=a/x", &evil).await.err(), Some(403));
+    let publish = |headers: &'static [(&'static str, &'static str)], cookie: String| {
+        let mut req = s.http.post(s.url("/publish")).header("cookie", cookie).json(&json!({"topic": "a/x", "data": 1}));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(publish(&[("origin", "http://evil.example")], cookie.clone()).await, StatusCode::FORBIDDEN);
+    assert_eq!(publish(&[("sec-fetch-site", "cross-site")], cookie.clone()).await, StatusCode::FORBIDDEN);
+    assert_eq!(publish(&[], cookie.clone()).await, StatusCode::OK);
+    s.stop().await;
 }

@@ -38,7 +38,8 @@ async fn a_lost_answer_is_given_again() {
     assert_eq!(datas(&again), [json!(1), json!(2)]);
     assert_eq!(again["cursor"], answer["cursor"]);
     s.publish_ok(json!({"topic": "t", "data": 3})).await;
-    let next = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}", again["cursor"].as_str().unwrap())).await;
+    let next =
+        poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}", again["cursor"].as_str().unwrap())).await;
     assert_eq!(datas(&next), [json!(3)]);
     s.stop().await;
 }
@@ -105,7 +106,8 @@ async fn idle_sessions_expire_and_come_back_from_history() {
     until("the idle session to expire", || async { s.client_ids().await.is_empty() }).await;
     s.publish_ok(json!({"topic": "t", "data": "while away"})).await;
     // Back with its id and cursor: the same client, and what it missed.
-    let back = poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}", first["cursor"].as_str().unwrap())).await;
+    let back =
+        poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}", first["cursor"].as_str().unwrap())).await;
     assert_eq!(back["client_id"], id.as_str());
     assert_eq!(datas(&back), [json!("while away")]);
     s.stop().await;
@@ -119,8 +121,11 @@ async fn a_disconnected_poll_client_comes_back_as_a_new_client() {
     let sess = first["session"].as_str().unwrap().to_owned();
     let (status, _) = s.delete(&format!("/clients/{id}")).await;
     assert_eq!(status, 200);
-    let back =
-        poll(&s, &format!("topic=t&client_id={id}&session={sess}&cursor={}&timeout=0", first["cursor"].as_str().unwrap())).await;
+    let back = poll(
+        &s,
+        &format!("topic=t&client_id={id}&session={sess}&cursor={}&timeout=0", first["cursor"].as_str().unwrap()),
+    )
+    .await;
     assert_ne!(back["client_id"], id.as_str());
     assert_eq!(s.client_ids().await, [back["client_id"].as_str().unwrap().to_owned()]);
     s.stop().await;

@@ -5,10 +5,15 @@ import { connect } from './ssegate.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const transports = params.get('transports')?.split(',').filter(Boolean);
+// On a gateway with --jwt-key, open the page as /?access_token=<jwt> (a token whose
+// ssegate.subscribe covers demo/**); a real page would get it from its backend, as a function
+// that the client calls again before the token expires.
+const token = params.get('access_token') || undefined;
 
 const client = connect({
   topics: ['demo/counters', 'demo/series'],
   ...(transports ? { transports } : {}),
+  ...(token ? { token } : {}),
   flags: { realtime: true, low_latency: true, server_push: true },
 });
 

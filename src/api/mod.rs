@@ -324,8 +324,10 @@ pub async fn topics(State(hub): State<Hub>, _: Admin) -> Json<Value> {
 pub async fn delete_topic(
     State(hub): State<Hub>,
     publisher: Publisher,
-    Path(topic): Path<String>,
+    topic: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // A path that does not decode to UTF-8 names no topic (and is never decoded lossily).
+    let Path(topic) = topic.map_err(|_| ApiError::bad_request("invalid_topic", "the topic is not valid UTF-8"))?;
     validate_topic(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
     if !publisher.may_publish(&topic) {
         return Err(ApiError::new(

@@ -222,7 +222,10 @@ mod tests {
         assert!(not_cross_site(&c, &headers(&[("origin", "http://evil.example")])).is_err());
         let own = headers(&[("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")]);
         assert!(not_cross_site(&c, &own).is_ok(), "the gateway's own page");
-        assert!(not_cross_site(&config(&[]), &headers(&[("origin", "http://evil.example")])).is_err(), "* does not count");
+        assert!(
+            not_cross_site(&config(&[]), &headers(&[("origin", "http://evil.example")])).is_err(),
+            "* does not count"
+        );
         assert!(not_cross_site(&c, &headers(&[("sec-fetch-site", "cross-site")])).is_err());
         assert!(ws_origin(&config(&[]), &headers(&[("origin", "http://evil.example")])).is_ok());
         assert!(ws_origin(&c, &headers(&[("origin", "http://evil.example")])).is_err());

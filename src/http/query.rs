@@ -10,7 +10,8 @@ pub fn pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     for part in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        let key = decode(k).ok_or_else(|| ApiError::bad_request("invalid_request", "a query parameter name is not UTF-8"))?;
+        let key =
+            decode(k).ok_or_else(|| ApiError::bad_request("invalid_request", "a query parameter name is not UTF-8"))?;
         let value = decode(v).ok_or_else(|| {
             let code = if key == "topic" { "invalid_topic" } else { "invalid_request" };
             ApiError::bad_request(code, format!("the value of {key:?} is not valid UTF-8"))

@@ -33,7 +33,8 @@ pub async fn snapshot(
         .ok_or_else(|| ApiError::bad_request("invalid_request", "give the topic: /snapshot?topic=T"))?;
     validate_topic(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
     let subscriber = crate::http::auth::subscriber(hub.config(), &headers, param("access_token"))?;
-    let pattern = Pattern::parse(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
+    let pattern =
+        Pattern::parse(&topic).map_err(|e| ApiError::bad_request("invalid_topic", format!("{topic:?}: {e}")))?;
     subscriber.check(hub.config(), &[pattern])?;
     let (snapshot, cursor) = hub
         .snapshot_at(&topic)

@@ -28,8 +28,8 @@ use crate::core::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
 use crate::core::topic::Pattern;
 use crate::edge::server::ConnHandle;
 use crate::http::auth::{self, Publisher, Subscriber};
-use crate::http::guard;
 use crate::http::error::ApiError;
+use crate::http::{guard, jwt};
 use crate::transport::sse::StreamQuery;
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -78,6 +78,13 @@ impl Setup {
         guard::ws_origin(config, headers)?;
         let q = StreamQuery::parse(raw_query)?;
         let patterns = parse_patterns(q.topics.iter().map(String::as_str), config.max_topics_per_client)?;
+        if config.jwt_key.is_some()
+            && matches!(jwt::token(headers, q.access_token.as_deref()), Some((_, jwt::Source::Cookie)))
+        {
+            // The browser sends the cookie whatever page opens the socket: a page on another
+            // site may not use it (cross-site WebSocket hijacking), whatever --cors-origins says.
+            guard::not_cross_site(config, headers)?;
+        }
         let subscriber = auth::subscriber(config, headers, q.access_token.as_deref())?;
         subscriber.check(config, &patterns)?;
         // Publishing over a WebSocket needs a key or a token that allows it: a browser on the
