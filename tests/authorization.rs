@@ -179,7 +179,7 @@ fn base64url(bytes: &[u8]) -> String {
 
 fn base64(bytes: &[u8]) -> String {
     let mut s = base64url(bytes).replace('-', "+").replace('_', "/");
-    while s.len() % 4 != 0 {
+    while !s.len().is_multiple_of(4) {
         s.push('=');
     }
     s
