@@ -5,6 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createHmac } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { connect, decide } from '../ssegate.js';
 
@@ -168,6 +169,59 @@ test('decide() agrees with the gateway /negotiate for every row of the matrix', 
       const j = await r.json();
       assert.deepEqual([j.transport, ...j.fallbacks], decide(flags, transports), JSON.stringify(flags));
     }
+  }
+});
+
+/** An HS256 JWT with `claims`, signed with `secret` (the gateway's --jwt-key). */
+function jwt(secret, claims) {
+  const part = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const signed = part({ alg: 'HS256', typ: 'JWT' }) + '.' + part(claims);
+  return signed + '.' + createHmac('sha256', secret).update(signed).digest('base64url');
+}
+
+test('token: long-poll and SSE with a short-lived JWT, renewed before it expires, nothing lost or twice', async () => {
+  const secret = 'live-test-secret';
+  const key = 'live-backend-key';
+  const jgw = await gateway(['--jwt-key', secret, '--api-key', key, '--demo', 'false']);
+  const send = async (data) => {
+    const r = await fetch(`${jgw.base}/publish`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer ' + key },
+      body: JSON.stringify({ topic: 'tok/a', event: 'm', data }),
+    });
+    assert.equal(r.status, 200, await r.text());
+  };
+  // Without a token the gateway refuses the subscription.
+  assert.equal((await fetch(`${jgw.base}/poll?topic=tok/a`)).status, 401);
+  globalThis.EventSource = TestEventSource;
+  try {
+    for (const transport of ['long-poll', 'sse']) {
+      TestEventSource.urls = [];
+      let issued = 0;
+      // Each token lives 3 s: the client renews it about every second and reconnects with it.
+      const token = async () => (issued++, jwt(secret, { exp: Math.floor(Date.now() / 1000) + 3, ssegate: { subscribe: ['tok/**'] } }));
+      const c = connect({ url: jgw.base, topics: ['tok/a'], transports: [transport], negotiate: false, token, backoff: { base: 50, max: 200 } });
+      const got = [];
+      c.on('m', (d, ev) => got.push([d, ev.id]));
+      try {
+        await until(() => c.status == 'open', `${transport} open with a token`);
+        await send(1);
+        await until(() => got.length == 1, 'the first event');
+        await until(() => issued >= 3, 'two renewals', 8000);
+        await send(2);
+        await until(() => issued >= 4, 'one more renewal', 8000);
+        await send(3);
+        await until(() => got.length == 3, 'every event, across renewals');
+        assert.deepEqual(got.map(([d]) => d), [1, 2, 3]);
+        once(got.map(([, id]) => id));
+        if (transport == 'sse') assert.match(TestEventSource.urls.at(-1), /access_token=/);
+      } finally {
+        c.close();
+      }
+    }
+  } finally {
+    delete globalThis.EventSource;
+    await stop(jgw);
   }
 });
 
