@@ -16,11 +16,11 @@ use crate::core::hub::Hub;
 use crate::http::error::ApiError;
 
 /// The retained topic of the demo's counters.
-pub const COUNTERS: &str = "demo/counters";
+pub(crate) const COUNTERS: &str = "demo/counters";
 /// The topic of the demo's time series (`point` events).
-pub const SERIES: &str = "demo/series";
+pub(crate) const SERIES: &str = "demo/series";
 /// How often the demo publishes.
-pub const EVERY: Duration = Duration::from_secs(1);
+pub(crate) const EVERY: Duration = Duration::from_secs(1);
 
 /// A small deterministic generator: the demo needs movement, not quality randomness.
 struct Lcg(u64);
@@ -33,7 +33,7 @@ impl Lcg {
 }
 
 /// Starts the demo publisher; it stops when the hub shuts down.
-pub fn spawn(hub: Hub) {
+pub(crate) fn spawn(hub: Hub) {
     let stop = hub.shutdown_token().clone();
     tokio::spawn(async move {
         let mut rng = Lcg(now_ms());
@@ -87,7 +87,7 @@ pub fn spawn(hub: Hub) {
 /// What the demo page asks for.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     /// The client to refresh; with none, every client.
     client_id: Option<Uuid>,
 }
@@ -95,13 +95,13 @@ pub struct RefreshRequest {
 /// The demo's own endpoint, `POST /demo/refresh`. [`crate::run`] mounts it beside
 /// [`crate::router`] when `--demo` is on; an app that nests the router does not get it unless it
 /// merges this too.
-pub fn router(hub: Hub) -> axum::Router {
+pub(crate) fn router(hub: Hub) -> axum::Router {
     axum::Router::new().route("/demo/refresh", axum::routing::post(refresh)).with_state(hub)
 }
 
 /// `POST /demo/refresh`: a stand-in for a backend that tells one dashboard, or all of them, to
 /// reload. It only ever sends a `refresh` event, so the demo needs no publisher rights.
-pub async fn refresh(State(hub): State<Hub>, Json(req): Json<RefreshRequest>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn refresh(State(hub): State<Hub>, Json(req): Json<RefreshRequest>) -> Result<Json<Value>, ApiError> {
     if !hub.config().demo {
         return Err(ApiError::not_found("not_found", "the demo is turned off on this server"));
     }

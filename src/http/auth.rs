@@ -13,14 +13,14 @@ use crate::http::error::ApiError;
 
 /// Proof that the request may publish and administer. Use it as a handler argument.
 #[derive(Debug, Clone, Copy)]
-pub struct Publisher;
+pub(crate) struct Publisher;
 
 fn presented_key(parts: &Parts) -> Option<&str> {
     key_in(&parts.headers)
 }
 
 /// The API key in `Authorization: Bearer` or `X-API-Key`, if any.
-pub fn key_in(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn key_in(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -31,7 +31,7 @@ pub fn key_in(headers: &HeaderMap) -> Option<&str> {
 /// Whether a request may publish: it carries a configured API key (header, or `token` in the
 /// query for WebSocket clients that cannot set headers) or, with no key configured, comes from a
 /// loopback peer.
-pub fn check(hub: &Hub, presented: Option<&str>, peer: Option<SocketAddr>) -> Result<Publisher, ApiError> {
+pub(crate) fn check(hub: &Hub, presented: Option<&str>, peer: Option<SocketAddr>) -> Result<Publisher, ApiError> {
     let keys = &hub.config().api_key;
     if !keys.is_empty() {
         let Some(given) = presented else {
