@@ -2,13 +2,11 @@
 //! event to N subscribers (each then taken from its queue, as its writer would).
 //! Run with `cargo bench --bench fanout`.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::value::RawValue;
 use ssegate::Pattern;
-use ssegate::Transport;
 use ssegate::{Audience, Draft, Event, EventId};
 use ssegate::{Config, Hub};
 
@@ -39,16 +37,12 @@ fn fanout(c: &mut Criterion) {
         let _guard = rt.enter();
         let hub = Hub::new(Config { demo: false, queue_size: 1 << 16, ..Config::default() }).unwrap();
         let pattern = Pattern::parse("bench/topic").unwrap();
-        let conns: Vec<_> = (0..clients).map(|_| hub.connect(Transport::Sse, vec![pattern.clone()])).collect();
-        let mut batch = VecDeque::new();
+        let subscribers = ssegate::bench::Clients::new(&hub, &pattern, clients);
         group.throughput(Throughput::Elements(clients as u64));
         group.bench_with_input(BenchmarkId::from_parameter(clients), &clients, |b, _| {
             b.iter(|| {
                 rt.block_on(hub.publish(vec![draft(100)])).unwrap();
-                for conn in &conns {
-                    batch.clear();
-                    conn.client().drain_into(&mut batch);
-                }
+                subscribers.drain()
             })
         });
     }

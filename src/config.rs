@@ -242,7 +242,7 @@ impl IpNet {
 /// The command line: `ssegate serve [FLAGS]`.
 #[derive(Debug, Parser)]
 #[command(name = "ssegate", version, about = "A real-time push gateway: SSE, WebSocket and long-polling")]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -250,18 +250,18 @@ pub struct Cli {
 
 /// The binary's subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the gateway.
     Serve(Config),
 }
 
 /// The name of the environment variable for a flag: `SSEGATE_` and the flag in capitals.
-pub fn env_name(flag_id: &str) -> String {
+pub(crate) fn env_name(flag_id: &str) -> String {
     format!("SSEGATE_{}", flag_id.to_ascii_uppercase())
 }
 
 /// The clap command with environment values as defaults and named in the help.
-pub fn cli_command(env: &HashMap<String, String>) -> clap::Command {
+pub(crate) fn cli_command(env: &HashMap<String, String>) -> clap::Command {
     Cli::command().mut_subcommand("serve", |serve| {
         let ids: Vec<String> = serve.get_arguments().map(|a| a.get_id().to_string()).collect();
         ids.into_iter().filter(|id| id != "help").fold(serve, |serve, id| {
@@ -294,19 +294,20 @@ pub struct Transports {
 
 impl Transports {
     /// Whether a transport is enabled.
-    pub fn enabled(&self, c: Choice) -> bool {
+    pub fn enabled(&self, c: Transport) -> bool {
         match c {
-            Choice::Sse => self.sse,
-            Choice::Ws => self.ws,
-            Choice::LongPoll => self.long_poll,
-            Choice::Poll => self.poll,
+            Transport::Sse => self.sse,
+            Transport::Ws => self.ws,
+            Transport::LongPoll => self.long_poll,
+            Transport::Poll => self.poll,
         }
     }
 }
 
-/// A transport by its contract name, as `--transports` and `/negotiate` spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Choice {
+/// A transport, by its contract name as `--transports`, `/negotiate`, `GET /clients` and the
+/// metrics spell it. Clients are connected over the first three; `/snapshot` polling holds none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Transport {
     /// Server-Sent Events, `/stream`.
     #[serde(rename = "sse")]
     Sse,
@@ -321,34 +322,34 @@ pub enum Choice {
     Poll,
 }
 
-impl Choice {
+impl Transport {
     /// Every transport.
-    pub const ALL: [Choice; 4] = [Choice::Sse, Choice::Ws, Choice::LongPoll, Choice::Poll];
+    pub const ALL: [Transport; 4] = [Transport::Sse, Transport::Ws, Transport::LongPoll, Transport::Poll];
 
     /// The contract's name.
     pub fn name(self) -> &'static str {
         match self {
-            Choice::Sse => "sse",
-            Choice::Ws => "ws",
-            Choice::LongPoll => "long-poll",
-            Choice::Poll => "poll",
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+            Transport::LongPoll => "long-poll",
+            Transport::Poll => "poll",
         }
     }
 
     /// The transport named `name`.
     pub fn parse(name: &str) -> Option<Self> {
-        Choice::ALL.into_iter().find(|c| c.name() == name)
+        Transport::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
 fn parse_transports(s: &str) -> Result<Transports, String> {
     let mut t = Transports { sse: false, ws: false, long_poll: false, poll: false };
     for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match Choice::parse(name) {
-            Some(Choice::Sse) => t.sse = true,
-            Some(Choice::Ws) => t.ws = true,
-            Some(Choice::LongPoll) => t.long_poll = true,
-            Some(Choice::Poll) => t.poll = true,
+        match Transport::parse(name) {
+            Some(Transport::Sse) => t.sse = true,
+            Some(Transport::Ws) => t.ws = true,
+            Some(Transport::LongPoll) => t.long_poll = true,
+            Some(Transport::Poll) => t.poll = true,
             None => return Err(format!("unknown transport {name:?} (use sse, ws, long-poll, poll)")),
         }
     }

@@ -54,28 +54,35 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
-pub mod broker;
-pub mod config;
-pub mod core;
-pub mod edge;
-pub mod http;
-pub mod transport;
+// Only what a library user needs is `pub` (the items re-exported below); the rest says
+// `pub(crate)`, and this lint keeps it so.
+#![warn(unreachable_pub)]
+
+mod api;
+mod broker;
+mod config;
+mod core;
+mod edge;
+mod http;
+mod transport;
 
 use std::future::Future;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-pub use config::{Config, Transports};
-pub use core::client::Transport;
-pub use core::event::{null_data, Audience, Draft, Event, EventId, StateChange};
-pub use core::hub::Hub;
-pub use core::retained::MAX_STATE_DEPTH;
-pub use core::topic::Pattern;
+pub use api::rpc::HttpRpc;
+pub use config::{Config, IpNet, JwtKey, Transport, Transports};
+pub use core::broker::{BrokerError, PublishError};
+pub use core::client::ClientInfo;
+pub use core::event::{null_data, Audience, BadEventId, Checked, Draft, Event, EventId, StateChange, RESERVED_EVENTS};
+pub use core::hub::{Hub, HubError, SubscribeError, Subscribed, TooManyTopics, TopicInfo, UnknownClient};
+pub use core::persist::PersistError;
+pub use core::retained::{Snapshot, MAX_STATE_DEPTH};
+pub use core::rpc::{RpcError, RpcHandler, RpcRequest, RPC_TIMEOUT};
+pub use core::topic::{Pattern, TopicError};
 pub use edge::server::serve;
 
 /// The gateway's HTTP routes over `hub`, ready to serve or to nest in another axum app.
@@ -100,7 +107,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/web/{file}", get(api::web::file))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(cors(&hub.config().cors_origins))
+        .layer(http::cors::layer(&hub.config().cors_origins))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(hub)
 }
@@ -111,17 +118,35 @@ fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), version = ?req.version())
 }
 
-fn cors(origins: &str) -> CorsLayer {
-    let allow = match cors_origins(origins) {
-        None => AllowOrigin::any(),
-        Some(list) => AllowOrigin::list(list.filter_map(|o| o.parse().ok())),
-    };
-    CorsLayer::new().allow_origin(allow).allow_methods(Any).allow_headers(Any).expose_headers(Any)
-}
+/// For the crate's own micro-benchmarks (`benches/fanout.rs`); not part of the API.
+#[doc(hidden)]
+pub mod bench {
+    use crate::config::Transport;
+    use crate::core::hub::Connection;
+    use crate::core::hub::Hub;
+    use crate::core::topic::Pattern;
 
-/// The origins `--cors-origins` allows, or `None` for any (`*`).
-pub(crate) fn cors_origins(origins: &str) -> Option<impl Iterator<Item = &str>> {
-    (origins.trim() != "*").then(|| origins.split(',').map(str::trim))
+    /// `n` SSE clients of `hub` subscribed to `pattern`, without sockets.
+    pub struct Clients(Vec<Connection>);
+
+    impl Clients {
+        /// Registers them.
+        pub fn new(hub: &Hub, pattern: &Pattern, n: usize) -> Clients {
+            Clients((0..n).map(|_| hub.connect(Transport::Sse, vec![pattern.clone()])).collect())
+        }
+
+        /// Takes everything queued for each, as its writer would; returns how many items.
+        pub fn drain(&self) -> usize {
+            let mut batch = std::collections::VecDeque::new();
+            let mut n = 0;
+            for conn in &self.0 {
+                batch.clear();
+                conn.client().drain_into(&mut batch);
+                n += batch.len();
+            }
+            n
+        }
+    }
 }
 
 /// Why the gateway could not run.
@@ -146,8 +171,7 @@ pub async fn run(
     let demo = config.demo;
     // The backend's rpc endpoint is reached through an HTTP client made here, not by the hub,
     // which only knows the handler (a library user sets its own with `Hub::set_rpc_handler`).
-    let rpc =
-        config.rpc_url.as_deref().map(core::rpc::HttpRpc::new).transpose().map_err(core::hub::HubError::Config)?;
+    let rpc = config.rpc_url.as_deref().map(api::rpc::HttpRpc::new).transpose().map_err(core::hub::HubError::Config)?;
     let hub = Hub::new(config)?;
     if let Some(rpc) = rpc {
         hub.set_rpc_handler(rpc);

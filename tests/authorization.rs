@@ -36,7 +36,7 @@ fn key() -> EncodingKey {
 /// A gateway that verifies tokens with [`SECRET`] and takes [`API_KEY`] from backends.
 async fn jwt_server(tweak: impl FnOnce(&mut ssegate::Config)) -> TestServer {
     TestServer::with(|c| {
-        c.jwt_key = Some(ssegate::config::JwtKey::parse(SECRET).unwrap());
+        c.jwt_key = Some(ssegate::JwtKey::parse(SECRET).unwrap());
         c.api_key = vec![API_KEY.into()];
         tweak(c);
     })
@@ -341,7 +341,7 @@ async fn an_es256_public_key_file_verifies_tokens() {
     let (private, public) = es256_pair();
     let path = dir.path().join("jwt.pem");
     std::fs::write(&path, &public).unwrap();
-    let jwt_key = ssegate::config::JwtKey::parse(&format!("@{}", path.display())).unwrap();
+    let jwt_key = ssegate::JwtKey::parse(&format!("@{}", path.display())).unwrap();
     assert_eq!(jwt_key.algorithm, Algorithm::ES256);
     let s = TestServer::with(|c| c.jwt_key = Some(jwt_key)).await;
     let claims = json!({"exp": now_s() + 600, "ssegate": {"subscribe": ["a/**"]}});
@@ -350,7 +350,7 @@ async fn an_es256_public_key_file_verifies_tokens() {
     // Algorithm confusion: the public key used as an HS256 secret does not verify.
     let confused = encode(&Header::default(), &claims, &EncodingKey::from_secret(public.as_bytes())).unwrap();
     assert_eq!(get_as(&s, "/stream?topic=a/b", Some(&confused)).await.0, StatusCode::UNAUTHORIZED);
-    assert!(ssegate::config::JwtKey::parse(&format!("@{}", dir.path().join("missing").display())).is_err());
+    assert!(ssegate::JwtKey::parse(&format!("@{}", dir.path().join("missing").display())).is_err());
     s.stop().await;
 }
 
@@ -415,7 +415,7 @@ async fn behind_a_proxy_loopback_means_the_real_client() {
     assert_eq!(drive_by(&s, &[("forwarded", "for=203.0.113.7")]).await, StatusCode::FORBIDDEN);
     s.stop().await;
 
-    let s = TestServer::with(|c| c.trusted_proxies = vec![ssegate::config::IpNet::parse("127.0.0.1").unwrap()]).await;
+    let s = TestServer::with(|c| c.trusted_proxies = vec![ssegate::IpNet::parse("127.0.0.1").unwrap()]).await;
     assert_eq!(drive_by(&s, &[("x-forwarded-for", "203.0.113.7")]).await, StatusCode::FORBIDDEN, "remote");
     assert_eq!(drive_by(&s, &[]).await, StatusCode::FORBIDDEN, "a proxy that does not say who asked");
     // A client that claims loopback in front of the proxy does not fool it: the proxy appends.

@@ -17,11 +17,11 @@ use crate::http::auth::Admin;
 use crate::http::error::ApiError;
 
 /// The retained topic of the demo's counters.
-pub const COUNTERS: &str = "demo/counters";
+pub(crate) const COUNTERS: &str = "demo/counters";
 /// The topic of the demo's time series (`point` events).
-pub const SERIES: &str = "demo/series";
+pub(crate) const SERIES: &str = "demo/series";
 /// How often the demo publishes.
-pub const EVERY: Duration = Duration::from_secs(1);
+pub(crate) const EVERY: Duration = Duration::from_secs(1);
 
 /// A small deterministic generator: the demo needs movement, not quality randomness.
 struct Lcg(u64);
@@ -34,7 +34,7 @@ impl Lcg {
 }
 
 /// Starts the demo publisher; it stops when the hub shuts down.
-pub fn spawn(hub: Hub) {
+pub(crate) fn spawn(hub: Hub) {
     let stop = hub.shutdown_token().clone();
     tokio::spawn(async move {
         let mut rng = Lcg(now_ms());
@@ -88,7 +88,7 @@ pub fn spawn(hub: Hub) {
 /// What the demo page asks for.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     /// The client to refresh; with none, every client.
     client_id: Option<Uuid>,
 }
@@ -96,7 +96,7 @@ pub struct RefreshRequest {
 /// The demo's own endpoint, `POST /demo/refresh`. [`crate::run`] mounts it beside
 /// [`crate::router`] when `--demo` is on; an app that nests the router does not get it unless it
 /// merges this too.
-pub fn router(hub: Hub) -> axum::Router {
+pub(crate) fn router(hub: Hub) -> axum::Router {
     axum::Router::new().route("/demo/refresh", axum::routing::post(refresh)).with_state(hub)
 }
 
@@ -104,7 +104,7 @@ pub fn router(hub: Hub) -> axum::Router {
 /// reload. It targets clients or broadcasts, so it needs admin rights like `POST /publish` would:
 /// with no key configured, the demo page served by the gateway on loopback has them; a page on
 /// another site does not.
-pub async fn refresh(
+pub(crate) async fn refresh(
     State(hub): State<Hub>,
     _: Admin,
     Json(req): Json<RefreshRequest>,

@@ -1,8 +1,9 @@
 //! The backend-facing HTTP API: `POST /publish`, the client and topic admin endpoints, and the
 //! health checks. Every request is checked whole before anything is published.
 
-pub mod demo;
-pub mod web;
+pub(crate) mod demo;
+pub(crate) mod rpc;
+pub(crate) mod web;
 
 use std::sync::Arc;
 
@@ -11,20 +12,20 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use indexmap::IndexSet;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::core::broker::Command;
-use crate::core::event::{now_ms, null_data, Audience, Draft, StateChange};
+use crate::core::event::{now_ms, null_data, Audience, Checked, Draft, StateChange};
 use crate::core::hub::{Hub, PublishError};
 use crate::core::metrics::Format;
 use crate::core::retained::MAX_STATE_DEPTH;
 use crate::core::topic::{validate_topic, Pattern};
 use crate::http::auth::{Admin, Publisher};
 use crate::http::error::ApiError;
+use crate::http::query::parse_patterns;
 
 /// One item of a publish request, as the contract names its fields.
 #[derive(Debug, Deserialize)]
@@ -151,15 +152,10 @@ fn check_topic_count(item: &Item<'_>, limit: u64, at: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Parses a publish body: one item or an array of items, each naming at most `max_topics`
-/// topics (`--max-topics-per-client`).
-pub fn parse_publish(body: &[u8], max_topics: u64) -> Result<Vec<Draft>, ApiError> {
-    parse_items(body, max_topics).map(|(drafts, _)| drafts)
-}
-
-/// Parses a publish body into drafts, with the request item each draft came from (an item with
-/// `topics` makes one draft per topic).
-fn parse_items(body: &[u8], max_topics: u64) -> Result<(Vec<Draft>, Vec<usize>), ApiError> {
+/// Parses a publish body (one item or an array of items, each naming at most `max_topics` topics,
+/// `--max-topics-per-client`) into checked drafts, each knowing the item it came from (an item
+/// with `topics` makes one draft per topic). Nothing checks them again.
+pub(crate) fn parse_publish(body: &[u8], max_topics: u64) -> Result<Checked, ApiError> {
     let ts = now_ms();
     let mut drafts = Vec::new();
     let mut item_of = Vec::new();
@@ -187,11 +183,11 @@ fn parse_items(body: &[u8], max_topics: u64) -> Result<(Vec<Draft>, Vec<usize>),
         drafts_of(item, ts, &mut drafts)?;
         item_of.resize(drafts.len(), 0);
     }
-    Ok((drafts, item_of))
+    Ok(Checked::items(drafts, item_of)?)
 }
 
 /// Reads a request body up to the configured limit (`413` beyond it).
-pub async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = hub.config().max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -209,7 +205,7 @@ pub async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Byt
 }
 
 /// `POST /publish`.
-pub async fn publish(
+pub(crate) async fn publish(
     State(hub): State<Hub>,
     publisher: Publisher,
     headers: HeaderMap,
@@ -217,12 +213,10 @@ pub async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let result = async {
         let body = read_body(&hub, &headers, body).await?;
-        let (drafts, item_of) = parse_items(&body, hub.config().max_topics_per_client)?;
+        let checked = parse_publish(&body, hub.config().max_topics_per_client)?;
         // A token publishes only where its claim allows; nothing is published otherwise.
-        publisher.check(&drafts)?;
-        // The hub counts drafts; the client counts the items it sent.
-        let item = |index: usize| item_of.get(index).copied().unwrap_or(index);
-        hub.publish(drafts).await.map_err(|e| ApiError::from(e.renumbered(item)))
+        publisher.check(checked.drafts())?;
+        Ok::<_, ApiError>(hub.publish_checked(checked).await?)
     }
     .await;
     match result {
@@ -256,32 +250,8 @@ async fn patterns_in(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Vec<P
     parse_patterns(req.topics.iter().map(String::as_str), hub.config().max_topics_per_client)
 }
 
-/// Parses the subscription patterns one request names (each once, in order), refusing the request
-/// on the first bad one, and at once, before parsing any, when it names more than `limit`
-/// (`--max-topics-per-client`): `400 too_many_topics`. So a huge list costs little to refuse.
-pub fn parse_patterns<'a, I>(topics: I, limit: u64) -> Result<Vec<Pattern>, ApiError>
-where
-    I: IntoIterator<Item = &'a str>,
-    I::IntoIter: ExactSizeIterator,
-{
-    let topics = topics.into_iter();
-    let n = topics.len();
-    if n as u64 > limit {
-        return Err(ApiError::bad_request(
-            "too_many_topics",
-            format!("the request names {n} topics and patterns; at most {limit} are allowed"),
-        ));
-    }
-    let mut out: IndexSet<Pattern> = IndexSet::with_capacity(n);
-    for t in topics {
-        let p = Pattern::parse(t).map_err(|e| ApiError::bad_request("invalid_topic", format!("{t:?}: {e}")))?;
-        out.insert(p);
-    }
-    Ok(out.into_iter().collect())
-}
-
 /// `POST /clients/{client_id}/subscribe` and `/unsubscribe`: the client's subscriptions after.
-pub async fn subscriptions(
+pub(crate) async fn subscriptions(
     State(hub): State<Hub>,
     _: Admin,
     Path((id, action)): Path<(String, String)>,
@@ -301,19 +271,23 @@ pub async fn subscriptions(
 }
 
 /// `DELETE /clients/{client_id}`.
-pub async fn disconnect(State(hub): State<Hub>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn disconnect(
+    State(hub): State<Hub>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = client_id(&id)?;
     hub.command(id, Command::Disconnect).await?;
     Ok(Json(json!({ "client_id": id, "disconnected": true })))
 }
 
 /// `GET /clients`.
-pub async fn clients(State(hub): State<Hub>, _: Admin) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn clients(State(hub): State<Hub>, _: Admin) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "clients": hub.all_clients().await? })))
 }
 
 /// `GET /topics`.
-pub async fn topics(State(hub): State<Hub>, _: Admin) -> Json<Value> {
+pub(crate) async fn topics(State(hub): State<Hub>, _: Admin) -> Json<Value> {
     Json(json!({ "topics": hub.topics() }))
 }
 
@@ -321,7 +295,7 @@ pub async fn topics(State(hub): State<Hub>, _: Admin) -> Json<Value> {
 /// order with the rest: its subscribers get `snapshot` with `state: null` and the next version,
 /// which a later state continues from. Answers `{"topic", "version", "id"}` (the version and event
 /// id of the deletion), or `404 unknown_topic` when the topic has no state.
-pub async fn delete_topic(
+pub(crate) async fn delete_topic(
     State(hub): State<Hub>,
     publisher: Publisher,
     topic: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -348,12 +322,12 @@ pub async fn delete_topic(
 }
 
 /// `GET /healthz`: the process is up.
-pub async fn healthz() -> Json<Value> {
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: ready to serve, broker reachable.
-pub async fn readyz(State(hub): State<Hub>) -> Response {
+pub(crate) async fn readyz(State(hub): State<Hub>) -> Response {
     let broker = hub.broker();
     if hub.shutdown_token().is_cancelled() {
         return ApiError::unavailable("shutting_down", "the gateway is shutting down", 1).into_response();
@@ -367,7 +341,7 @@ pub async fn readyz(State(hub): State<Hub>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text 0.0.4, or OpenMetrics for a scraper whose `Accept` asks for it.
-pub async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Response {
+pub(crate) async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Response {
     hub.metrics().history.set(hub.broker().history_len() as i64);
     let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
     let format = Format::negotiate((!accept.is_empty()).then(|| accept.join(",")).as_deref());
@@ -376,12 +350,12 @@ pub async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Response {
 }
 
 /// Answers paths the gateway does not serve.
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint; see the API contract")
 }
 
 /// Answers a known path called with the wrong method.
-pub async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
 }
 
@@ -391,7 +365,8 @@ mod tests {
 
     #[test]
     fn one_item_becomes_one_draft_per_topic() {
-        let d = parse_publish(br#"{"topics":["a","b"],"event":"x","data":{"k":[1, 2]}}"#, 8).unwrap();
+        let checked = parse_publish(br#"{"topics":["a","b"],"event":"x","data":{"k":[1, 2]}}"#, 8).unwrap();
+        let d = checked.drafts();
         assert_eq!(d.len(), 2);
         assert_eq!(d[1].topic.as_deref(), Some("b"));
         assert_eq!(d[0].data.get(), r#"{"k":[1, 2]}"#);
@@ -408,13 +383,19 @@ mod tests {
         assert_eq!(code(br#"{"clients":["nope"]}"#), "invalid_request");
         let e = parse_publish(br#"[{"topic":"a"},{"data":2}]"#, 8).unwrap_err();
         assert!(e.message.starts_with("item 1:"), "{}", e.message);
+        // What the drafts themselves break (a reserved event name) names the item too, although
+        // the item before it made two drafts.
+        let e = parse_publish(br#"[{"topics":["a","b"]},{"topic":"c","event":"welcome"}]"#, 8).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        assert!(e.message.starts_with("item 1:"), "{}", e.message);
+        assert_eq!(code(br#"{"topic":"a/*"}"#), "invalid_request");
     }
 
     #[test]
     fn too_many_topics_are_refused_before_any_is_parsed() {
         let names = |n: usize| (0..n).map(|i| format!("t/{i}")).collect::<Vec<_>>();
         let body = |n: usize| serde_json::to_vec(&json!([{"topic": "a"}, {"topics": names(n)}])).unwrap();
-        assert_eq!(parse_publish(&body(3), 3).unwrap().len(), 4);
+        assert_eq!(parse_publish(&body(3), 3).unwrap().drafts().len(), 4);
         let e = parse_publish(&body(4), 3).unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "too_many_topics"));
         assert!(e.message.starts_with("item 1:"), "{}", e.message);

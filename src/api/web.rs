@@ -28,7 +28,7 @@ fn serve(name: &str) -> Option<Response> {
 }
 
 /// `GET /`: the demo dashboard.
-pub async fn index() -> Response {
+pub(crate) async fn index() -> Response {
     serve("index.html").unwrap_or_else(|| ApiError::not_found("not_found", "no demo page").into_response())
 }
 
@@ -36,7 +36,7 @@ pub async fn index() -> Response {
 const FAVICON: &[u8] = include_bytes!("../../web/favicon.png");
 
 /// `GET /favicon.ico`: the icon browsers ask every site for (so the demo page logs no 404).
-pub async fn favicon() -> Response {
+pub(crate) async fn favicon() -> Response {
     let mut res = FAVICON.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
@@ -46,6 +46,6 @@ pub async fn favicon() -> Response {
 }
 
 /// `GET /web/{file}`.
-pub async fn file(Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn file(Path(name): Path<String>) -> Result<Response, ApiError> {
     serve(&name).ok_or_else(|| ApiError::not_found("not_found", format!("no file {name:?} under /web/")))
 }

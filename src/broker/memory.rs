@@ -13,7 +13,7 @@ use crate::core::broker::{Broker, BrokerError, Dispatch, PublishError, Replay};
 use crate::core::event::{now_ms, Draft, Event, EventId};
 
 /// Keeps the last events in memory. Nothing to install; lost when the process ends.
-pub struct MemoryBroker {
+pub(crate) struct MemoryBroker {
     max_len: usize,
     max_bytes: usize,
     max_age: Duration,
@@ -74,7 +74,7 @@ impl History {
 impl MemoryBroker {
     /// A broker keeping at most `max_len` events taking at most about `max_bytes`, none older
     /// than `max_age`.
-    pub fn new(max_len: usize, max_bytes: usize, max_age: Duration) -> Self {
+    pub(crate) fn new(max_len: usize, max_bytes: usize, max_age: Duration) -> Self {
         let start = EventId { ms: now_ms(), seq: 0 };
         MemoryBroker {
             max_len,
@@ -87,7 +87,7 @@ impl MemoryBroker {
     }
 
     /// A broker that continues from a saved history (see [`crate::core::persist`]).
-    pub fn restored(
+    pub(crate) fn restored(
         max_len: usize,
         max_bytes: usize,
         max_age: Duration,

@@ -3,11 +3,11 @@
 //! Both implement the core's [`Broker`](crate::core::broker::Broker); the hub is built over the
 //! one the configuration names here, because the core knows none of them.
 
-pub mod memory;
-pub mod redis;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
-pub use memory::MemoryBroker;
-pub use redis::RedisBroker;
+pub(crate) use memory::MemoryBroker;
+pub(crate) use redis::RedisBroker;
 
 use crate::config::Config;
 use crate::core::broker::Broker;

@@ -174,7 +174,7 @@ impl Message {
 type Pending = HashMap<Uuid, mpsc::Sender<Option<Answer>>>;
 
 /// Keeps history and order in a Redis Stream shared by several gateway nodes.
-pub struct RedisBroker {
+pub(crate) struct RedisBroker {
     inner: Arc<Inner>,
 }
 
@@ -250,7 +250,7 @@ fn max_deleted(info: &RedisValue) -> EventId {
 impl RedisBroker {
     /// A broker on the Redis at `url` (`redis://HOST:PORT`). Connects when attached to a hub, and
     /// keeps reconnecting while Redis cannot be reached.
-    pub fn new(url: &str, config: &Config) -> Result<Self, BrokerError> {
+    pub(crate) fn new(url: &str, config: &Config) -> Result<Self, BrokerError> {
         let client = Client::open(url).map_err(|e| BrokerError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
         let (presence, presence_rx) = mpsc::channel(PRESENCE_QUEUE);
         Ok(RedisBroker {

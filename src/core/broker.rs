@@ -14,7 +14,7 @@ use crate::core::persist::SavedTopic;
 use crate::core::retained::Prepared;
 
 /// The hub's side of publishing, which a broker calls in its order. The hub implements it.
-pub trait Dispatch: Send + Sync {
+pub(crate) trait Dispatch: Send + Sync {
     /// As one step, so that a client registering meanwhile sees all of it or none: for each
     /// request in turn, applies its drafts' state changes (refusing the whole request if one
     /// fails) and has `store` give the drafts their ids and keep them; then fans all the events
@@ -54,7 +54,7 @@ pub trait Dispatch: Send + Sync {
 /// What one node asks of a client connected to another.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "action", content = "topics", rename_all = "snake_case")]
-pub enum Command {
+pub(crate) enum Command {
     /// Add these (valid) subscriptions.
     Subscribe(Vec<String>),
     /// Remove these subscriptions.
@@ -65,11 +65,11 @@ pub enum Command {
 
 /// The answer of the node holding a client to a [`Command`]: the client's subscriptions after
 /// it, or the refusal of a subscription that would take it past its limit.
-pub type Answer = Result<Vec<String>, TooManyTopics>;
+pub(crate) type Answer = Result<Vec<String>, TooManyTopics>;
 
 /// A change of the clients connected to a node, for cluster-wide presence.
 #[derive(Debug, Clone)]
-pub enum Presence {
+pub(crate) enum Presence {
     /// A client connected or changed its subscriptions.
     Here(ClientInfo),
     /// A client went away.
@@ -77,7 +77,7 @@ pub enum Presence {
 }
 
 /// What a broker shared by several nodes adds: the cluster's clients, wherever connected.
-pub trait Cluster: Send + Sync {
+pub(crate) trait Cluster: Send + Sync {
     /// Records a change of this node's clients (without waiting).
     fn presence(&self, change: Presence);
 
@@ -153,7 +153,7 @@ impl PublishError {
 
 /// What a client that resumes after an id has missed.
 #[derive(Debug)]
-pub enum Replay {
+pub(crate) enum Replay {
     /// Every event after the id up to the asked position, oldest first (unfiltered: the hub
     /// filters them).
     Missed(Vec<Arc<Event>>),
@@ -164,7 +164,7 @@ pub enum Replay {
 }
 
 /// Orders, stores and replays events.
-pub trait Broker: Send + Sync + 'static {
+pub(crate) trait Broker: Send + Sync + 'static {
     /// A short name for logs and `/readyz` (`memory`, `redis`).
     fn name(&self) -> &'static str;
 

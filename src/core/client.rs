@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+pub(crate) use crate::config::Transport;
 use crate::core::event::{now_ms, Event, EventId};
 use crate::core::retained::Snapshot;
 use crate::core::topic::Pattern;
@@ -28,34 +28,9 @@ pub struct ClientInfo {
     pub connected_at: u64,
 }
 
-/// How a client is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Transport {
-    /// `GET /stream`.
-    #[serde(rename = "sse")]
-    Sse,
-    /// `GET /ws`.
-    #[serde(rename = "ws")]
-    Ws,
-    /// `GET /poll` sessions.
-    #[serde(rename = "long-poll")]
-    LongPoll,
-}
-
-impl Transport {
-    /// The contract's name for the transport.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Sse => "sse",
-            Transport::Ws => "ws",
-            Transport::LongPoll => "long-poll",
-        }
-    }
-}
-
 /// Why the hub stopped a client's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The client did not read fast enough and its queue filled up; it should reconnect and
     /// resume from history.
     Overflow,
@@ -80,7 +55,7 @@ pub enum CloseReason {
 
 /// What the hub asks a transport to send.
 #[derive(Debug, Clone)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A published event.
     Event(Arc<Event>),
     /// Nothing was sent for a heartbeat interval (SSE comment), or the peer was not heard from
@@ -107,7 +82,7 @@ pub enum Outbound {
 /// Where a client's resume goes on: after `after`, up to `upto`, through `only` those patterns
 /// (or, with `None`, everything the client receives).
 #[derive(Debug, Clone)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// The last history position read.
     pub after: EventId,
     /// Where live events start: the resume ends there.
@@ -130,7 +105,7 @@ impl Outbound {
 
 /// Result of offering an item to a client's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
+pub(crate) enum Push {
     /// Queued.
     Queued,
     /// The queue was full of state updates: they were replaced by one resync per topic.
@@ -156,10 +131,18 @@ pub(crate) enum Wire {
 
 impl Wire {
     /// An event's frame in this format, made once and shared.
-    fn event(self, ev: &Event) -> &bytes::Bytes {
+    pub(crate) fn event(self, ev: &Event) -> &bytes::Bytes {
         match self {
             Wire::Sse { envelope } => ev.sse_frame(envelope),
             Wire::Ws => ev.ws_frame(),
+        }
+    }
+
+    /// A retained state's frame in this format, made once and shared.
+    pub(crate) fn snapshot(self, s: &Snapshot) -> &bytes::Bytes {
+        match self {
+            Wire::Sse { .. } => s.sse_frame(),
+            Wire::Ws => s.ws_frame(),
         }
     }
 
@@ -199,6 +182,17 @@ impl Frames {
             out.freeze()
         })
     }
+}
+
+/// A connection's socket as pushes write to it: at once, without waiting, straight to the kernel.
+/// The socket edge gives one to each connection it serves on its socket.
+pub(crate) trait DirectSocket: Send + Sync {
+    /// Writes as much of `frame` as the socket takes now. An error (`WouldBlock` included) if it
+    /// takes nothing: the connection's task then waits for the socket.
+    fn try_send(&self, frame: &[u8]) -> std::io::Result<usize>;
+
+    /// Loads what a write touches first, without waiting for it (see [`Client::warm`]).
+    fn warm(&self);
 }
 
 /// Set while a connection's socket may be written straight from [`Client::push`] (see
@@ -241,7 +235,7 @@ pub(crate) const SSE_HEARTBEAT: &[u8] = b": hb\n\n";
 pub(crate) const WS_PING: &[u8] = &[0x89, 0x00];
 
 /// A connected client, shared by the hub (which pushes) and its transport (which drains).
-pub struct Client {
+pub(crate) struct Client {
     id: Uuid,
     transport: Transport,
     connected_at_ms: u64,
@@ -260,7 +254,7 @@ pub struct Client {
     last_heard_ms: AtomicU64,
     /// The socket of a connection served by the gateway's own server, which pushes may write
     /// to while the connection's task is idle.
-    socket: OnceLock<Arc<TcpStream>>,
+    socket: OnceLock<Arc<dyn DirectSocket>>,
     /// Subscriptions with `throttle_ms`: at most one update per topic per interval.
     throttles: Mutex<Vec<(Pattern, Duration)>>,
     /// Whether `throttles` is non-empty, read on every batch without the lock.
@@ -301,17 +295,17 @@ impl Client {
     }
 
     /// The client's id, which backends use to target it.
-    pub fn id(&self) -> Uuid {
+    pub(crate) fn id(&self) -> Uuid {
         self.id
     }
 
     /// How the client is connected.
-    pub fn transport(&self) -> Transport {
+    pub(crate) fn transport(&self) -> Transport {
         self.transport
     }
 
     /// When the client connected, in unix milliseconds.
-    pub fn connected_at_ms(&self) -> u64 {
+    pub(crate) fn connected_at_ms(&self) -> u64 {
         self.connected_at_ms
     }
 
@@ -327,7 +321,7 @@ impl Client {
 
     /// Lets pushes write frames straight to `socket` while the connection's task waits (not
     /// while any subscription is throttled: the task holds those events back and reorders them).
-    pub(crate) fn write_directly(&self, socket: Arc<TcpStream>, wire: Wire) {
+    pub(crate) fn write_directly(&self, socket: Arc<dyn DirectSocket>, wire: Wire) {
         if self.socket.set(socket).is_ok() && !self.is_throttled() {
             self.lock().direct = Some(Direct { wire, idle: false });
         }
@@ -340,7 +334,7 @@ impl Client {
         std::hint::black_box(self.last_round.load(Ordering::Relaxed));
         std::hint::black_box(self.queue.is_poisoned());
         if let Some(socket) = self.socket.get() {
-            std::hint::black_box(std::os::fd::AsRawFd::as_raw_fd(&**socket));
+            socket.warm();
         }
     }
 
@@ -367,9 +361,8 @@ impl Client {
     fn write_direct(&self, q: &mut Queue, frame: &bytes::Bytes) -> bool {
         let Some(d) = q.direct.as_mut().filter(|d| d.idle) else { return false };
         let Some(socket) = self.socket.get() else { return false };
-        // Straight to the kernel, without the runtime's readiness bookkeeping: a socket that
-        // pushes back says so here, and its task then waits for it through the runtime.
-        match socket2::SockRef::from(&**socket).send_with_flags(frame, libc::MSG_NOSIGNAL) {
+        // A socket that pushes back says so here, and its task then waits for it.
+        match socket.try_send(frame) {
             Ok(n) if n == frame.len() => true,
             Ok(n) => {
                 d.idle = false;
@@ -563,12 +556,12 @@ impl Client {
     }
 
     /// Whether the client has been closed.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
     }
 
     /// Completes once the client is closed.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         loop {
             let closed = self.closed.notified();
             tokio::pin!(closed);
@@ -581,14 +574,14 @@ impl Client {
     }
 
     /// Why the client was closed, if it was.
-    pub fn close_reason(&self) -> Option<CloseReason> {
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
         self.lock().reason
     }
 
     /// Waits until something is queued, then moves everything queued into `out` (which it
     /// clears first) and returns true. Once the close has been taken, returns false at once.
     /// Cancel-safe: items are taken only in the poll that returns.
-    pub async fn next_batch(&self, out: &mut VecDeque<Outbound>) -> bool {
+    pub(crate) async fn next_batch(&self, out: &mut VecDeque<Outbound>) -> bool {
         out.clear();
         loop {
             {
@@ -607,7 +600,7 @@ impl Client {
     }
 
     /// Adds `throttle` to these subscriptions (`None` removes it).
-    pub fn set_throttle(&self, patterns: &[Pattern], throttle: Option<Duration>) {
+    pub(crate) fn set_throttle(&self, patterns: &[Pattern], throttle: Option<Duration>) {
         let mut t = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
         t.retain(|(p, _)| !patterns.contains(p));
         if let Some(every) = throttle.filter(|d| !d.is_zero()) {
@@ -623,30 +616,30 @@ impl Client {
     }
 
     /// Whether any subscription is throttled.
-    pub fn is_throttled(&self) -> bool {
+    pub(crate) fn is_throttled(&self) -> bool {
         self.throttled.load(Ordering::Relaxed)
     }
 
     /// The throttle of the first throttled subscription matching `topic`.
-    pub fn throttle_for(&self, topic: &str) -> Option<Duration> {
+    pub(crate) fn throttle_for(&self, topic: &str) -> Option<Duration> {
         let t = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
         t.iter().find(|(p, _)| p.matches(topic)).map(|(_, d)| *d)
     }
 
     /// Moves everything queued now to the end of `out`, without waiting.
-    pub fn drain_into(&self, out: &mut VecDeque<Outbound>) {
+    pub(crate) fn drain_into(&self, out: &mut VecDeque<Outbound>) {
         let mut q = self.lock();
         out.extend(q.items.drain(..));
         q.heartbeat_queued = false;
     }
 
     /// Records that the transport wrote to the client now.
-    pub fn wrote(&self, now_ms: u64) {
+    pub(crate) fn wrote(&self, now_ms: u64) {
         self.last_write_ms.store(now_ms, Ordering::Relaxed);
     }
 
     /// Records that the peer was heard from now.
-    pub fn heard(&self, now_ms: u64) {
+    pub(crate) fn heard(&self, now_ms: u64) {
         self.last_heard_ms.store(now_ms, Ordering::Relaxed);
     }
 

@@ -27,7 +27,7 @@ struct Held {
 /// One writer's conflation state. Costs nothing for a client that is neither throttled nor
 /// resynced.
 #[derive(Debug, Default)]
-pub struct Shaper {
+pub(crate) struct Shaper {
     /// Per topic, the version of a snapshot sent out of band: state updates up to it are stale.
     sent_version: HashMap<Arc<str>, u64>,
     /// Per throttled topic, when an update last went out.
@@ -37,7 +37,7 @@ pub struct Shaper {
 
 impl Shaper {
     /// What to send for one queued item now, if anything.
-    pub fn admit(&mut self, hub: &Hub, client: &Client, item: Outbound, now: Instant) -> Option<Outbound> {
+    pub(crate) fn admit(&mut self, hub: &Hub, client: &Client, item: Outbound, now: Instant) -> Option<Outbound> {
         let (topic, version) = match &item {
             Outbound::Resync(topic) => return self.fresh_snapshot(hub, topic.clone()),
             Outbound::Event(ev) => match &ev.draft.topic {
@@ -76,7 +76,13 @@ impl Shaper {
     }
 
     /// Moves what to send now into `out`: held updates that fell due, then what `batch` admits.
-    pub fn shape(&mut self, hub: &Hub, client: &Client, batch: &mut VecDeque<Outbound>, out: &mut Vec<Outbound>) {
+    pub(crate) fn shape(
+        &mut self,
+        hub: &Hub,
+        client: &Client,
+        batch: &mut VecDeque<Outbound>,
+        out: &mut Vec<Outbound>,
+    ) {
         let now = Instant::now();
         if !self.held.is_empty() {
             out.extend(self.due(hub, now));
@@ -89,7 +95,7 @@ impl Shaper {
     /// Waits until something is due for `client` (queued for it, or a held update falling due)
     /// and moves it into `out` as [`Shaper::shape`] does. False, at once, once the client's close
     /// has been taken. Cancel-safe.
-    pub async fn next(
+    pub(crate) async fn next(
         &mut self,
         hub: &Hub,
         client: &Client,
@@ -137,12 +143,12 @@ impl Shaper {
     }
 
     /// Records a snapshot sent outside the queue: queued updates it includes are now stale.
-    pub fn note_sent(&mut self, snapshot: &Snapshot) {
+    pub(crate) fn note_sent(&mut self, snapshot: &Snapshot) {
         self.sent_version.insert(snapshot.topic.clone(), snapshot.version);
     }
 
     /// When the next held update falls due.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.held.values().filter_map(|h| h.due).min()
     }
 
@@ -170,21 +176,14 @@ impl Shaper {
 }
 
 /// Sleeps until `due`, or for ever when nothing is held.
-pub async fn until(due: Option<Instant>) {
+pub(crate) async fn until(due: Option<Instant>) {
     match due {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-/// Parses a `throttle_ms` query value.
-pub fn throttle_param(value: &str) -> Result<u64, crate::http::error::ApiError> {
-    value.parse().map_err(|_| {
-        crate::http::error::ApiError::bad_request("invalid_request", "throttle_ms is a whole number of milliseconds")
-    })
-}
-
 /// Reads `throttle_ms` as a duration (0 or absent: none).
-pub fn throttle(ms: Option<u64>) -> Option<Duration> {
+pub(crate) fn throttle(ms: Option<u64>) -> Option<Duration> {
     ms.filter(|&ms| ms > 0).map(Duration::from_millis)
 }

@@ -6,10 +6,12 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 use uuid::Uuid;
+
+use crate::core::broker::PublishError;
+use crate::core::topic::validate_topic;
 
 /// The position of an event in the broker's order, written `<ms>-<seq>` like a Redis Stream id, so
 /// that ids of the memory broker and of a Redis broker look and compare the same.
@@ -160,7 +162,6 @@ pub struct Event {
     sse_envelope: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
     ws_frame: OnceLock<Bytes>,
-    ws: OnceLock<Utf8Bytes>,
 }
 
 impl Event {
@@ -174,7 +175,6 @@ impl Event {
             sse_envelope: OnceLock::new(),
             json: OnceLock::new(),
             ws_frame: OnceLock::new(),
-            ws: OnceLock::new(),
         }
     }
 
@@ -189,8 +189,8 @@ impl Event {
     }
 
     /// The WebSocket message `{"type":"event", id, topic, event, data, ts}`.
-    pub fn ws_text(&self) -> &Utf8Bytes {
-        self.ws.get_or_init(|| ws_text_of(self.ws_frame()))
+    pub fn ws_text(&self) -> Bytes {
+        ws_text_of(self.ws_frame())
     }
 
     /// The same message as a whole WebSocket text frame, header included, ready for the socket.
@@ -232,7 +232,7 @@ impl Event {
 }
 
 /// A server-to-client WebSocket text frame (final, unmasked) carrying `text`.
-pub fn ws_text_frame(text: &[u8]) -> Bytes {
+pub(crate) fn ws_text_frame(text: &[u8]) -> Bytes {
     use tungstenite::protocol::frame::coding::{Data, OpCode};
     let header = tungstenite::protocol::frame::FrameHeader { opcode: OpCode::Data(Data::Text), ..Default::default() };
     let len = text.len() as u64;
@@ -243,19 +243,19 @@ pub fn ws_text_frame(text: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// The text a frame made by [`ws_text_frame`] carries, sharing its bytes.
-pub(crate) fn ws_text_of(frame: &Bytes) -> Utf8Bytes {
+/// The text a frame made by [`ws_text_frame`] carries, sharing its bytes (always UTF-8: frames
+/// are built from JSON text only).
+pub(crate) fn ws_text_of(frame: &Bytes) -> Bytes {
     let header = match frame.get(1).map(|b| b & 0x7f) {
         Some(126) => 4,
         Some(127) => 10,
         _ => 2,
     };
-    // Frames are built from JSON text only, so always UTF-8.
-    Utf8Bytes::try_from(frame.slice(header.min(frame.len())..)).unwrap_or_else(|_| Utf8Bytes::from_static(""))
+    frame.slice(header.min(frame.len())..)
 }
 
 /// Encodes one SSE frame. `data` is split into one `data:` line per line of text.
-pub fn sse_frame(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
+pub(crate) fn sse_frame(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + event.len() + 48);
     if let Some(id) = id {
         out.put_slice(b"id: ");
@@ -294,7 +294,7 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The current time in unix milliseconds.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -334,4 +334,68 @@ mod tests {
         assert_eq!(env["data"]["a"], 1);
         assert_eq!(env["ts"], 7);
     }
+}
+
+/// Event names the gateway itself sends; publishers may not use them.
+pub const RESERVED_EVENTS: [&str; 4] = ["welcome", "reset", "snapshot", "patch"];
+
+/// Drafts checked once, the way the contract's bad-input table asks, and ready for
+/// [`Hub::publish_checked`](crate::Hub::publish_checked). Whatever publishes (the HTTP API, a
+/// WebSocket `publish` frame, a library caller through [`Hub::publish`](crate::Hub::publish))
+/// goes through [`Checked::new`] or [`Checked::items`]; what depends on the current state (a
+/// patch that does not apply, a state over its limits) is found when the hub applies it.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    pub(crate) drafts: Vec<Draft>,
+    /// The request item each draft came from (an item with `topics` makes one draft per topic).
+    pub(crate) item_of: Vec<usize>,
+}
+
+impl Checked {
+    /// Checks drafts that are each an item of their own.
+    pub fn new(drafts: Vec<Draft>) -> Result<Checked, PublishError> {
+        let item_of = (0..drafts.len()).collect();
+        Checked::items(drafts, item_of)
+    }
+
+    /// Checks drafts made from the items of a request: `item_of[i]` is the item draft `i` came
+    /// from, and an error names that item.
+    pub fn items(drafts: Vec<Draft>, item_of: Vec<usize>) -> Result<Checked, PublishError> {
+        for (i, d) in drafts.iter().enumerate() {
+            let index = item_of.get(i).copied().unwrap_or(i);
+            check(d).map_err(|message| PublishError::Invalid { index, message })?;
+        }
+        Ok(Checked { drafts, item_of })
+    }
+
+    /// The drafts, in order.
+    pub fn drafts(&self) -> &[Draft] {
+        &self.drafts
+    }
+}
+
+/// Checks a draft the way the contract's bad-input table asks.
+fn check(d: &Draft) -> Result<(), String> {
+    if let Some(t) = &d.topic {
+        validate_topic(t).map_err(|e| e.to_string())?;
+    }
+    if d.topic.is_none() && d.audience == Audience::Topic {
+        return Err("give a topic, topics, clients or broadcast".into());
+    }
+    if d.event.is_empty() || d.event.len() > 128 || d.event.chars().any(char::is_control) {
+        return Err("event must be 1-128 bytes with no control characters".into());
+    }
+    if d.state.is_some() {
+        if d.topic.is_none() || d.audience != Audience::Topic {
+            return Err("retain, patch and json_patch need a topic and go to its subscribers".into());
+        }
+    } else if RESERVED_EVENTS.contains(&&*d.event) {
+        return Err(format!("event name {:?} is reserved by the gateway", &*d.event));
+    }
+    if let Audience::Clients(ids) = &d.audience {
+        if ids.is_empty() {
+            return Err("clients must list at least one client_id".into());
+        }
+    }
+    Ok(())
 }

@@ -13,21 +13,18 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
-pub use crate::core::broker::PublishError;
+pub(crate) use crate::core::broker::PublishError;
 use crate::core::broker::{Answer, Broker, BrokerError, Command, Dispatch, Presence, Replay};
-pub use crate::core::client::ClientInfo;
+pub(crate) use crate::core::client::ClientInfo;
 use crate::core::client::{Client, CloseReason, Outbound, Resume, Transport};
-use crate::core::event::{now_ms, Audience, Draft, Event, EventId};
+use crate::core::event::{now_ms, Audience, Checked, Draft, Event, EventId};
 use crate::core::metrics::{Metrics, TransportLabel};
 use crate::core::persist::{Saved, SavedTopic};
 use crate::core::retained::{Follow, Prepared, Snapshot, Store};
 use crate::core::rpc::RpcHandler;
 use crate::core::subscribers::{Snapshot as Receivers, Subscribers};
-use crate::core::topic::{validate_topic, Pattern};
+use crate::core::topic::Pattern;
 use crate::core::trie::PatternTrie;
-
-/// Event names the gateway itself sends; publishers may not use them.
-pub const RESERVED_EVENTS: [&str; 4] = ["welcome", "reset", "snapshot", "patch"];
 
 /// The hub could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +64,7 @@ pub enum SubscribeError {
 
 /// Why a command on a client (anywhere in the cluster) was not carried out.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// No node has a client with that id.
     #[error(transparent)]
     Unknown(#[from] UnknownClient),
@@ -92,14 +89,14 @@ pub struct TopicInfo {
 
 /// Events a resume reads from history at a time: a client far behind is sent its missed events
 /// a page at a time, each read when the last one is written, never all at once.
-pub const RESUME_PAGE: usize = 256;
+pub(crate) const RESUME_PAGE: usize = 256;
 
 /// Unfinished WebSocket messages may hold this many times `--max-body-bytes` across the gateway.
-pub const UNFINISHED_BUDGET_FACTOR: usize = 16;
+pub(crate) const UNFINISHED_BUDGET_FACTOR: usize = 16;
 
 /// What a client that resumes after an id gets before live events.
 #[derive(Debug)]
-pub struct Start {
+pub(crate) struct Start {
     /// The first page of the events it missed, already filtered to what it receives, oldest
     /// first.
     pub missed: Vec<Arc<Event>>,
@@ -111,9 +108,6 @@ pub struct Start {
     pub reset: Option<&'static str>,
     /// Its position could not be resumed: send it the snapshots of its retained topics.
     pub reload: bool,
-    /// The position live events continue from: the last missed event or, when nothing relevant
-    /// was missed, the subscription's head.
-    pub head: EventId,
 }
 
 /// A subscription made on a connected client.
@@ -423,7 +417,7 @@ impl Shared {
             }
             drop(st);
             for c in &done.overflowed {
-                tracing::warn!(client_id = %c.id(), transport = c.transport().as_str(), "client queue full: closed, it may resume from history");
+                tracing::warn!(client_id = %c.id(), transport = c.transport().name(), "client queue full: closed, it may resume from history");
             }
         }
         self.fanned.send_if_modified(|h| {
@@ -541,7 +535,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 /// A registered client; dropping it unregisters the client.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     hub: Hub,
     client: Arc<Client>,
     head: EventId,
@@ -550,23 +544,23 @@ pub struct Connection {
 
 impl Connection {
     /// The client: its id and its queue.
-    pub fn client(&self) -> &Arc<Client> {
+    pub(crate) fn client(&self) -> &Arc<Client> {
         &self.client
     }
 
     /// The hub it is registered with.
-    pub fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Hub {
         &self.hub
     }
 
     /// Where the client's live events start: every event after this id reaches it.
-    pub fn head(&self) -> EventId {
+    pub(crate) fn head(&self) -> EventId {
         self.head
     }
 
     /// The state, as of [`Self::head`], of the retained topics the client subscribes to: what it
     /// gets first unless it resumes.
-    pub fn snapshots(&self) -> &[Arc<Snapshot>] {
+    pub(crate) fn snapshots(&self) -> &[Arc<Snapshot>] {
         &self.snapshots
     }
 }
@@ -579,7 +573,7 @@ impl Drop for Connection {
 
 impl Hub {
     /// A hub over a given broker (`Hub::new` picks the one `config.broker` names).
-    pub fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
+    pub(crate) fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
         let head = broker.head();
         let max_state_bytes = config.max_state_bytes;
         let shared = Arc::new_cyclic(|me: &Weak<Shared>| {
@@ -630,22 +624,22 @@ impl Hub {
     }
 
     /// The gateway's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
 
     /// The broker.
-    pub fn broker(&self) -> &dyn Broker {
+    pub(crate) fn broker(&self) -> &dyn Broker {
         &*self.shared.broker
     }
 
     /// The current retained state of every topic `patterns` match.
-    pub fn snapshots(&self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
+    pub(crate) fn snapshots(&self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
         lock(&self.shared.state).retained.matching(patterns)
     }
 
     /// The current retained state of `topic` and the event position it is current at.
-    pub fn snapshot_at(&self, topic: &str) -> Option<(Arc<Snapshot>, EventId)> {
+    pub(crate) fn snapshot_at(&self, topic: &str) -> Option<(Arc<Snapshot>, EventId)> {
         let mut st = lock(&self.shared.state);
         let head = st.head;
         st.retained.snapshot(topic).map(|s| (s, head))
@@ -658,13 +652,8 @@ impl Hub {
 
     /// What a subscriber of `topic` that missed some of its changes gets instead: its current
     /// snapshot or, once deleted, `state: null` at the version that deleted it.
-    pub fn latest_snapshot(&self, topic: &str) -> Option<Arc<Snapshot>> {
+    pub(crate) fn latest_snapshot(&self, topic: &str) -> Option<Arc<Snapshot>> {
         lock(&self.shared.state).retained.latest(topic)
-    }
-
-    /// The last event dispatched: every event up to it has been queued to its receivers.
-    pub fn head(&self) -> EventId {
-        lock(&self.shared.state).head
     }
 
     /// Answers clients' `rpc` requests with `handler` from now on.
@@ -673,23 +662,23 @@ impl Hub {
     }
 
     /// The handler of `rpc` requests, if any.
-    pub fn rpc_handler(&self) -> Option<Arc<dyn RpcHandler>> {
+    pub(crate) fn rpc_handler(&self) -> Option<Arc<dyn RpcHandler>> {
         self.shared.rpc.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Cancelled when the gateway shuts down.
-    pub fn shutdown_token(&self) -> &CancellationToken {
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.shared.shutdown
     }
 
     /// Registers a client subscribed to `subs`. Its subscriptions are in place when this returns.
-    pub fn connect(&self, transport: Transport, subs: Vec<Pattern>) -> Connection {
+    pub(crate) fn connect(&self, transport: Transport, subs: Vec<Pattern>) -> Connection {
         self.register(Uuid::new_v4(), transport, subs).expect("a fresh UUID is free")
     }
 
     /// Registers a client under an id it had before (a long-poll session that expired), if no
     /// connected client holds that id now.
-    pub fn reconnect(&self, id: Uuid, transport: Transport, subs: Vec<Pattern>) -> Option<Connection> {
+    pub(crate) fn reconnect(&self, id: Uuid, transport: Transport, subs: Vec<Pattern>) -> Option<Connection> {
         self.register(id, transport, subs)
     }
 
@@ -741,7 +730,7 @@ impl Hub {
     /// [`Subscribed::head`]): the events it receives through `only` (those patterns alone) or,
     /// with `None`, through all its subscriptions, its id and broadcasts. The first page of them;
     /// [`Start::more`] says where the rest continues.
-    pub async fn replay(
+    pub(crate) async fn replay(
         &self,
         client_id: Uuid,
         only: Option<&[Pattern]>,
@@ -753,13 +742,7 @@ impl Hub {
         Ok(match self.page(client_id, only.as_ref(), after, upto).await? {
             Page::Missed(missed, more) => {
                 m.resumes.inc();
-                Start {
-                    missed,
-                    more: more.map(|after| Resume { after, upto, only }),
-                    reset: None,
-                    head: upto,
-                    reload: false,
-                }
+                Start { missed, more: more.map(|after| Resume { after, upto, only }), reset: None, reload: false }
             }
             Page::Lost(reason) => {
                 m.resets.inc();
@@ -769,13 +752,7 @@ impl Hub {
                     Some(patterns) => patterns_all_retained(&st, patterns.iter()),
                     None => st.clients.get(&client_id).is_some_and(|e| patterns_all_retained(&st, &e.subs)),
                 };
-                Start {
-                    missed: Vec::new(),
-                    more: None,
-                    reset: (!all_retained).then_some(reason),
-                    head: upto,
-                    reload: true,
-                }
+                Start { missed: Vec::new(), more: None, reset: (!all_retained).then_some(reason), reload: true }
             }
         })
     }
@@ -818,15 +795,21 @@ impl Hub {
         Ok(Page::Missed(missed, more))
     }
 
-    /// Publishes drafts, all or none, in order. Returns the events with their ids.
+    /// Publishes drafts, all or none, in order, after checking them ([`Checked::new`]). Returns
+    /// the events with their ids.
     pub async fn publish(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<Event>>, PublishError> {
-        for (index, d) in drafts.iter().enumerate() {
-            validate(d).map_err(|message| PublishError::Invalid { index, message })?;
-        }
+        self.publish_checked(Checked::new(drafts)?).await
+    }
+
+    /// Publishes checked drafts, all or none, in order. Returns the events with their ids; an
+    /// error names the request item it is about.
+    pub async fn publish_checked(&self, checked: Checked) -> Result<Vec<Arc<Event>>, PublishError> {
+        let Checked { drafts, item_of } = checked;
         if drafts.is_empty() {
             return Ok(Vec::new());
         }
-        let events = self.shared.broker.publish(drafts, &*self.shared).await?;
+        let item = |index: usize| item_of.get(index).copied().unwrap_or(index);
+        let events = self.shared.broker.publish(drafts, &*self.shared).await.map_err(|e| e.renumbered(item))?;
         self.shared.metrics.published.inc_by(events.len() as u64);
         // With the in-process broker, a publish is answered once its events have reached every
         // receiver (written or queued): publishers cannot outrun the fan-out writer.
@@ -879,7 +862,7 @@ impl Hub {
 
     /// Carries out a command on a client connected to this node or, with a shared broker, to
     /// any node. Returns the client's subscriptions after it.
-    pub async fn command(&self, id: Uuid, command: Command) -> Result<Vec<String>, CommandError> {
+    pub(crate) async fn command(&self, id: Uuid, command: Command) -> Result<Vec<String>, CommandError> {
         let answer = match self.shared.command(id, &command) {
             Some(answer) => answer,
             None => match self.shared.broker.cluster() {
@@ -902,7 +885,7 @@ impl Hub {
 
     /// Waits, briefly, until this node has delivered the event a resuming client last saw, when
     /// the client comes from a node further along the shared broker's order.
-    pub async fn catch_up(&self, last_seen: Option<&str>) {
+    pub(crate) async fn catch_up(&self, last_seen: Option<&str>) {
         let Some(after) = last_seen.and_then(|id| id.parse::<EventId>().ok()) else { return };
         if self.shared.broker.cluster().is_none() || *self.shared.delivered.borrow() >= after {
             return;
@@ -954,32 +937,6 @@ impl Hub {
     }
 }
 
-/// Checks a draft the way the contract's bad-input table asks.
-fn validate(d: &Draft) -> Result<(), String> {
-    if let Some(t) = &d.topic {
-        validate_topic(t).map_err(|e| e.to_string())?;
-    }
-    if d.topic.is_none() && d.audience == Audience::Topic {
-        return Err("give a topic, topics, clients or broadcast".into());
-    }
-    if d.event.is_empty() || d.event.len() > 128 || d.event.chars().any(char::is_control) {
-        return Err("event must be 1-128 bytes with no control characters".into());
-    }
-    if d.state.is_some() {
-        if d.topic.is_none() || d.audience != Audience::Topic {
-            return Err("retain, patch and json_patch need a topic and go to its subscribers".into());
-        }
-    } else if RESERVED_EVENTS.contains(&&*d.event) {
-        return Err(format!("event name {:?} is reserved by the gateway", &*d.event));
-    }
-    if let Audience::Clients(ids) = &d.audience {
-        if ids.is_empty() {
-            return Err("clients must list at least one client_id".into());
-        }
-    }
-    Ok(())
-}
-
 /// Keeps connections alive and honest, from one task for the whole hub rather than a timer per
 /// connection: `: hb` to SSE clients silent for a heartbeat interval; a ping to WebSocket peers
 /// not heard from for one, and a close for those silent past the timeout.
@@ -1007,7 +964,7 @@ async fn heartbeats(shared: Weak<Shared>, shutdown: CancellationToken) {
                     false
                 }
                 Transport::Ws => c.last_heard_ms() <= quiet_since && c.push_heartbeat(true),
-                Transport::LongPoll => false,
+                Transport::LongPoll | Transport::Poll => false,
             };
             sent += u64::from(queued);
         }

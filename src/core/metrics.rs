@@ -14,14 +14,14 @@ use crate::core::client::Transport;
 
 /// The label of per-transport series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransportLabel {
+pub(crate) struct TransportLabel {
     /// `sse`, `ws` or `long-poll`.
     pub transport: &'static str,
 }
 
 impl From<Transport> for TransportLabel {
     fn from(t: Transport) -> Self {
-        TransportLabel { transport: t.as_str() }
+        TransportLabel { transport: t.name() }
     }
 }
 
@@ -33,7 +33,7 @@ struct BuildLabel {
 
 /// Every metric the gateway keeps. Cheap to update: atomics, bumped once per batch on hot paths.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Events accepted from publishers.
     pub published: Counter,
@@ -102,7 +102,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The text of every metric in `format`.
-    pub fn render(&self, format: Format) -> String {
+    pub(crate) fn render(&self, format: Format) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -115,7 +115,7 @@ impl Metrics {
 
 /// The text formats `GET /metrics` speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Prometheus' text exposition format 0.0.4: the default, what every scraper reads.
     Prometheus,
     /// OpenMetrics 1.0.0 text, for a scraper that asks for `application/openmetrics-text`.
@@ -124,7 +124,7 @@ pub enum Format {
 
 impl Format {
     /// The `Content-Type` of a rendering in this format.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -139,7 +139,7 @@ impl Format {
     /// Prometheus 2 and 3 name OpenMetrics first (`application/openmetrics-text;version=1.0.0,
     /// …,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`), so they get OpenMetrics; curl, a browser
     /// or a scraper that sends no `Accept` get the 0.0.4 text.
-    pub fn negotiate(accept: Option<&str>) -> Format {
+    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else { return Format::Prometheus };
         // The weight of each representation, with the precedence of RFC 9110 §12.5.1: the most
         // specific media range that matches gives the weight. (specificity, weight)

@@ -2,16 +2,16 @@
 //! patterns, the hub with its clients, queues and fan-out, retained state, conflation, what a
 //! broker is to the hub, persistence of the state file, metrics and the rpc handler's trait.
 
-pub mod broker;
-pub mod client;
-pub mod conflate;
-pub mod event;
+pub(crate) mod broker;
+pub(crate) mod client;
+pub(crate) mod conflate;
+pub(crate) mod event;
 pub(crate) mod fanout;
-pub mod hub;
-pub mod metrics;
-pub mod persist;
-pub mod retained;
-pub mod rpc;
+pub(crate) mod hub;
+pub(crate) mod metrics;
+pub(crate) mod persist;
+pub(crate) mod retained;
+pub(crate) mod rpc;
 pub(crate) mod subscribers;
-pub mod topic;
+pub(crate) mod topic;
 pub(crate) mod trie;

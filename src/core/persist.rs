@@ -38,7 +38,7 @@ pub enum PersistError {
 
 /// One event as stored.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SavedEvent {
+pub(crate) struct SavedEvent {
     /// Empty where the id is kept beside the event (a Redis Stream entry's own id).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     id: String,
@@ -67,7 +67,7 @@ fn owned_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<RawValue>, D:
 
 impl SavedEvent {
     /// An event (or a draft that will get `id`) as stored.
-    pub fn of(id: String, d: &Draft) -> Self {
+    pub(crate) fn of(id: String, d: &Draft) -> Self {
         SavedEvent {
             id,
             topic: d.topic.as_deref().map(str::to_owned),
@@ -85,7 +85,7 @@ impl SavedEvent {
     }
 
     /// The stored event without its id.
-    pub fn draft(&self) -> Draft {
+    pub(crate) fn draft(&self) -> Draft {
         let audience = match (&self.clients, self.broadcast) {
             (Some(ids), _) => Audience::Clients(Arc::from(ids.as_slice())),
             (None, true) => Audience::All,
@@ -102,7 +102,7 @@ impl SavedEvent {
 
 /// A retained topic as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SavedTopic {
+pub(crate) struct SavedTopic {
     /// The topic.
     pub topic: String,
     /// Its state's version.
@@ -117,7 +117,7 @@ pub struct SavedTopic {
 
 /// Everything the state file holds.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Saved {
+pub(crate) struct Saved {
     format: u32,
     /// The id before the oldest event kept.
     pub floor: String,
@@ -130,13 +130,13 @@ pub struct Saved {
 
 impl Saved {
     /// Captures history and retained state.
-    pub fn new(floor: EventId, last: EventId, events: &[Arc<Event>], retained: Vec<SavedTopic>) -> Self {
+    pub(crate) fn new(floor: EventId, last: EventId, events: &[Arc<Event>], retained: Vec<SavedTopic>) -> Self {
         let events = events.iter().map(|e| SavedEvent::of(e.id_text.to_string(), &e.draft)).collect();
         Saved { format: FORMAT, floor: floor.to_string(), last: last.to_string(), events, retained }
     }
 
     /// The stored events, oldest first, with their ids.
-    pub fn events(&self) -> Result<Vec<Arc<Event>>, String> {
+    pub(crate) fn events(&self) -> Result<Vec<Arc<Event>>, String> {
         self.events
             .iter()
             .map(|e| {
@@ -147,7 +147,7 @@ impl Saved {
     }
 
     /// Reads a state file; `None` if there is none yet.
-    pub fn load(path: &Path) -> Result<Option<Saved>, PersistError> {
+    pub(crate) fn load(path: &Path) -> Result<Option<Saved>, PersistError> {
         let shown = path.display().to_string();
         let text = match std::fs::read(path) {
             Ok(t) => t,
@@ -169,7 +169,7 @@ impl Saved {
     /// state and the history). It goes to a new temporary file with a random name in the same
     /// directory first (created exclusively, so no file or symlink planted there is followed),
     /// then replaces the file, so a crash never leaves half of one.
-    pub fn store(&self, path: &Path) -> Result<(), PersistError> {
+    pub(crate) fn store(&self, path: &Path) -> Result<(), PersistError> {
         use std::io::Write;
         let io = |source| PersistError::Io { path: path.display().to_string(), source };
         let text = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;

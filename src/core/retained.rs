@@ -9,13 +9,13 @@ mod limits;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-pub use limits::{Limits, MAX_STATE_DEPTH};
+pub(crate) use limits::Limits;
+pub use limits::MAX_STATE_DEPTH;
 use limits::{Meter, Refusal};
 
 use crate::core::broker::PublishError;
@@ -34,12 +34,11 @@ pub struct Snapshot {
     pub json: Bytes,
     sse: OnceLock<Bytes>,
     ws_frame: OnceLock<Bytes>,
-    ws: OnceLock<Utf8Bytes>,
 }
 
 impl Snapshot {
     fn new(topic: Arc<str>, version: u64, json: Bytes) -> Self {
-        Snapshot { topic, version, json, sse: OnceLock::new(), ws_frame: OnceLock::new(), ws: OnceLock::new() }
+        Snapshot { topic, version, json, sse: OnceLock::new(), ws_frame: OnceLock::new() }
     }
 
     /// `event: snapshot` with the JSON as data (no `id:`: it is state, not a position).
@@ -48,8 +47,8 @@ impl Snapshot {
     }
 
     /// The WebSocket message `{"type":"snapshot","topic","version","state"}`.
-    pub fn ws_text(&self) -> &Utf8Bytes {
-        self.ws.get_or_init(|| ws_text_of(self.ws_frame()))
+    pub fn ws_text(&self) -> Bytes {
+        ws_text_of(self.ws_frame())
     }
 
     /// The same message as a whole WebSocket text frame.
@@ -172,7 +171,7 @@ type Saved = (Arc<str>, Option<(u64, Option<Value>, Option<usize>)>);
 
 /// A topic's state after a batch that a node prepared (see [`Store::prepare`]).
 #[derive(Debug, Clone)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The topic.
     pub topic: Arc<str>,
     /// Its version before the batch (0: no state).
@@ -187,7 +186,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// The topic's state after the batch, as stored.
-    pub fn saved(&self) -> crate::core::persist::SavedTopic {
+    pub(crate) fn saved(&self) -> crate::core::persist::SavedTopic {
         crate::core::persist::SavedTopic {
             topic: self.topic.to_string(),
             version: self.after,
@@ -199,7 +198,7 @@ impl Prepared {
 
 /// What following an ordered state change did (see [`Store::follow`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
+pub(crate) enum Follow {
     /// The change was applied (or the event changes no state): send it.
     Applied,
     /// The state already includes it (it was loaded from a newer snapshot): do not send it.
@@ -209,7 +208,7 @@ pub enum Follow {
 }
 
 /// Every topic's retained state.
-pub struct Store {
+pub(crate) struct Store {
     topics: HashMap<Arc<str>, Entry>,
     limits: Limits,
 }
@@ -241,7 +240,7 @@ fn raw(payload: &Payload<'_>) -> Arc<RawValue> {
 impl Store {
     /// A store keeping each state within `max_bytes` of JSON text (`--max-state-bytes`) and
     /// [`MAX_STATE_DEPTH`] levels.
-    pub fn new(max_bytes: usize) -> Self {
+    pub(crate) fn new(max_bytes: usize) -> Self {
         Store { topics: HashMap::new(), limits: Limits { max_bytes, max_depth: MAX_STATE_DEPTH } }
     }
 
@@ -252,7 +251,7 @@ impl Store {
     /// `json_patch` that does not apply, [`PublishError::TooLarge`] for a change that would take
     /// a state past its limits, [`PublishError::UnknownTopic`] for a delete of a topic with no
     /// state.
-    pub fn apply(&mut self, drafts: &mut [Draft]) -> Result<(), PublishError> {
+    pub(crate) fn apply(&mut self, drafts: &mut [Draft]) -> Result<(), PublishError> {
         let changes = drafts.iter().filter(|d| d.state.is_some()).count();
         // With several changes, a later failure undoes the earlier ones.
         let mut undo: Vec<Saved> = Vec::new();
@@ -334,7 +333,7 @@ impl Store {
     /// change, its version before and its state after. A node publishing through a shared broker
     /// checks a batch this way, then has the broker order it only if no other node changed those
     /// topics meanwhile.
-    pub fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError> {
+    pub(crate) fn prepare(&self, drafts: &mut [Draft]) -> Result<Vec<Prepared>, PublishError> {
         let mut scratch = Store { topics: HashMap::new(), limits: self.limits };
         let mut before: Vec<(Arc<str>, u64)> = Vec::new();
         for topic in drafts.iter().filter(|d| d.state.is_some()).filter_map(|d| d.topic.as_ref()) {
@@ -365,7 +364,7 @@ impl Store {
     /// Follows a state change in the order a shared broker gave it (the event as [`Store::apply`]
     /// made it on the publishing node, carrying its version). Every node following the same
     /// stream ends with the same state.
-    pub fn follow(&mut self, ev: &Draft) -> Follow {
+    pub(crate) fn follow(&mut self, ev: &Draft) -> Follow {
         let (Some(topic), Some(version)) = (&ev.topic, ev.version) else { return Follow::Applied };
         let current = self.topics.get(&**topic).map_or(0, |e| e.version);
         if version <= current {
@@ -402,7 +401,7 @@ impl Store {
     }
 
     /// Takes a topic's stored state if it is newer than the one held; says whether it did.
-    pub fn restore(&mut self, saved: crate::core::persist::SavedTopic) -> bool {
+    pub(crate) fn restore(&mut self, saved: crate::core::persist::SavedTopic) -> bool {
         if self.topics.get(saved.topic.as_str()).is_some_and(|e| e.version >= saved.version) {
             return false;
         }
@@ -411,19 +410,19 @@ impl Store {
     }
 
     /// The snapshot of `topic`, if it has state.
-    pub fn snapshot(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
+    pub(crate) fn snapshot(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
         let entry = self.topics.get_mut(topic).filter(|e| e.state.is_some())?;
         Some(entry.encode())
     }
 
     /// What a subscriber of `topic` that missed some of its changes gets instead: its snapshot
     /// or, once the state is deleted, `state: null` at the version that deleted it.
-    pub fn latest(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
+    pub(crate) fn latest(&mut self, topic: &str) -> Option<Arc<Snapshot>> {
         Some(self.topics.get_mut(topic)?.encode())
     }
 
     /// Snapshots of every topic with state that `patterns` match, in topic order.
-    pub fn matching(&mut self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
+    pub(crate) fn matching(&mut self, patterns: &[Pattern]) -> Vec<Arc<Snapshot>> {
         if self.topics.is_empty() {
             return Vec::new();
         }
@@ -460,22 +459,23 @@ impl Store {
     }
 
     /// The version of a topic's state, if it has one.
-    pub fn version(&self, topic: &str) -> Option<u64> {
+    #[cfg(test)]
+    fn version(&self, topic: &str) -> Option<u64> {
         self.topics.get(topic).filter(|e| e.state.is_some()).map(|e| e.version)
     }
 
     /// Whether a topic has state.
-    pub fn contains(&self, topic: &str) -> bool {
+    pub(crate) fn contains(&self, topic: &str) -> bool {
         self.topics.get(topic).is_some_and(|e| e.state.is_some())
     }
 
     /// Every topic's state (and every deleted one's last version), to keep across a restart.
-    pub fn dump(&self) -> Vec<crate::core::persist::SavedTopic> {
+    pub(crate) fn dump(&self) -> Vec<crate::core::persist::SavedTopic> {
         self.topics.values().map(Entry::saved).collect()
     }
 
     /// Takes back the state of topics kept across a restart.
-    pub fn load(&mut self, saved: Vec<crate::core::persist::SavedTopic>) {
+    pub(crate) fn load(&mut self, saved: Vec<crate::core::persist::SavedTopic>) {
         for t in saved {
             let topic: Arc<str> = Arc::from(t.topic);
             let state = (!t.deleted).then_some(t.state);
@@ -484,7 +484,7 @@ impl Store {
     }
 
     /// Every topic with state and its version.
-    pub fn versions(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
+    pub(crate) fn versions(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
         self.topics.iter().filter(|(_, e)| e.state.is_some()).map(|(t, e)| (t, e.version))
     }
 }

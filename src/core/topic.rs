@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Longest topic name, in bytes.
-pub const MAX_TOPIC_BYTES: usize = 256;
+pub(crate) const MAX_TOPIC_BYTES: usize = 256;
 
 /// Why a topic or pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +40,7 @@ fn check_name(name: &str) -> Result<(), TopicError> {
 }
 
 /// Checks a topic that events are published to: a valid name with no wildcard segment.
-pub fn validate_topic(name: &str) -> Result<(), TopicError> {
+pub(crate) fn validate_topic(name: &str) -> Result<(), TopicError> {
     check_name(name)?;
     if name.split('/').any(|s| s == "*" || s == "**") {
         return Err(TopicError::Wildcard(name.to_owned()));

@@ -18,14 +18,14 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::client::Wire;
 use crate::core::hub::Hub;
-use crate::edge::handshake::{self, Refused};
 use crate::edge::linger::{linger, linger_idle, LINGER_BYTES, LINGER_TIME};
-use crate::edge::server::ConnHandle;
+use crate::edge::socket::{pump_out, write_all, ws_messages};
 use crate::http::error::ApiError;
-use crate::transport::sse::{self, Flow, Pump};
+use crate::transport::sse;
 use crate::transport::ws;
+use crate::transport::ws::handshake::{self, Refused};
+use crate::transport::ConnHandle;
 
 /// Longest request head accepted on this path, request line and headers together: 16 KiB
 /// (hyper, which serves every other request, takes up to about 400 KiB). A longer head is
@@ -35,12 +35,12 @@ pub(crate) const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How long a client may take to send its request head (as hyper's `header_read_timeout`).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the last bytes of a closed stream may take to go out.
+/// How long a client closed for a full queue keeps its socket for the rest and the last bytes.
 const LAST_WRITE: Duration = Duration::from_secs(5);
 
 /// What a new connection starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniffed {
+pub(crate) enum Sniffed {
     /// `GET /stream`: served here.
     Stream,
     /// `GET /ws`: served here.
@@ -51,7 +51,7 @@ pub enum Sniffed {
 
 /// What the connection starts with: waits for its first bytes. `None` if the peer sent nothing
 /// in time or went away.
-pub async fn sniff(stream: &TcpStream) -> Option<Sniffed> {
+pub(crate) async fn sniff(stream: &TcpStream) -> Option<Sniffed> {
     const LONGEST: usize = b"GET /stream".len() + 1;
     let mut first = [0u8; LONGEST];
     let n = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first)).await.ok()?.ok()?;
@@ -124,18 +124,6 @@ fn head_too_large() -> ApiError {
         "request_header_fields_too_large",
         format!("the request head is over {MAX_HEAD} bytes or {MAX_HEADERS} header lines"),
     )
-}
-
-/// Writes all of `buf`, waiting while the socket pushes back.
-pub(crate) async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Completes when the peer closes its side (or the connection fails). Anything it sends after
@@ -217,7 +205,7 @@ fn parse(bytes: &[u8]) -> Result<Option<Head>, ApiError> {
 /// The `Access-Control-Allow-Origin` the router's CORS layer would send.
 fn allow_origin(hub: &Hub, origin: Option<&str>) -> Option<String> {
     let origin = origin?;
-    match crate::cors_origins(&hub.config().cors_origins) {
+    match crate::http::cors::origins(&hub.config().cors_origins) {
         None => Some("*".to_owned()),
         Some(mut list) => list.any(|o| o == origin).then(|| origin.to_owned()),
     }
@@ -274,7 +262,7 @@ async fn head_of(stream: &TcpStream, kill: &CancellationToken) -> Result<Head, N
 
 /// Serves one `GET /stream` connection until the stream ends, the peer goes away or `kill` is
 /// cancelled.
-pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
+pub(crate) async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     let stream = Arc::new(stream);
     let asked = match head_of(&stream, &kill).await {
         Ok(head) => head,
@@ -291,29 +279,13 @@ pub async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
         Err(e) => return refuse(&stream, e, &[], cors.as_deref(), &kill).await,
     };
     drop(asked);
-    let (mut pump, first) = Pump::new(opened);
-    pump.write_directly(stream.clone());
+    let (mut pump, first) = sse::pump(opened);
     let client = pump.client().clone();
     let mut out = response_head(StatusCode::OK, &sse::HEADERS, cors.as_deref());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&first);
     drop(first);
-    let streaming = async {
-        loop {
-            write_all(&stream, &out).await?;
-            out.clear();
-            // Until something is queued again, pushes write to the socket themselves.
-            pump.idle();
-            if let Flow::End = pump.fill(&mut out).await {
-                // The last bytes (a `retry:` hint) get a while to go out, even to a client
-                // that stopped reading.
-                return match tokio::time::timeout(LAST_WRITE, write_all(&stream, &out)).await {
-                    Ok(written) => written,
-                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
-                };
-            }
-        }
-    };
+    let streaming = pump_out(&stream, &mut pump, out);
     // Once the hub has closed the client (its queue overflowed, the backend or shutdown), the
     // rest and a `retry:` hint get a grace period; a peer that does not read keeps the writer
     // blocked, and is then cut.
@@ -354,7 +326,7 @@ fn accept_key(head: &Head) -> Result<String, Refused> {
 
 /// Serves one `GET /ws` connection: the handshake here, then the session of [`crate::transport::ws`] with
 /// frames written straight to the socket and the peer's frames decoded by tungstenite.
-pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
+pub(crate) async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     let kill = handle.token();
     let stream = Arc::new(stream);
     let head = match head_of(&stream, &kill).await {
@@ -390,10 +362,10 @@ pub async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
     let limit = hub.config().max_body_bytes;
     let socket = stream.clone();
     ws::session(hub, setup, Some(handle), |hub, client| {
-        client.write_directly(stream.clone(), Wire::Ws);
-        let messages = Box::pin(ws::socket_messages(&hub, stream.clone(), client.clone(), early, limit));
+        let messages = Box::pin(ws_messages(&hub, stream.clone(), client.clone(), early, limit));
         let writer = async move {
-            if let Err(e) = ws::write_socket(&hub, &client, &stream).await {
+            let mut pump = ws::pump(hub, client.clone());
+            if let Err(e) = pump_out(&stream, &mut pump, BytesMut::new()).await {
                 tracing::debug!(client_id = %client.id(), error = %e, "websocket write failed");
             }
         };

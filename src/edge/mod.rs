@@ -2,6 +2,6 @@
 //! fresh `/stream` and `/ws` connections straight on their sockets.
 
 pub(crate) mod direct;
-pub(crate) mod handshake;
 pub(crate) mod linger;
-pub mod server;
+pub(crate) mod server;
+pub(crate) mod socket;

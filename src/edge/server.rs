@@ -1,7 +1,6 @@
 //! Serving: the accept loop, per-connection control (a handle that can cut a connection), the
 //! connection limit, and graceful shutdown with a time limit.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -27,98 +26,17 @@ use tower::ServiceExt;
 use crate::core::hub::Hub;
 use crate::edge::direct::Sniffed;
 use crate::edge::linger::{linger, linger_idle, LINGER_BYTES, LINGER_IDLE, LINGER_TIME};
-
-/// A handle on one TCP connection, put in each request's extensions. It can cut the connection,
-/// and it holds the connection's slot in the open-connection count: a WebSocket session keeps its
-/// handle, so an upgraded connection stays counted (and drained) until the session ends.
-#[derive(Debug, Clone)]
-pub struct ConnHandle {
-    /// Cancelling it drops the connection. A child of the server's "cut everything" token.
-    kill: CancellationToken,
-    _slot: Arc<Slot>,
-}
-
-impl ConnHandle {
-    /// Drops the connection now.
-    pub fn kill(&self) {
-        self.kill.cancel();
-    }
-
-    /// Completes when the connection is to be dropped (cut by the server or by [`Self::kill`]).
-    pub async fn killed(&self) {
-        self.kill.cancelled().await
-    }
-
-    /// The token whose cancellation drops the connection.
-    pub(crate) fn token(&self) -> CancellationToken {
-        self.kill.clone()
-    }
-
-    /// Drops the connection after `grace` unless it ended before.
-    pub fn kill_after(&self, grace: Duration) {
-        let kill = self.kill.clone();
-        // Ends by itself after `grace`, or as soon as the connection is gone.
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(grace) => kill.cancel(),
-                _ = kill.cancelled() => {}
-            }
-        });
-    }
-}
+use crate::http::peer::{address_key, PerAddress};
+use crate::transport::ConnHandle;
 
 /// Connections kept, beyond `--max-connections`, for requests that are not event streams
 /// (publishing, health checks, administration): subscribers that take every slot never lock the
 /// backend or the orchestrator out.
-pub const RESERVED_CONNECTIONS: usize = 64;
+pub(crate) const RESERVED_CONNECTIONS: usize = 64;
 
 /// Refusals (`503` answers) being written at once; past this, connections over a limit are
 /// dropped without an answer, so a connection flood cannot take file descriptors through them.
 const MAX_REFUSING: usize = 256;
-
-/// The key a source address is counted under for `--max-per-address`: an IPv4 address, or an
-/// IPv6 /64 (one host usually holds a whole /64).
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut s = v6.segments();
-                s[4..].fill(0);
-                IpAddr::V6(s.into())
-            }
-        },
-        v4 => v4,
-    }
-}
-
-/// How many of something (connections, long-poll sessions) each source address holds.
-#[derive(Debug, Default)]
-pub(crate) struct PerAddress(HashMap<IpAddr, usize>);
-
-impl PerAddress {
-    /// Counts one more for `key`; returns how many it holds now.
-    pub(crate) fn add(&mut self, key: IpAddr) -> usize {
-        let n = self.0.entry(key).or_default();
-        *n += 1;
-        *n
-    }
-
-    /// Counts one less for `key`.
-    pub(crate) fn remove(&mut self, key: IpAddr) {
-        if let Some(n) = self.0.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.0.remove(&key);
-            }
-        }
-    }
-
-    /// How many `key` holds.
-    pub(crate) fn get(&self, key: IpAddr) -> usize {
-        self.0.get(&key).copied().unwrap_or(0)
-    }
-}
 
 /// The number of open connections (in all and per source address), and a signal when it
 /// reaches zero.
@@ -207,14 +125,14 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let handle = ConnHandle { kill: cut.child_token(), _slot: slot };
+        let handle = ConnHandle::new(cut.child_token(), slot);
         let app = app.clone();
         let draining = draining.clone();
         let hub = hub.clone();
         let open = open.clone();
         let refusals = tracker.clone();
         tracker.spawn(async move {
-            let kill = handle.kill.clone();
+            let kill = handle.token();
             let sniffed = tokio::select! {
                 s = crate::edge::direct::sniff(&stream) => s,
                 _ = kill.cancelled() => return,
@@ -273,7 +191,7 @@ pub async fn serve(
 /// closes it with a lingering close ([`crate::edge::linger`]): an error answer such as `413` arrives
 /// even to a client that is still sending its body.
 async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Router, draining: CancellationToken) {
-    let kill = handle.kill.clone();
+    let kill = handle.token();
     // Kept while lingering: a closing connection still counts, for a bounded time.
     let slot = handle.clone();
     let (io, released) = Shared::new(stream);
@@ -303,7 +221,7 @@ async fn serve_http(
     app: Router,
     draining: CancellationToken,
 ) -> Result<(), Cut> {
-    let kill = handle.kill.clone();
+    let kill = handle.token();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(handle.clone());

@@ -25,33 +25,33 @@ use crate::http::jwt::{self, Identity, Source};
 /// What a request may publish and administer. Use it as a handler argument: a request without
 /// publisher rights of some kind is refused before the handler runs.
 #[derive(Debug, Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     /// The token the rights come from; `None` for full rights (an API key, the loopback rule).
     token: Option<Arc<Identity>>,
 }
 
 impl Publisher {
     /// Full rights: an API key, or the loopback rule.
-    pub const ALL: Publisher = Publisher { token: None };
+    pub(crate) const ALL: Publisher = Publisher { token: None };
 
     /// Rights from a verified token.
-    pub fn with_token(identity: Arc<Identity>) -> Publisher {
+    pub(crate) fn with_token(identity: Arc<Identity>) -> Publisher {
         Publisher { token: Some(identity) }
     }
 
     /// Whether the caller may target clients, broadcast and use `/clients…` and `/topics`.
-    pub fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         self.token.as_ref().is_none_or(|t| t.admin)
     }
 
     /// Whether the caller may publish to (or drop the state of) `topic`.
-    pub fn may_publish(&self, topic: &str) -> bool {
+    pub(crate) fn may_publish(&self, topic: &str) -> bool {
         self.token.as_ref().is_none_or(|t| t.may_publish(topic))
     }
 
     /// Refuses (`403 forbidden`) drafts the caller may not publish: a topic its token does not
     /// cover, or a targeted or broadcast event without admin rights.
-    pub fn check(&self, drafts: &[Draft]) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, drafts: &[Draft]) -> Result<(), ApiError> {
         for d in drafts {
             if !matches!(d.audience, Audience::Topic) && !self.is_admin() {
                 return Err(forbidden("targeting clients or broadcasting needs admin rights (\"admin\": true)"));
@@ -66,7 +66,7 @@ impl Publisher {
     }
 
     /// Refuses (`403 forbidden`) a caller without admin rights.
-    pub fn admin(self) -> Result<Publisher, ApiError> {
+    pub(crate) fn admin(self) -> Result<Publisher, ApiError> {
         if self.is_admin() {
             Ok(self)
         } else {
@@ -77,7 +77,7 @@ impl Publisher {
 
 /// Admin rights: an API key, the loopback rule, or a token with `"admin": true`.
 #[derive(Debug, Clone)]
-pub struct Admin;
+pub(crate) struct Admin;
 
 fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -89,24 +89,24 @@ fn keys(config: &Config) -> impl Iterator<Item = &str> {
 }
 
 /// Whether `given` is one of the configured API keys (compared in constant time).
-pub fn is_api_key(config: &Config, given: &str) -> bool {
+pub(crate) fn is_api_key(config: &Config, given: &str) -> bool {
     let given = given.trim();
     !given.is_empty() && keys(config).fold(false, |found, k| found | bool::from(k.as_bytes().ct_eq(given.as_bytes())))
 }
 
 /// An API key in `Authorization: Bearer` or `X-API-Key`, if any.
-pub fn key_in(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn key_in(headers: &HeaderMap) -> Option<&str> {
     jwt::bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
 }
 
 /// Whether the configuration protects anything with keys: API keys or a JWT key.
-pub fn keyed(config: &Config) -> bool {
+pub(crate) fn keyed(config: &Config) -> bool {
     keys(config).next().is_some() || config.jwt_key.is_some()
 }
 
 /// The publisher rights a request has: from an API key, a JWT (`access_token` is the query
 /// parameter, if any) or, with no key configured, the loopback rule (`peer` is the TCP peer).
-pub fn publisher(
+pub(crate) fn publisher(
     config: &Config,
     headers: &HeaderMap,
     access_token: Option<&str>,
@@ -169,7 +169,7 @@ impl FromRequestParts<Hub> for Admin {
 
 /// What a subscriber may read.
 #[derive(Debug, Clone, Default)]
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     /// Everything: no `--jwt-key`, or an API key.
     all: bool,
     /// The verified token, if one was presented.
@@ -178,13 +178,13 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Unrestricted reading (no JWT key configured).
-    pub fn open() -> Subscriber {
+    pub(crate) fn open() -> Subscriber {
         Subscriber { all: true, identity: None }
     }
 
     /// Refuses patterns the subscriber may not read: `401` without a token, `403` with one that
     /// does not cover them. `--anonymous-topics` are open to all.
-    pub fn check(&self, config: &Config, patterns: &[Pattern]) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, config: &Config, patterns: &[Pattern]) -> Result<(), ApiError> {
         if self.all {
             return Ok(());
         }
@@ -209,7 +209,7 @@ impl Subscriber {
 
     /// Closes `client` when the token expires (WebSocket close code 1008); the guard stops the
     /// timer when the connection ends first.
-    pub fn close_at_expiry(&self, client: &Arc<Client>) -> Option<Expiry> {
+    pub(crate) fn close_at_expiry(&self, client: &Arc<Client>) -> Option<Expiry> {
         let left = Duration::from_millis(self.identity.as_ref()?.expires_in_ms()?);
         let stop = CancellationToken::new();
         let ended = stop.clone();
@@ -231,12 +231,16 @@ impl Subscriber {
 
 /// Stops a connection's expiry timer when dropped.
 #[derive(Debug)]
-pub struct Expiry(#[allow(dead_code)] DropGuard);
+pub(crate) struct Expiry(#[allow(dead_code)] DropGuard);
 
 /// Who a subscriber is: with `--jwt-key`, the token the request carries (the header, then
 /// `access_token`, then the cookie), verified (`401` if it is not valid); an API key reads
 /// everything. Without `--jwt-key`, everyone reads everything.
-pub fn subscriber(config: &Config, headers: &HeaderMap, access_token: Option<&str>) -> Result<Subscriber, ApiError> {
+pub(crate) fn subscriber(
+    config: &Config,
+    headers: &HeaderMap,
+    access_token: Option<&str>,
+) -> Result<Subscriber, ApiError> {
     let Some(jwt_key) = &config.jwt_key else { return Ok(Subscriber::open()) };
     let Some((token, _)) = jwt::token(headers, access_token) else { return Ok(Subscriber::default()) };
     if is_api_key(config, token) {
@@ -247,7 +251,7 @@ pub fn subscriber(config: &Config, headers: &HeaderMap, access_token: Option<&st
 
 /// Checks the configuration's keys and lists before the gateway starts: no empty API key, and
 /// every `--anonymous-topics` entry a valid pattern.
-pub fn check_config(config: &Config) -> Result<(), String> {
+pub(crate) fn check_config(config: &Config) -> Result<(), String> {
     if config.api_key.iter().any(|k| k.trim().is_empty()) {
         return Err("an empty API key is not a key (check --api-key / SSEGATE_API_KEY for a stray comma)".into());
     }

@@ -11,7 +11,7 @@ use crate::core::hub::{PublishError, SubscribeError, TooManyTopics, UnknownClien
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
     /// A stable machine-readable code, e.g. `invalid_json`.
@@ -24,29 +24,29 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     /// `400` for a request whose fields are wrong.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// `404` for a path or resource that is not here.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
     /// `503` with `Retry-After`.
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
+    pub(crate) fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
         ApiError { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
     }
 }
 
 impl ApiError {
     /// The contract's body, `{"error":{"code","message"}}`.
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         json!({ "error": { "code": self.code, "message": self.message } })
     }
 }

@@ -13,7 +13,7 @@ use crate::http::error::ApiError;
 
 /// Where a request really comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// The address of the client: the TCP peer, or the one a trusted proxy names.
     Known(IpAddr),
     /// Not known: no peer address, a trusted proxy that did not say, or forwarding headers from
@@ -23,7 +23,7 @@ pub enum Peer {
 
 impl Peer {
     /// Whether the client is on this machine.
-    pub fn is_loopback(self) -> bool {
+    pub(crate) fn is_loopback(self) -> bool {
         matches!(self, Peer::Known(ip) if ip.to_canonical().is_loopback())
     }
 }
@@ -64,7 +64,7 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 
 /// The client a request comes from: the TCP `peer` unless it is a trusted proxy, in which case
 /// the nearest address in the forwarding headers that is not a trusted proxy itself.
-pub fn peer(config: &Config, peer: Option<SocketAddr>, headers: &HeaderMap) -> Peer {
+pub(crate) fn peer(config: &Config, peer: Option<SocketAddr>, headers: &HeaderMap) -> Peer {
     let Some(peer) = peer.map(|p| p.ip().to_canonical()) else { return Peer::Unknown };
     let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|n| n.contains(ip));
     if !trusted(peer) {
@@ -99,7 +99,7 @@ fn host_name(host: &str) -> String {
 
 /// Whether `Host` names this machine (`localhost`, `*.localhost`, a loopback address) or a host
 /// listed in `--allowed-hosts`. A request without `Host` (HTTP/1.0) passes: browsers always send it.
-pub fn host_allowed(config: &Config, headers: &HeaderMap) -> bool {
+pub(crate) fn host_allowed(config: &Config, headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST) else { return true };
     let Ok(host) = host.to_str() else { return false };
     let name = host_name(host);
@@ -114,8 +114,8 @@ pub fn host_allowed(config: &Config, headers: &HeaderMap) -> bool {
 
 /// Whether `origin` is allowed by `--cors-origins` as a list (a `*` there does not count), or is
 /// the gateway's own origin (the page it serves itself, at the `Host` asked for).
-pub fn origin_listed(config: &Config, headers: &HeaderMap, origin: &str) -> bool {
-    let listed = crate::http::cors_list(&config.cors_origins).any(|o| o.eq_ignore_ascii_case(origin));
+pub(crate) fn origin_listed(config: &Config, headers: &HeaderMap, origin: &str) -> bool {
+    let listed = crate::http::cors::listed(&config.cors_origins).any(|o| o.eq_ignore_ascii_case(origin));
     let own = headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| {
         let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
         rest.is_some_and(|r| r.eq_ignore_ascii_case(host))
@@ -126,7 +126,7 @@ pub fn origin_listed(config: &Config, headers: &HeaderMap, origin: &str) -> bool
 /// Refuses (`403 forbidden`) a request that a web page on another site could have sent: an
 /// `Origin` that `--cors-origins` does not list (nor the gateway's own), or
 /// `Sec-Fetch-Site: cross-site`.
-pub fn not_cross_site(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn not_cross_site(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_listed(config, headers, origin) {
@@ -144,7 +144,7 @@ pub fn not_cross_site(config: &Config, headers: &HeaderMap) -> Result<(), ApiErr
 
 /// The keyless loopback rule: the real client is on this machine, the request is not one a web
 /// page on another site could have sent, and `Host` names this machine or an allowed host.
-pub fn loopback_rule(config: &Config, peer: Peer, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn loopback_rule(config: &Config, peer: Peer, headers: &HeaderMap) -> Result<(), ApiError> {
     if !peer.is_loopback() {
         return Err(forbidden(
             "with no API key or JWT key configured, this endpoint answers clients on this machine only \
@@ -161,7 +161,7 @@ pub fn loopback_rule(config: &Config, peer: Peer, headers: &HeaderMap) -> Result
 /// Refuses (`403 forbidden`) a WebSocket handshake from a web page whose origin `--cors-origins`
 /// does not allow (with `*`, every origin is allowed). Clients that are not browsers send no
 /// `Origin`.
-pub fn ws_origin(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn ws_origin(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
     if config.cors_origins.trim() == "*" {
         return Ok(());

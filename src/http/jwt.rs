@@ -12,12 +12,12 @@ use crate::core::topic::Pattern;
 use crate::http::error::ApiError;
 
 /// The cookie a browser may carry its token in.
-pub const COOKIE: &str = "ssegate_token";
+pub(crate) const COOKIE: &str = "ssegate_token";
 
 /// Where a token was found. A cookie is sent by the browser whatever page makes the request, so
 /// a request that carries its credentials only there gets the cross-site checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// `Authorization: Bearer`.
     Header,
     /// The query parameter `access_token`.
@@ -29,7 +29,7 @@ pub enum Source {
 /// The rights in a token's `ssegate` claim.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct Rights {
+pub(crate) struct Rights {
     /// Patterns the holder may subscribe to.
     pub subscribe: Vec<String>,
     /// Patterns the holder may publish to.
@@ -48,7 +48,7 @@ struct Claims {
 
 /// A verified token: its claims and the rights they grant.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The whole payload, as the backend gets it with each `rpc`.
     pub claims: Value,
     /// `subscribe`, parsed; patterns that do not parse grant nothing.
@@ -63,35 +63,35 @@ pub struct Identity {
 
 impl Identity {
     /// Whether the token lets its holder subscribe to `p`.
-    pub fn may_subscribe(&self, p: &Pattern) -> bool {
+    pub(crate) fn may_subscribe(&self, p: &Pattern) -> bool {
         self.subscribe.iter().any(|c| c.covers(p))
     }
 
     /// Whether the token lets its holder publish to `topic`.
-    pub fn may_publish(&self, topic: &str) -> bool {
+    pub(crate) fn may_publish(&self, topic: &str) -> bool {
         self.admin || self.publish.iter().any(|c| c.matches(topic))
     }
 
     /// Milliseconds until the token expires (0 once it has), if it expires.
-    pub fn expires_in_ms(&self) -> Option<u64> {
+    pub(crate) fn expires_in_ms(&self) -> Option<u64> {
         self.exp.map(|exp| exp.saturating_mul(1000).saturating_sub(now_ms()))
     }
 }
 
 /// `401 unauthorized` with a message.
-pub fn unauthorized(message: impl Into<String>) -> ApiError {
+pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
 /// The bearer credential of `Authorization`, the scheme matched in any case (RFC 7235).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, credential) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim())
 }
 
 /// The value of the `ssegate_token` cookie, if any.
-pub fn cookie(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -104,7 +104,7 @@ pub fn cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// The token a request carries, and where: the header first, then `access_token`, then the
 /// cookie.
-pub fn token<'a>(headers: &'a HeaderMap, access_token: Option<&'a str>) -> Option<(&'a str, Source)> {
+pub(crate) fn token<'a>(headers: &'a HeaderMap, access_token: Option<&'a str>) -> Option<(&'a str, Source)> {
     let found = bearer(headers)
         .map(|t| (t, Source::Header))
         .or_else(|| access_token.map(|t| (t, Source::Query)))
@@ -115,7 +115,7 @@ pub fn token<'a>(headers: &'a HeaderMap, access_token: Option<&'a str>) -> Optio
 /// Verifies `token` with `key`: its signature and algorithm, `exp` and `nbf` (no leeway), and
 /// the shape of its `ssegate` claim. Any failure is `401 unauthorized`; why is logged at debug
 /// level, never the token.
-pub fn verify(key: &JwtKey, token: &str) -> Result<Identity, ApiError> {
+pub(crate) fn verify(key: &JwtKey, token: &str) -> Result<Identity, ApiError> {
     let mut validation = jsonwebtoken::Validation::new(key.algorithm);
     validation.leeway = 0;
     validation.validate_nbf = true;

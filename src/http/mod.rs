@@ -1,15 +1,10 @@
 //! What every HTTP endpoint shares: the JSON errors, the caller's rights (API keys, JWTs, the
-//! loopback rule), the request guards, and strict query parsing.
+//! loopback rule), the request guards, CORS, where a request comes from, and strict query parsing.
 
-pub mod auth;
-pub mod error;
-pub mod guard;
-pub mod jwt;
-pub mod query;
-
-/// The origins `--cors-origins` lists; none when it is `*` (which allows any origin for CORS but
-/// never counts as listing one).
-pub fn cors_list(origins: &str) -> impl Iterator<Item = &str> {
-    let any = origins.trim() == "*";
-    origins.split(',').map(str::trim).filter(move |o| !any && !o.is_empty() && *o != "*")
-}
+pub(crate) mod auth;
+pub(crate) mod cors;
+pub(crate) mod error;
+pub(crate) mod guard;
+pub(crate) mod jwt;
+pub(crate) mod peer;
+pub(crate) mod query;

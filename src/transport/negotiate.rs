@@ -8,23 +8,23 @@ use serde::Serialize;
 use crate::config::Transports;
 use crate::core::hub::Hub;
 use crate::http::error::ApiError;
-use crate::transport::sse::truthy;
+use crate::http::query::truthy;
 
-pub use crate::config::Choice;
+pub(crate) use crate::config::Transport;
 
 /// Where a transport is served.
-fn path(c: Choice) -> &'static str {
+fn path(c: Transport) -> &'static str {
     match c {
-        Choice::Sse => "/stream",
-        Choice::Ws => "/ws",
-        Choice::LongPoll => "/poll",
-        Choice::Poll => "/snapshot",
+        Transport::Sse => "/stream",
+        Transport::Ws => "/ws",
+        Transport::LongPoll => "/poll",
+        Transport::Poll => "/snapshot",
     }
 }
 
 /// What a client says about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Needs {
+pub(crate) struct Needs {
     /// It sends as well as receives.
     pub bidirectional: bool,
     /// It wants events as they happen.
@@ -37,15 +37,15 @@ pub struct Needs {
     /// An old browser or a locked-down network.
     pub legacy: bool,
     /// Transports it supports; `None` means all.
-    pub supports: Option<Vec<Choice>>,
+    pub supports: Option<Vec<Transport>>,
 }
 
 /// The transports to try, best first, by the decision matrix: bidirectional → ws; real-time and
 /// low latency → sse when the client says server push suffices, else ws; legacy → long-poll then
 /// poll; otherwise sse. The first rule that applies decides; each preference is followed by the
 /// other transports as fallbacks (a legacy client's by `poll` only).
-pub fn preference(n: &Needs) -> &'static [Choice] {
-    use Choice::*;
+pub(crate) fn preference(n: &Needs) -> &'static [Transport] {
+    use Transport::*;
     let needs_ws = n.bidirectional || (n.realtime && n.low_latency && !n.server_push);
     if needs_ws {
         &[Ws, Sse, LongPoll, Poll]
@@ -60,7 +60,7 @@ pub fn preference(n: &Needs) -> &'static [Choice] {
 
 /// The usable transports for a client, best first: the matrix's order, less what the client
 /// does not support and what the server disabled.
-pub fn choose(n: &Needs, enabled: &Transports) -> Vec<Choice> {
+pub(crate) fn choose(n: &Needs, enabled: &Transports) -> Vec<Transport> {
     preference(n)
         .iter()
         .copied()
@@ -71,13 +71,13 @@ pub fn choose(n: &Needs, enabled: &Transports) -> Vec<Choice> {
 
 /// The answer of `/negotiate`.
 #[derive(Debug, Serialize)]
-pub struct Negotiated {
+pub(crate) struct Negotiated {
     /// The transport to use.
-    pub transport: Choice,
+    pub transport: Transport,
     /// Where to connect (a path on this gateway, with the client's topics).
     pub url: String,
     /// What to try next, in order, if it fails.
-    pub fallbacks: Vec<Choice>,
+    pub fallbacks: Vec<Transport>,
 }
 
 fn flag(v: &str) -> Result<bool, ApiError> {
@@ -89,7 +89,7 @@ fn flag(v: &str) -> Result<bool, ApiError> {
 }
 
 /// `GET /negotiate`.
-pub async fn negotiate(
+pub(crate) async fn negotiate(
     State(hub): State<Hub>,
     OriginalUri(uri): OriginalUri,
     RawQuery(raw): RawQuery,
@@ -109,7 +109,7 @@ pub async fn negotiate(
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
                     .map(|t| {
-                        Choice::parse(t).ok_or_else(|| {
+                        Transport::parse(t).ok_or_else(|| {
                             ApiError::bad_request(
                                 "invalid_request",
                                 format!("unknown transport {t:?} (sse, ws, long-poll, poll)"),
@@ -131,7 +131,7 @@ pub async fn negotiate(
     let prefix = uri.path().strip_suffix("/negotiate").unwrap_or("");
     let mut url = format!("{prefix}{}", path(transport));
     // `/snapshot` serves one topic: a polling client asks for each on its own.
-    let listed = if transport == Choice::Poll { &topics[..topics.len().min(1)] } else { &topics[..] };
+    let listed = if transport == Transport::Poll { &topics[..topics.len().min(1)] } else { &topics[..] };
     let query: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(listed.iter().map(|t| ("topic", t.as_str())))
         .finish();

@@ -18,21 +18,21 @@ use serde_json::json;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::api::parse_patterns;
 use crate::core::client::{CloseReason, Outbound, Transport};
 use crate::core::conflate::{self, Shaper};
 use crate::core::event::{now_ms, push_json_str, EventId};
 use crate::core::hub::{Connection, Hub};
 use crate::core::topic::Pattern;
 use crate::http::error::ApiError;
+use crate::http::query::{parse_patterns, throttle_param};
 
 /// Default wait of a long poll, in seconds.
-pub const DEFAULT_TIMEOUT_S: f64 = 25.0;
+pub(crate) const DEFAULT_TIMEOUT_S: f64 = 25.0;
 
 /// One long-poll client, kept between its polls.
 struct Session {
     conn: Connection,
-    /// The source address it was opened from (see [`crate::edge::server::address_key`]), if known.
+    /// The source address it was opened from (see [`crate::http::peer::address_key`]), if known.
     address: Option<IpAddr>,
     patterns: Vec<Pattern>,
     /// The cursor last handed out and the conflation state; one poll at a time holds them.
@@ -52,7 +52,7 @@ struct PollState {
 /// What `/poll` works with: the hub and the long-poll sessions, which this transport owns (the
 /// hub knows nothing of them). [`crate::router`] makes one per router.
 #[derive(Clone)]
-pub struct Polls {
+pub(crate) struct Polls {
     hub: Hub,
     sessions: Arc<Sessions>,
     /// Signs client ids into session secrets; made at random for each router.
@@ -62,7 +62,7 @@ pub struct Polls {
 impl Polls {
     /// The long-poll transport over `hub`, with a task that expires idle sessions and drops them
     /// all when the hub shuts down. Must be called inside a tokio runtime.
-    pub fn new(hub: Hub) -> Polls {
+    pub(crate) fn new(hub: Hub) -> Polls {
         let sessions = Arc::new(Sessions::default());
         tokio::spawn(sweep(Arc::downgrade(&sessions), hub.clone()));
         let seed = [*Uuid::new_v4().as_bytes(), *Uuid::new_v4().as_bytes()].concat();
@@ -120,7 +120,7 @@ struct Sessions {
 #[derive(Default)]
 struct Table {
     map: HashMap<Uuid, Arc<Session>>,
-    per_address: crate::edge::server::PerAddress,
+    per_address: crate::http::peer::PerAddress,
 }
 
 impl Table {
@@ -209,7 +209,7 @@ impl PollQuery {
                 "session" => q.session = Some(v).filter(|c| !c.is_empty()),
                 "access_token" => q.access_token = Some(v),
                 "timeout" => q.timeout_s = Some(v),
-                "throttle_ms" => q.throttle_ms = Some(conflate::throttle_param(&v)?),
+                "throttle_ms" => q.throttle_ms = Some(throttle_param(&v)?),
                 _ => {}
             }
         }
@@ -340,7 +340,7 @@ fn respond(client_id: Uuid, session: &str, answer: Answer) -> Response {
 }
 
 /// `GET /poll`.
-pub async fn poll(
+pub(crate) async fn poll(
     State(Polls { hub, sessions, secrets }): State<Polls>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -368,7 +368,7 @@ pub async fn poll(
     // was targeted at that id).
     let id = id.filter(|id| q.session.as_deref().is_some_and(|s| owns(&secrets, *id, s)));
     hub.catch_up(q.cursor.as_deref()).await;
-    let address = peer.map(|p| crate::edge::server::address_key(p.0 .0.ip()));
+    let address = peer.map(|p| crate::http::peer::address_key(p.0 .0.ip()));
     let (session, fresh) = session_for(&hub, &sessions, id, patterns, address)?;
     let client = session.conn.client().clone();
     let client_id = client.id();

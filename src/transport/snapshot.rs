@@ -18,7 +18,7 @@ fn matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 /// `GET /snapshot`.
-pub async fn snapshot(
+pub(crate) async fn snapshot(
     State(hub): State<Hub>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,

@@ -2,9 +2,7 @@
 //! welcome, missed events or reset) goes out in one write; after that each wake-up writes
 //! everything that is waiting for the client in one chunk.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -13,64 +11,17 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::BytesMut;
 use serde_json::json;
-use tokio::net::TcpStream;
 
-use crate::api::parse_patterns;
-use crate::core::client::{CloseReason, Outbound, Transport, Wire, SSE_HEARTBEAT};
-use crate::core::conflate::{self, Shaper};
-use crate::core::event::{now_ms, sse_frame, EventId};
+use crate::core::client::{CloseReason, Outbound, Transport, Wire};
+use crate::core::conflate;
+use crate::core::event::{now_ms, sse_frame};
 use crate::core::hub::{Connection, Hub, Start};
-use crate::edge::server::ConnHandle;
 use crate::http::error::ApiError;
-
-/// About the most a connection renders for one write: the rest of what it is behind on waits,
-/// shared, in its queue.
-pub(crate) const CHUNK: usize = 256 * 1024;
+use crate::http::query::parse_patterns;
+use crate::transport::{ConnHandle, Flow, Pump, StreamQuery};
 
 /// How long a client closed for a full queue may keep its socket before it is cut.
 const OVERFLOW_GRACE: Duration = Duration::from_secs(5);
-
-/// What `/stream` reads from its query string.
-#[derive(Debug, Default)]
-pub struct StreamQuery {
-    /// `topic`, repeated.
-    pub topics: Vec<String>,
-    /// `lastEventId`, for clients that cannot set the header.
-    pub last_event_id: Option<String>,
-    /// `envelope=1`: data is the whole event JSON.
-    pub envelope: bool,
-    /// `token`: an API key, for WebSocket clients that cannot set headers.
-    pub token: Option<String>,
-    /// `access_token`: a JWT, for clients that cannot set headers (`EventSource`, browsers'
-    /// WebSocket).
-    pub access_token: Option<String>,
-    /// `throttle_ms`: at most one update per topic per interval.
-    pub throttle_ms: Option<u64>,
-}
-
-/// Reads a flag value the way the contract allows (`1`, `true`, or bare).
-pub fn truthy(v: &str) -> bool {
-    matches!(v, "" | "1" | "true" | "yes" | "on")
-}
-
-impl StreamQuery {
-    /// Parses the query string.
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let mut q = StreamQuery::default();
-        for (k, v) in crate::http::query::pairs(raw)? {
-            match &*k {
-                "topic" => q.topics.push(v),
-                "lastEventId" | "last_event_id" => q.last_event_id = Some(v),
-                "envelope" => q.envelope = truthy(&v),
-                "token" => q.token = Some(v),
-                "access_token" => q.access_token = Some(v),
-                "throttle_ms" => q.throttle_ms = Some(conflate::throttle_param(&v)?),
-                _ => {}
-            }
-        }
-        Ok(q)
-    }
-}
 
 fn retry_line(hub: &Hub) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", hub.config().retry_ms))
@@ -151,106 +102,18 @@ pub(crate) async fn open(
     Ok(Opened { conn, first, envelope: q.envelope, expiry })
 }
 
-/// What [`Pump::fill`] found.
-pub(crate) enum Flow {
-    /// More may follow.
-    More,
-    /// The stream ends (after what was rendered).
-    End,
+/// Renders the client's queue as SSE: the pump owns the registration (dropping it unregisters
+/// the client). Returns the prelude to write first.
+pub(crate) fn pump(opened: Opened) -> (Pump, Bytes) {
+    let Opened { conn, first, envelope, expiry } = opened;
+    conn.client().wrote(now_ms());
+    (Pump::registered(conn, Wire::Sse { envelope }, closing).expiring(expiry), first)
 }
 
-/// Renders a client's queue as SSE, whatever carries the bytes.
-pub(crate) struct Pump {
-    /// The registration: dropping the pump unregisters the client.
-    conn: Connection,
-    envelope: bool,
-    batch: VecDeque<Outbound>,
-    items: Vec<Outbound>,
-    shaper: Shaper,
-    last_id: Option<EventId>,
-    _expiry: Option<crate::http::auth::Expiry>,
-}
-
-impl Pump {
-    pub(crate) fn new(opened: Opened) -> (Pump, Bytes) {
-        let Opened { conn, first, envelope, expiry } = opened;
-        conn.client().wrote(now_ms());
-        let pump = Pump {
-            conn,
-            envelope,
-            batch: VecDeque::new(),
-            items: Vec::new(),
-            shaper: Shaper::default(),
-            last_id: None,
-            _expiry: expiry,
-        };
-        (pump, first)
-    }
-
-    /// The client this pump renders.
-    pub(crate) fn client(&self) -> &Arc<crate::core::client::Client> {
-        self.conn.client()
-    }
-
-    /// Lets the hub write the client's events straight to `socket` while [`Pump::idle`].
-    pub(crate) fn write_directly(&self, socket: Arc<TcpStream>) {
-        self.conn.client().write_directly(socket, Wire::Sse { envelope: self.envelope });
-    }
-
-    /// Everything rendered so far is written: until something is queued again, the hub writes
-    /// to the socket itself.
-    pub(crate) fn idle(&self) {
-        // Items taken but not rendered yet go first.
-        if self.items.is_empty() {
-            self.conn.client().idle();
-        }
-    }
-
-    /// Waits until something is due for the client and renders all of it into `out`.
-    /// Shutdown arrives through the queue like everything else: `Hub::shutdown` closes every
-    /// client, and the close ends the stream after a `retry:` hint.
-    pub(crate) async fn fill(&mut self, out: &mut BytesMut) -> Flow {
-        let (client, hub) = (self.conn.client(), self.conn.hub());
-        if self.items.is_empty() && !self.shaper.next(hub, client, &mut self.batch, &mut self.items).await {
-            return Flow::End;
-        }
-        let mut end = None;
-        // At most about one chunk is rendered at a time: a long queue (or large events) goes
-        // out a chunk per write, so a connection never holds a copy of all it is behind on.
-        let mut items = std::mem::take(&mut self.items).into_iter();
-        while out.len() < CHUNK {
-            let Some(item) = items.next() else { break };
-            match item {
-                // A throttled event held back comes after newer ones: without an `id:` it
-                // cannot move the client's resume position backwards.
-                Outbound::Event(ev) if self.last_id.is_some_and(|last| ev.id < last) => {
-                    let data = if self.envelope { &ev.json()[..] } else { ev.draft.data.get().as_bytes() };
-                    out.extend_from_slice(&sse_frame(None, &ev.draft.event, data));
-                }
-                Outbound::Event(ev) => {
-                    self.last_id = Some(ev.id);
-                    out.extend_from_slice(ev.sse_frame(self.envelope));
-                }
-                Outbound::Snapshot(s) => out.extend_from_slice(s.sse_frame()),
-                Outbound::Heartbeat => out.extend_from_slice(SSE_HEARTBEAT),
-                Outbound::Raw(bytes) => out.extend_from_slice(&bytes),
-                // Replies to frame-based requests never go to an SSE client; the shaper has
-                // turned resyncs into snapshots and resumes into events.
-                Outbound::Frame(_) | Outbound::Resync(_) | Outbound::Resume(_) => {}
-                Outbound::Close(reason) => end = Some(reason),
-            }
-        }
-        self.items.extend(items);
-        if matches!(end, Some(CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout)) {
-            out.extend_from_slice(&retry_line(hub));
-        }
-        if !out.is_empty() {
-            client.wrote(now_ms());
-        }
-        match end {
-            Some(_) => Flow::End,
-            None => Flow::More,
-        }
+/// How an SSE stream that the hub closed ends: a `retry:` hint when the client should come back.
+fn closing(hub: &Hub, reason: CloseReason, out: &mut BytesMut) {
+    if matches!(reason, CloseReason::Overflow | CloseReason::Shutdown | CloseReason::Timeout) {
+        out.extend_from_slice(&retry_line(hub));
     }
 }
 
@@ -264,7 +127,7 @@ pub(crate) const HEADERS: [(&str, &str); 4] = [
 ];
 
 /// `GET /stream`.
-pub async fn stream(
+pub(crate) async fn stream(
     State(hub): State<Hub>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -295,7 +158,7 @@ pub async fn stream(
     let ended = ended.drop_guard();
     let body = async_stream::stream! {
         let _ended = ended;
-        let (mut pump, first) = Pump::new(opened);
+        let (mut pump, first) = pump(opened);
         yield Ok::<_, Infallible>(first);
         let mut buf = BytesMut::new();
         loop {

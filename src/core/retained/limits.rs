@@ -26,7 +26,7 @@ const WORK_FACTOR: usize = 8;
 
 /// The limits a state is kept within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Most bytes of compact JSON text (`--max-state-bytes`).
     pub max_bytes: usize,
     /// Most levels of nesting ([`MAX_STATE_DEPTH`]).
@@ -167,7 +167,7 @@ pub(crate) struct Meter {
 
 impl Meter {
     /// A meter for one request.
-    pub fn new(limits: Limits) -> Self {
+    pub(super) fn new(limits: Limits) -> Self {
         Meter { limits, work: limits.max_bytes.saturating_mul(WORK_FACTOR) }
     }
 
@@ -186,7 +186,7 @@ impl Meter {
     }
 
     /// Refuses a state of `size` bytes if it is over the limit.
-    pub fn fits(&self, size: usize) -> Result<(), Refusal> {
+    pub(super) fn fits(&self, size: usize) -> Result<(), Refusal> {
         if size > self.limits.max_bytes {
             return Err(self.too_large(size));
         }
@@ -201,7 +201,7 @@ impl Meter {
     /// Measures a value the request brings, to be placed `at` levels down: refused if it is
     /// larger than a whole state may be, or would nest too deep there. What it brings, it may
     /// later measure again at no cost to the budget (a value replaced by a later operation).
-    pub fn incoming(&mut self, v: &Value, at: usize) -> Result<usize, Refusal> {
+    pub(super) fn incoming(&mut self, v: &Value, at: usize) -> Result<usize, Refusal> {
         let room = self.room_below(at)?;
         match measure(v, self.limits.max_bytes, room) {
             Ok(m) => {
@@ -238,7 +238,7 @@ impl Meter {
     }
 
     /// The size of a value the state holds.
-    pub fn size_held(&mut self, v: &Value) -> Result<usize, Refusal> {
+    pub(super) fn size_held(&mut self, v: &Value) -> Result<usize, Refusal> {
         self.held(v, None, false)
     }
 }

@@ -10,37 +10,37 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::api::parse_patterns;
-use crate::core::client::{Client, CloseReason, Outbound, Transport, WS_PING};
+use crate::core::client::{Client, CloseReason, Outbound, Transport, Wire};
 use crate::core::conflate::{self, Shaper};
-use crate::core::event::{now_ms, null_data, ws_text_frame, Audience, Draft, Event};
+use crate::core::event::{now_ms, null_data, Audience, Draft, Event};
 use crate::core::hub::{Connection, Hub, Start};
 use crate::core::retained::Snapshot;
 use crate::core::rpc::{RpcError, RpcRequest, RPC_TIMEOUT};
 use crate::core::topic::Pattern;
-use crate::edge::server::ConnHandle;
 use crate::http::auth::{self, Publisher, Subscriber};
 use crate::http::error::ApiError;
+use crate::http::query::parse_patterns;
 use crate::http::{guard, jwt};
-use crate::transport::sse::StreamQuery;
+use crate::transport::{ConnHandle, Pump, StreamQuery};
+
+pub(crate) mod handshake;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub(super) const NORMAL: u16 = 1000;
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const PROTOCOL_ERROR: u16 = 1002;
+    pub(super) const INVALID_DATA: u16 = 1007;
+    pub(super) const POLICY: u16 = 1008;
+    pub(super) const TOO_BIG: u16 = 1009;
+    pub(super) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// `rpc` requests one connection may have waiting on the backend at once.
@@ -55,7 +55,7 @@ pub(crate) const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_sec
 
 /// What a session starts with, read from the upgrade request.
 #[derive(Debug, Default)]
-pub struct Setup {
+pub(crate) struct Setup {
     /// Subscriptions from the `topic` query parameters.
     pub patterns: Vec<Pattern>,
     /// `lastEventId` in the query: resume every subscription after it.
@@ -110,7 +110,7 @@ impl Setup {
 /// `GET /ws` through the HTTP framework: in an app that nests the router, or on a connection
 /// that began with another request. The gateway's own server serves a fresh `GET /ws` connection
 /// on its socket instead (the `direct` module).
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(hub): State<Hub>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -118,7 +118,7 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let setup = Setup::read(&hub, raw.as_deref(), &headers)?;
-    if let Err(refused) = crate::edge::handshake::check(&headers) {
+    if let Err(refused) = handshake::check(&headers) {
         return Ok(axum::response::IntoResponse::into_response(refused));
     }
     let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
@@ -187,7 +187,7 @@ fn opening(start: Option<Start>, snapshots: &[Arc<Snapshot>]) -> Vec<Outbound> {
 /// Runs one WebSocket client until it leaves, the hub closes it, or the server cuts it. Once the
 /// client is registered, `io` gives the peer's messages and a writer that sends the client's
 /// queue until the client is closed.
-pub async fn session<R, W, F>(hub: Hub, setup: Setup, handle: Option<ConnHandle>, io: W)
+pub(crate) async fn session<R, W, F>(hub: Hub, setup: Setup, handle: Option<ConnHandle>, io: W)
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     W: FnOnce(Hub, Arc<Client>) -> (R, F),
@@ -342,7 +342,7 @@ fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
 }
 
 /// Sends everything queued for the client through a `Sink`, one flush (one write) per batch.
-pub async fn write_loop<S>(hub: &Hub, client: &Client, mut sink: S) -> Result<(), axum::Error>
+pub(crate) async fn write_loop<S>(hub: &Hub, client: &Client, mut sink: S) -> Result<(), axum::Error>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -355,8 +355,8 @@ where
         }
         for item in items.drain(..) {
             match item {
-                Outbound::Event(ev) => sink.feed(Message::Text(ev.ws_text().clone())).await?,
-                Outbound::Snapshot(s) => sink.feed(Message::Text(s.ws_text().clone())).await?,
+                Outbound::Event(ev) => sink.feed(Message::Text(utf8(ev.ws_text()))).await?,
+                Outbound::Snapshot(s) => sink.feed(Message::Text(utf8(s.ws_text()))).await?,
                 Outbound::Heartbeat => sink.feed(Message::Ping(Default::default())).await?,
                 Outbound::Frame(t) => sink.feed(Message::Text(Utf8Bytes::from(t))).await?,
                 // The shaper has turned resyncs into snapshots and resumes into events; raw bytes
@@ -377,179 +377,32 @@ where
     }
 }
 
-/// Sends everything queued for the client straight to its socket, one write per batch. While
-/// nothing is queued, the hub writes frames to the socket itself (see [`Client::write_directly`]).
-pub(crate) async fn write_socket(hub: &Hub, client: &Client, socket: &TcpStream) -> std::io::Result<()> {
-    let mut batch = VecDeque::new();
-    let mut items = Vec::new();
-    let mut shaper = Shaper::default();
-    let mut out = BytesMut::new();
-    let mut taken: std::vec::IntoIter<Outbound> = Vec::new().into_iter();
-    loop {
-        if taken.len() == 0 {
-            // Everything so far is written: until something is queued again, pushes write.
-            client.idle();
-            if !shaper.next(hub, client, &mut batch, &mut items).await {
-                return Ok(());
-            }
-            taken = std::mem::take(&mut items).into_iter();
-        }
-        let mut end = false;
-        // About a chunk per write: a long queue goes out in several, never copied whole.
-        while out.len() < crate::transport::sse::CHUNK {
-            let Some(item) = taken.next() else { break };
-            match item {
-                Outbound::Event(ev) => out.extend_from_slice(ev.ws_frame()),
-                Outbound::Snapshot(s) => out.extend_from_slice(s.ws_frame()),
-                Outbound::Heartbeat => out.extend_from_slice(WS_PING),
-                Outbound::Frame(t) => out.extend_from_slice(&ws_text_frame(t.as_bytes())),
-                Outbound::Raw(bytes) => out.extend_from_slice(&bytes),
-                // The shaper has turned resyncs into snapshots and resumes into events.
-                Outbound::Resync(_) | Outbound::Resume(_) => {}
-                Outbound::Close(reason) => {
-                    if let Some((code, why)) = close_of(reason) {
-                        let frame =
-                            tungstenite::protocol::frame::Frame::close(Some(tungstenite::protocol::CloseFrame {
-                                code: code.into(),
-                                reason: why.into(),
-                            }));
-                        let mut bytes = Vec::new();
-                        // Writing to a Vec cannot fail.
-                        let _ = frame.format(&mut bytes);
-                        out.extend_from_slice(&bytes);
-                    }
-                    end = true;
-                    break;
-                }
-            }
-        }
-        crate::edge::direct::write_all(socket, &out).await?;
-        out.clear();
-        if end {
-            return Ok(());
-        }
-        client.wrote(now_ms());
+/// Renders the client's queue as WebSocket frames for the socket edge, which writes them straight
+/// to the socket; the session holds the registration.
+pub(crate) fn pump(hub: Hub, client: Arc<Client>) -> Pump {
+    Pump::of(hub, client, Wire::Ws, closing)
+}
+
+/// How a WebSocket the hub closed ends: with the close frame that says why, if the peer is still
+/// there to read it.
+fn closing(_: &Hub, reason: CloseReason, out: &mut BytesMut) {
+    if let Some((code, why)) = close_of(reason) {
+        let frame = tungstenite::protocol::frame::Frame::close(Some(tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: why.into(),
+        }));
+        let mut bytes = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = frame.format(&mut bytes);
+        out.extend_from_slice(&bytes);
     }
 }
 
-/// The socket as tungstenite sees it when it only reads: what the protocol itself answers (a
-/// pong, the reply to a close) is kept for the client's queue, so that it never lands in the
-/// middle of a frame the hub is writing.
-struct ReadSide {
-    socket: Arc<TcpStream>,
-    answers: Vec<u8>,
-    /// Bytes read since the peer's last whole message: what tungstenite may be holding of an
-    /// unfinished one.
-    unfinished: usize,
-    /// The same, summed over every connection of the gateway (see [`Hub::unfinished_input`]).
-    total: Arc<std::sync::atomic::AtomicUsize>,
-    /// Most `total` may reach; a read that would pass it fails.
-    budget: usize,
-}
-
-impl ReadSide {
-    /// A whole message came out: what was held for it is free again.
-    fn finished(&mut self) {
-        self.total.fetch_sub(std::mem::take(&mut self.unfinished), std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for ReadSide {
-    fn drop(&mut self) {
-        self.finished();
-    }
-}
-
-impl std::io::Read for ReadSide {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::sync::atomic::Ordering;
-        // Each connection may hold up to the message size limit of an unfinished message, but
-        // all of them together no more than the budget: past it, the peer that asks for more is
-        // closed as sending too much (1009), and nobody else notices.
-        if self.unfinished > 0 && self.total.load(Ordering::Relaxed) + buf.len() > self.budget {
-            return Err(std::io::Error::other(UnfinishedOverBudget));
-        }
-        let n = self.socket.try_read(buf)?;
-        self.unfinished += n;
-        self.total.fetch_add(n, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// The gateway's budget for unfinished WebSocket messages is spent.
+/// The gateway's budget for unfinished WebSocket messages is spent (see
+/// [`Hub::unfinished_input`]): the peer that asked for more is closed as sending too much.
 #[derive(Debug, thiserror::Error)]
 #[error("too much of unfinished WebSocket messages held across the gateway")]
-struct UnfinishedOverBudget;
-
-impl std::io::Write for ReadSide {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.answers.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The peer's messages on `socket`, decoded by tungstenite (masking, fragments, UTF-8, control
-/// frames, size limits). Its automatic answers go to `client`'s queue.
-pub(crate) fn socket_messages(
-    hub: &Hub,
-    socket: Arc<TcpStream>,
-    client: Arc<Client>,
-    early: Vec<u8>,
-    limit: usize,
-) -> impl Stream<Item = Result<Message, axum::Error>> {
-    let (total, budget) = hub.unfinished_input();
-    use tungstenite::protocol::{Role, WebSocketConfig};
-    async_stream::stream! {
-        // A small read buffer: clients send little, and it is allocated for every connection.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(1024)
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit));
-        let side = ReadSide { socket: socket.clone(), answers: Vec::new(), unfinished: 0, total, budget };
-        // Frames the peer sent right behind its request head are read first.
-        let mut ws = tungstenite::WebSocket::from_partially_read(side, early, Role::Server, Some(config));
-        loop {
-            // A peer that sends as fast as it can must not hold a runtime worker: each message
-            // spends from the task's cooperative budget, which yields to other tasks when spent.
-            tokio::task::consume_budget().await;
-            let read = ws.read();
-            if matches!(read, Ok(tungstenite::Message::Close(_))) {
-                // The answer to a close is written on the next read or flush: now, so that it is
-                // queued before the client is closed.
-                let _ = ws.flush();
-            }
-            let answers = std::mem::take(&mut ws.get_mut().answers);
-            if !answers.is_empty() {
-                client.push(Outbound::Raw(answers.into()));
-            }
-            if matches!(read, Ok(tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) {
-                ws.get_mut().finished();
-            }
-            match read {
-                Ok(tungstenite::Message::Text(t)) => yield Ok(Message::Text(Utf8Bytes::from(t.as_str()))),
-                Ok(tungstenite::Message::Binary(b)) => yield Ok(Message::Binary(b)),
-                Ok(tungstenite::Message::Ping(p)) => yield Ok(Message::Ping(p)),
-                Ok(tungstenite::Message::Pong(p)) => yield Ok(Message::Pong(p)),
-                Ok(tungstenite::Message::Close(_)) => yield Ok(Message::Close(None)),
-                Ok(tungstenite::Message::Frame(_)) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if socket.readable().await.is_err() {
-                        return;
-                    }
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return,
-                Err(e) => {
-                    yield Err(axum::Error::new(e));
-                    return;
-                }
-            }
-        }
-    }
-}
+pub(crate) struct UnfinishedOverBudget;
 
 /// What a receive error says about the peer: the reason it is closed for, if it broke the
 /// protocol or a limit; `None` if the connection just failed.
@@ -819,4 +672,10 @@ fn rpc(
         });
     });
     Ok(())
+}
+
+/// A message's text as axum takes it. axum checks it is UTF-8 again (it always is: the core
+/// builds messages from JSON text), which costs one pass over it per client on this path only.
+fn utf8(bytes: Bytes) -> Utf8Bytes {
+    Utf8Bytes::try_from(bytes).unwrap_or_default()
 }
