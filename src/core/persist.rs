@@ -84,6 +84,12 @@ impl SavedEvent {
         }
     }
 
+    /// The stored event with the id stored beside it.
+    pub fn event(&self) -> Result<Event, String> {
+        let id: EventId = self.id.parse().map_err(|_| format!("bad event id {:?}", self.id))?;
+        Ok(Event::new(id, self.draft()))
+    }
+
     /// The stored event without its id.
     pub fn draft(&self) -> Draft {
         let audience = match (&self.clients, self.broadcast) {
@@ -139,10 +145,7 @@ impl Saved {
     pub fn events(&self) -> Result<Vec<Arc<Event>>, String> {
         self.events
             .iter()
-            .map(|e| {
-                let id: EventId = e.id.parse().map_err(|_| format!("bad event id {:?}", e.id))?;
-                Ok(Arc::new(Event::new(id, e.draft())))
-            })
+            .map(|e| e.event().map(Arc::new))
             .collect()
     }
 
@@ -170,7 +173,13 @@ impl Saved {
         let io = |source| PersistError::Io { path: path.display().to_string(), source };
         let text = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        // Synced before the rename and the rename synced after, so that a power cut leaves the
+        // old file or the new one, never an empty one.
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut file, &text).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
