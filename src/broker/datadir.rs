@@ -231,10 +231,12 @@ impl DataDir {
         }
         recovered.states = states.dump();
 
-        // A fresh segment for this run, after everything read back.
+        // A fresh segment for this run, after everything read back (or for what is imported).
         let next_seq = seqs.last().map_or(0, |s| s + 1);
-        writer.open_segment(next_seq, recovered.last).map_err(io_error(&history))?;
-        if let (true, Some((floor, last, events, states))) = (fresh, import) {
+        let import = import.filter(|_| fresh);
+        let prev = import.as_ref().map_or(recovered.last, |(floor, ..)| *floor);
+        writer.open_segment(next_seq, prev).map_err(io_error(&history))?;
+        if let Some((floor, last, events, states)) = import {
             writer.floor = floor;
             for ev in &events {
                 writer.append(ev).map_err(io_error(&history))?;
