@@ -519,6 +519,7 @@ impl Writer {
         while let Ok(first) = rx.recv() {
             let mut synced = None;
             let written = || -> io::Result<()> {
+                self.rotate_if_full()?;
                 for job in std::iter::once(first).chain(rx.try_iter()) {
                     match job {
                         Job::Append(events, floor) => {
@@ -550,17 +551,25 @@ impl Writer {
         // Every handle is gone: what was queued is written.
     }
 
-    /// Adds an event's record to the active segment, starting a new one when it is full.
-    fn append(&mut self, ev: &Event) -> io::Result<()> {
-        let json = serde_json::to_vec(&SavedEvent::of(ev.id_text.to_string(), &ev.draft)).map_err(io::Error::other)?;
+    /// Starts a new segment if the active one is full. Called between groups, when everything
+    /// written is synced: a segment then never starts on disk before the one it follows is
+    /// whole, and a group pays for at most one more sync (the directory's).
+    fn rotate_if_full(&mut self) -> io::Result<()> {
+        let limits = self.limits;
         let full = self
             .segments
             .back()
-            .is_some_and(|s| s.events > 0 && (s.events >= self.limits.segment_events || s.bytes >= self.limits.segment_bytes));
+            .is_some_and(|s| s.events > 0 && (s.events >= limits.segment_events || s.bytes >= limits.segment_bytes));
         if full {
             let (seq, last) = self.segments.back().map(|s| (s.seq + 1, s.last)).unwrap_or_default();
             self.open_segment(seq, last)?;
         }
+        Ok(())
+    }
+
+    /// Adds an event's record to the active segment.
+    fn append(&mut self, ev: &Event) -> io::Result<()> {
+        let json = serde_json::to_vec(&SavedEvent::of(ev.id_text.to_string(), &ev.draft)).map_err(io::Error::other)?;
         let n = push_frame(&mut self.buf, b'E', &json) as u64;
         if let Some(s) = self.segments.back_mut() {
             s.bytes += n;
@@ -694,7 +703,11 @@ mod tests {
         assert!(rec.fresh && rec.events.is_empty());
         let ids: Vec<EventId> = (1..=35).map(|s| EventId { ms: rec.last.ms + 1, seq: s }).collect();
         let events: Vec<Arc<Event>> = ids.iter().enumerate().map(|(n, id)| event(*id, n)).collect();
-        log.append(events[..20].to_vec(), rec.floor);
+        // Segments are closed between groups: one group each here.
+        log.append(events[..10].to_vec(), rec.floor);
+        log.synced(ids[9]).await.unwrap();
+        log.append(events[10..20].to_vec(), rec.floor);
+        log.synced(ids[19]).await.unwrap();
         log.append(events[20..].to_vec(), ids[14]);
         log.synced(ids[34]).await.unwrap();
         // A second handle on the same directory is refused.
