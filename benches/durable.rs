@@ -134,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
             let mut tasks = tokio::task::JoinSet::new();
             while began.elapsed() < Duration::from_secs(args.seconds) {
                 tick.tick().await;
-                let (http, base, body, latencies) = (http.clone(), server.base.clone(), body.clone(), latencies.clone());
+                let (http, base, body, latencies) =
+                    (http.clone(), server.base.clone(), body.clone(), latencies.clone());
                 tasks.spawn(async move {
                     let sent = Instant::now();
                     publish(&http, &base, &body).await?;

@@ -147,7 +147,10 @@ async fn every_acknowledged_event_survives_kill_9() {
         let (v, got) = kpi(&server).await;
         let acked = (version + record.kpi_acked, n + record.kpi_acked);
         let maybe = record.kpi_in_flight.map(|k| (version + k, n + k));
-        assert!((v, got) == acked || Some((v, got)) == maybe, "round {round}: kpi is {v}/{got}, acknowledged {acked:?}");
+        assert!(
+            (v, got) == acked || Some((v, got)) == maybe,
+            "round {round}: kpi is {v}/{got}, acknowledged {acked:?}"
+        );
 
         // A client that last saw `from` (before this round's publishes) resumes across the kill.
         let mut sse = Sse::connect_with(&server, "topic=feed", Some(&from)).await;
@@ -171,9 +174,14 @@ async fn every_acknowledged_event_survives_kill_9() {
         let replayed: std::collections::HashMap<&str, &str> =
             replayed.iter().map(|e| (e.id.as_str(), e.data.as_str())).collect();
         for (id, data) in &record.acked {
-            assert_eq!(replayed.get(id.as_str()), Some(&data.as_str()), "round {round}: acknowledged {id} replayed as published");
+            assert_eq!(
+                replayed.get(id.as_str()),
+                Some(&data.as_str()),
+                "round {round}: acknowledged {id} replayed as published"
+            );
         }
-        let marker_id: (u64, u64) = marker.split_once('-').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap();
+        let marker_id: (u64, u64) =
+            marker.split_once('-').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap();
         assert!(last.is_none_or(|l| l < marker_id), "ids continue after the last stored one");
         total_acked += record.acked.len();
         from = marker;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::core::broker::{BrokerError, Durability};
-use crate::core::event::{now_ms, Event, EventId};
+use crate::core::event::{now_ms, Audience, Event, EventId};
 use crate::core::persist::{SavedEvent, SavedTopic};
 use crate::core::retained::{Follow, Store};
 
@@ -155,12 +155,17 @@ impl DataDir {
     pub fn open(
         root: &Path,
         limits: Limits,
-        import: Option<(EventId, EventId, Vec<Arc<Event>>, Vec<SavedTopic>)>,
+        import: Option<Recovered>,
     ) -> Result<(DataDir, Recovered), DataDirError> {
         let history = root.join("history");
         fs::create_dir_all(&history).map_err(io_error(&history))?;
         let lock_path = root.join("lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
         if lock.try_lock().is_err() {
             return Err(DataDirError::Locked(root.display().to_string()));
         }
@@ -234,9 +239,9 @@ impl DataDir {
         // A fresh segment for this run, after everything read back (or for what is imported).
         let next_seq = seqs.last().map_or(0, |s| s + 1);
         let import = import.filter(|_| fresh);
-        let prev = import.as_ref().map_or(recovered.last, |(floor, ..)| *floor);
+        let prev = import.as_ref().map_or(recovered.last, |i| i.floor);
         writer.open_segment(next_seq, prev).map_err(io_error(&history))?;
-        if let Some((floor, last, events, states)) = import {
+        if let Some(Recovered { floor, last, events, states, .. }) = import {
             writer.floor = floor;
             for ev in &events {
                 writer.append(ev).map_err(io_error(&history))?;
@@ -409,6 +414,52 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, json: &[u8]) -> usize {
     FRAME + len
 }
 
+/// An event as [`SavedEvent`] reads it back, written from borrowed fields (no copies).
+#[derive(Serialize)]
+struct EventRecord<'a> {
+    id: &'a str,
+    topic: Option<&'a str>,
+    event: &'a str,
+    data: &'a serde_json::value::RawValue,
+    ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clients: Option<&'a [uuid::Uuid]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    broadcast: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+}
+
+/// Appends an event's record to `out`, encoded in place; returns its size.
+fn push_event(out: &mut Vec<u8>, ev: &Event) -> io::Result<usize> {
+    let d = &ev.draft;
+    let record = EventRecord {
+        id: &ev.id_text,
+        topic: d.topic.as_deref(),
+        event: &d.event,
+        data: &d.data,
+        ts: d.ts,
+        clients: match &d.audience {
+            Audience::Clients(ids) => Some(ids),
+            _ => None,
+        },
+        broadcast: d.audience == Audience::All,
+        version: d.version,
+        deleted: d.deleted,
+    };
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME]);
+    out.push(b'E');
+    serde_json::to_writer(&mut *out, &record).map_err(io::Error::other)?;
+    let payload = &out[start + FRAME..];
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + FRAME].copy_from_slice(&crc.to_le_bytes());
+    Ok(out.len() - start)
+}
+
 #[derive(Serialize, Deserialize)]
 struct Header {
     prev: String,
@@ -569,8 +620,7 @@ impl Writer {
 
     /// Adds an event's record to the active segment.
     fn append(&mut self, ev: &Event) -> io::Result<()> {
-        let json = serde_json::to_vec(&SavedEvent::of(ev.id_text.to_string(), &ev.draft)).map_err(io::Error::other)?;
-        let n = push_frame(&mut self.buf, b'E', &json) as u64;
+        let n = push_event(&mut self.buf, ev)? as u64;
         if let Some(s) = self.segments.back_mut() {
             s.bytes += n;
             s.events += 1;
@@ -693,6 +743,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ssegate-datadir-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn an_event_record_reads_back_as_written() {
+        let ids: Arc<[uuid::Uuid]> = Arc::from(vec![uuid::Uuid::new_v4()]);
+        let data = serde_json::value::to_raw_value(&serde_json::json!({"a": [1, "b\n"]})).unwrap();
+        let mut draft = Draft::new(None, "refresh", data, Audience::Clients(ids.clone()));
+        draft.version = Some(3);
+        let ev = Event::new(EventId { ms: 5, seq: 1 }, draft);
+        let mut out = Vec::new();
+        let n = push_event(&mut out, &ev).unwrap();
+        let (payload, end) = frame_at(&out, 0).unwrap();
+        assert_eq!(end, n);
+        let back = serde_json::from_slice::<SavedEvent>(&payload[1..]).unwrap().event().unwrap();
+        assert_eq!((back.id, back.draft.version, back.draft.ts), (ev.id, Some(3), ev.draft.ts));
+        assert_eq!(back.draft.audience, Audience::Clients(ids));
+        assert_eq!((back.draft.data.get(), &*back.draft.event), (ev.draft.data.get(), "refresh"));
+        out[n - 2] ^= 1;
+        assert!(frame_at(&out, 0).is_none(), "a flipped bit fails the checksum");
     }
 
     #[tokio::test]

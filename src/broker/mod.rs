@@ -74,7 +74,7 @@ fn durable(mut config: Config, dir: &std::path::Path) -> Result<Hub, HubError> {
                     let floor = saved.floor.parse().map_err(|_| bad(&"state file: bad floor id"))?;
                     let last = saved.last.parse().map_err(|_| bad(&"state file: bad last id"))?;
                     let events = saved.events().map_err(HubError::Config)?;
-                    Some((floor, last, events, saved.retained))
+                    Some(datadir::Recovered { floor, last, events, states: saved.retained, fresh: false })
                 }
                 None => None,
             }

@@ -143,10 +143,7 @@ impl Saved {
 
     /// The stored events, oldest first, with their ids.
     pub fn events(&self) -> Result<Vec<Arc<Event>>, String> {
-        self.events
-            .iter()
-            .map(|e| e.event().map(Arc::new))
-            .collect()
+        self.events.iter().map(|e| e.event().map(Arc::new)).collect()
     }
 
     /// Reads a state file; `None` if there is none yet.
