@@ -3,11 +3,11 @@
 # two one after the other, alternating, so both see the same machine. Prints one JSON line per
 # run (with the 1-minute load average first) for the BENCHMARKS.md section "Durable history".
 #
-#   bash benches/durable.sh              # 3 rounds, 10 s per publish run (about 4 minutes)
+#   bash benches/durable.sh              # 3 rounds, 10 s per publish run (about 6 minutes)
 #   bash benches/durable.sh --runs 1 --seconds 3
 #
-# Rows: single publishes at 1,000/s (round trip p50/p99), batches of 100 from 16 publishers back
-# to back (events/s), S1 of BENCHMARKS.md (1,000 SSE clients, 200 events at 50/s: server CPU per
+# Rows: single publishes at 1,000/s (round trip p50/p99), batches of 100 from 16 and from 64
+# publishers back to back (events/s), S1 of BENCHMARKS.md (1,000 SSE clients, 200 events at 50/s: server CPU per
 # delivery), and a restart after kill -9 on a full default history (10,000 events).
 # Loopback only; stops only the servers it started, by PID.
 set -euo pipefail
@@ -65,10 +65,12 @@ for run in $(seq 1 "$runs"); do
     if [ "$broker" = data-dir ]; then dir=(--data-dir "$work/rtt-$run"); fi
     echo "load $(load) $(durable rtt --rate 1000 --seconds "$seconds" "${dir[@]}")"
   done
-  for broker in memory data-dir; do
-    dir=()
-    if [ "$broker" = data-dir ]; then dir=(--data-dir "$work/batch-$run"); fi
-    echo "load $(load) $(durable batch --batch 100 --concurrency 16 --seconds "$seconds" "${dir[@]}")"
+  for concurrency in 16 64; do
+    for broker in memory data-dir; do
+      dir=()
+      if [ "$broker" = data-dir ]; then dir=(--data-dir "$work/batch-$run-$concurrency"); fi
+      echo "load $(load) $(durable batch --batch 100 --concurrency "$concurrency" --seconds "$seconds" "${dir[@]}")"
+    done
   done
   for broker in memory data-dir; do
     dir=()
