@@ -152,11 +152,7 @@ impl DataDir {
     /// torn or damaged tail at the last whole record, and starts the writer. With `import` (a
     /// `--state-file`'s floor, last id, events and states) and a directory that holds nothing
     /// yet, those are written first and read back instead.
-    pub fn open(
-        root: &Path,
-        limits: Limits,
-        import: Option<Recovered>,
-    ) -> Result<(DataDir, Recovered), DataDirError> {
+    pub fn open(root: &Path, limits: Limits, import: Option<Recovered>) -> Result<(DataDir, Recovered), DataDirError> {
         let history = root.join("history");
         fs::create_dir_all(&history).map_err(io_error(&history))?;
         let lock_path = root.join("lock");
@@ -198,6 +194,11 @@ impl DataDir {
             chain.add(seq, scan, last_file, &path);
         }
 
+        // With no segment to read (a fresh directory), the history starts now, as in memory: ids
+        // of an earlier process are refused.
+        let snapshot_at = snapshot.as_ref().map(|s| s.at).unwrap_or_default();
+        let floor = chain.floor.unwrap_or(start.max(snapshot_at));
+        let last = chain.tail.unwrap_or(floor).max(snapshot_at);
         let mut writer = Writer {
             history: history.clone(),
             root: root.to_owned(),
@@ -206,20 +207,14 @@ impl DataDir {
             buf: Vec::new(),
             unsynced: false,
             dir_dirty: false,
-            floor: chain.floor.unwrap_or(start),
-            snapshot_at: snapshot.as_ref().map(|s| s.at).unwrap_or_default(),
+            floor,
+            snapshot_at,
             state_bytes: 0,
             snapshot_bytes: 0,
             limits,
             wants_snapshot: Arc::new(AtomicBool::new(false)),
         };
-        let mut recovered = Recovered {
-            floor: chain.floor.unwrap_or(start),
-            last: chain.tail.unwrap_or(start).max(snapshot.as_ref().map(|s| s.at).unwrap_or_default()),
-            events: chain.events,
-            states: Vec::new(),
-            fresh,
-        };
+        let mut recovered = Recovered { floor, last, events: chain.events, states: Vec::new(), fresh };
         let mut states = Store::new(usize::MAX);
         if let Some(s) = snapshot {
             states.load(s.topics);
