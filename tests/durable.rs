@@ -310,3 +310,22 @@ async fn a_state_file_is_read_into_an_empty_data_dir() {
     drop(third);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_data_dir_is_refused() {
+    let dir = temp_dir("locked");
+    let first = start(&dir, &[]).await;
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--demo", "false", "--data-dir", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = common::within("the second gateway to exit", second).await.unwrap();
+    assert_eq!(out.status.code(), Some(64), "a configuration error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+    // The first one is unharmed.
+    first.publish_ok(json!({"topic": "feed", "data": 1})).await;
+    drop(first);
+    let _ = std::fs::remove_dir_all(dir);
+}
