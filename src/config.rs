@@ -103,6 +103,11 @@ pub struct Config {
     /// shutdown, read at start).
     #[arg(long)]
     pub state_file: Option<std::path::PathBuf>,
+    /// Directory that keeps the memory broker's history and retained state durably: a publish is
+    /// answered once its events are on disk, and a restart (after `kill -9` too) resumes from
+    /// them. Takes the place of `--state-file`. Ignored with a Redis broker.
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Run the built-in demo publisher (topics `demo/counters` and `demo/series`) and the demo's
     /// refresh endpoint.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

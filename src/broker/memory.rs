@@ -1,5 +1,7 @@
 //! The in-memory broker: ids from the clock, a history bounded by count and age, and dispatch under
-//! the same lock as id assignment, so every client sees one order.
+//! the same lock as id assignment, so every client sees one order. With a data directory
+//! (`--data-dir`), the history and states are also written to disk, and a publish is answered
+//! once they are there.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,7 +11,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::core::broker::{Broker, BrokerError, Dispatch, PublishError, Replay};
+use crate::broker::datadir::DataDir;
+use crate::core::broker::{Broker, BrokerError, Dispatch, Durability, PublishError, Replay};
 use crate::core::event::{now_ms, Draft, Event, EventId};
 
 /// Keeps the last events in memory. Nothing to install; lost when the process ends.
@@ -22,6 +25,8 @@ pub(crate) struct MemoryBroker {
     pending: Mutex<Vec<Request>>,
     /// Held by the publisher that dispatches.
     dispatching: Mutex<()>,
+    /// Where the history and states are kept durably, if anywhere.
+    disk: Option<DataDir>,
 }
 
 /// Where a publish request's result goes.
@@ -83,7 +88,15 @@ impl MemoryBroker {
             history: Mutex::new(History { events: VecDeque::new(), floor: start, last: start, bytes: 0 }),
             pending: Mutex::new(Vec::new()),
             dispatching: Mutex::new(()),
+            disk: None,
         }
+    }
+
+    /// The same broker writing its history and the hub's retained states to `disk`, answering a
+    /// publish once its events are there (see [`DataDir`]).
+    pub(crate) fn with_data_dir(mut self, disk: DataDir) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     /// A broker that continues from a saved history (see [`crate::core::persist`]).
@@ -117,6 +130,7 @@ impl MemoryBroker {
         let now = now_ms();
         let (drafts, answers): (Vec<Vec<Draft>>, Vec<Answer>) = requests.into_iter().unzip();
         let mut h = self.lock();
+        let mut stored = Vec::new();
         let results = sink.publish(drafts, &mut |drafts| {
             let mut events = Vec::with_capacity(drafts.len());
             for draft in drafts {
@@ -126,9 +140,23 @@ impl MemoryBroker {
                 h.events.push_back(ev.clone());
                 events.push(ev);
             }
+            if self.disk.is_some() {
+                stored.extend(events.iter().cloned());
+            }
             events
         });
         h.trim(self.max_len, self.max_bytes, self.max_age, now);
+        if let Some(disk) = &self.disk {
+            // Queued in id order under the lock that gives the ids; written and synced by the
+            // writer thread, outside every lock.
+            if !stored.is_empty() {
+                disk.append(stored, h.floor);
+            }
+            if disk.take_snapshot_request() {
+                // The states as of the last id: nothing else changes them while this lock is held.
+                disk.snapshot(h.last, sink.retained());
+            }
+        }
         drop(h);
         for (answer, result) in answers.into_iter().zip(results) {
             let _ = answer.send(result);
@@ -170,6 +198,11 @@ impl Broker for MemoryBroker {
         drafts: Vec<Draft>,
         sink: &'a dyn Dispatch,
     ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, PublishError>> {
+        if !self.ready() {
+            // The disk failed: nothing more is taken that could not be kept.
+            let refused = BrokerError::Unavailable("the data dir could not be written".into());
+            return futures::future::ready(Err(refused.into())).boxed();
+        }
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).push((drafts, tx));
         // One publisher at a time dispatches, taking every request waiting: publishes that
@@ -186,8 +219,14 @@ impl Broker for MemoryBroker {
                 break;
             }
         }
-        async move { rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("publish dropped".into()).into())) }
-            .boxed()
+        async move {
+            let events = rx.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("publish dropped".into()).into()))?;
+            if let (Some(disk), Some(last)) = (&self.disk, events.last()) {
+                disk.synced(last.id).await?;
+            }
+            Ok(events)
+        }
+        .boxed()
     }
 
     fn replay<'a>(&'a self, after: &'a str, upto: EventId, limit: usize) -> BoxFuture<'a, Result<Replay, BrokerError>> {
@@ -203,7 +242,11 @@ impl Broker for MemoryBroker {
     }
 
     fn ready(&self) -> bool {
-        true
+        self.disk.as_ref().is_none_or(DataDir::healthy)
+    }
+
+    fn durability(&self) -> Option<Arc<dyn Durability>> {
+        self.disk.as_ref().map(DataDir::durability)
     }
 
     fn export(&self) -> Option<(EventId, EventId, Vec<Arc<Event>>)> {

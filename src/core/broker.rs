@@ -204,4 +204,17 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn cluster(&self) -> Option<&dyn Cluster> {
         None
     }
+
+    /// How far the broker's events are on disk, for a broker that answers a publish only once
+    /// its events are (`--data-dir`): the hub then delivers no event before it is on disk.
+    fn durability(&self) -> Option<Arc<dyn Durability>> {
+        None
+    }
+}
+
+/// Tells how far a broker's events are on disk.
+pub(crate) trait Durability: Send + Sync {
+    /// Blocks the calling (non-async) thread until every event up to `id` is on disk; `false`
+    /// if that will never be (the disk failed, or the broker is gone).
+    fn wait_durable(&self, id: EventId) -> bool;
 }

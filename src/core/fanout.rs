@@ -7,6 +7,7 @@
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
+use crate::core::broker::Durability;
 use crate::core::client::{Client, Frames, Push};
 use crate::core::event::{Event, EventId};
 use crate::core::subscribers::Snapshot as Receivers;
@@ -51,7 +52,13 @@ pub(crate) type Queue = Sender<Batch>;
 
 /// Starts the writer thread. `done` is called after each group of batches with what it did and
 /// the position reached. The thread ends when every [`Queue`] is dropped.
-pub(crate) fn spawn(done: impl Fn(Outcome, EventId) + Send + 'static) -> std::io::Result<Queue> {
+///
+/// With a `gate` (a broker that writes its events to disk), a group of batches is written only
+/// once its events are on disk, so that no client ever sees an event a crash could take back.
+pub(crate) fn spawn(
+    gate: Option<Arc<dyn Durability>>,
+    done: impl Fn(Outcome, EventId) + Send + 'static,
+) -> std::io::Result<Queue> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("ssegate-fanout".into()).spawn(move || {
         // A little below the runtime's workers: when the cores are busy, a request (a health
@@ -60,7 +67,7 @@ pub(crate) fn spawn(done: impl Fn(Outcome, EventId) + Send + 'static) -> std::io
         if let Err(e) = rustix::process::setpriority_process(None, FANOUT_NICE) {
             tracing::debug!(error = %e, "could not lower the fan-out thread's priority");
         }
-        run(&rx, &done)
+        run(&rx, gate.as_deref(), &done)
     })?;
     Ok(tx)
 }
@@ -71,11 +78,18 @@ const FANOUT_NICE: i32 = 10;
 /// How many batches waiting together are written as one group.
 const GROUP: usize = 64;
 
-fn run(rx: &Receiver<Batch>, done: &dyn Fn(Outcome, EventId)) {
+fn run(rx: &Receiver<Batch>, gate: Option<&dyn Durability>, done: &dyn Fn(Outcome, EventId)) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         batches.extend(rx.try_iter().take(GROUP - 1));
         let head = batches.iter().map(|b| b.head).max().unwrap_or_default();
+        if gate.is_some_and(|g| !g.wait_durable(head)) {
+            // Never on disk, so never acknowledged: delivering them would show clients events
+            // that a restart takes back.
+            tracing::error!(%head, "events not written to disk are not delivered");
+            done(Outcome::default(), head);
+            continue;
+        }
         let runs = merge(batches);
         let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut out = Outcome::default();

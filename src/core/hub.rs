@@ -576,9 +576,10 @@ impl Hub {
     pub(crate) fn with_broker(config: Config, broker: Box<dyn Broker>) -> Hub {
         let head = broker.head();
         let max_state_bytes = config.max_state_bytes;
+        let gate = broker.durability();
         let shared = Arc::new_cyclic(|me: &Weak<Shared>| {
             let me = me.clone();
-            let fanout = crate::core::fanout::spawn(move |done, head| {
+            let fanout = crate::core::fanout::spawn(gate, move |done, head| {
                 if let Some(shared) = me.upgrade() {
                     shared.fanned(done, head);
                 }

@@ -84,6 +84,12 @@ impl SavedEvent {
         }
     }
 
+    /// The stored event with the id stored beside it.
+    pub(crate) fn event(&self) -> Result<Event, String> {
+        let id: EventId = self.id.parse().map_err(|_| format!("bad event id {:?}", self.id))?;
+        Ok(Event::new(id, self.draft()))
+    }
+
     /// The stored event without its id.
     pub(crate) fn draft(&self) -> Draft {
         let audience = match (&self.clients, self.broadcast) {
@@ -137,13 +143,7 @@ impl Saved {
 
     /// The stored events, oldest first, with their ids.
     pub(crate) fn events(&self) -> Result<Vec<Arc<Event>>, String> {
-        self.events
-            .iter()
-            .map(|e| {
-                let id: EventId = e.id.parse().map_err(|_| format!("bad event id {:?}", e.id))?;
-                Ok(Arc::new(Event::new(id, e.draft())))
-            })
-            .collect()
+        self.events.iter().map(|e| e.event().map(Arc::new)).collect()
     }
 
     /// Reads a state file; `None` if there is none yet.
@@ -177,11 +177,13 @@ impl Saved {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        // tempfile creates the file with O_EXCL and mode 0600.
+        // tempfile creates the file with O_EXCL and mode 0600. It is synced before the rename
+        // and the directory after, so that a power cut leaves the old file or the new one,
+        // never an empty one.
         let mut tmp = tempfile::Builder::new().prefix(".ssegate-state").tempfile_in(dir).map_err(io)?;
         tmp.write_all(&text).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
-        Ok(())
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
