@@ -96,7 +96,7 @@ pub struct Config {
     /// Backend URL that WebSocket `rpc` requests are POSTed to (`{client_id, method, data}`);
     /// its JSON answer becomes the `reply`. Used by [`crate::run`]; an app that builds its own
     /// [`crate::Hub`] sets a handler with [`crate::Hub::set_rpc_handler`] (e.g. an
-    /// [`crate::core::rpc::HttpRpc`]).
+    /// [`crate::HttpRpc`]).
     #[arg(long)]
     pub rpc_url: Option<String>,
     /// File that keeps the in-memory history and retained state across restarts (written at

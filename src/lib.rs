@@ -1,47 +1,45 @@
 //! ssegate: a real-time push gateway. Backends publish events over HTTP (or in process through a
 //! [`Hub`]); browsers and services receive them over Server-Sent Events, with WebSocket and
-//! long-polling fallbacks. The wire contract is `API.md`.
+//! long-polling fallbacks. The wire contract is `API.md` (kept beside the repository, in
+//! `shared/`); the README says how to run it.
 //!
-//! # Layout
-//! - [`topic`]: topic names and subscription patterns (`a/*`, `a/**`, `**`); `trie`: the index
-//!   that finds the wildcard patterns a topic matches, one step per segment.
-//! - [`event`]: events, their ids (`<ms>-<seq>`) and wire encodings, made once and shared.
-//! - [`broker`]: gives events ids and order and keeps history ([`broker::MemoryBroker`] by default).
-//! - [`client`]: one connected client and its bounded outbound queue.
-//! - [`hub`]: the registry of clients and the topic index (a trie for patterns); decides who
-//!   receives each event; `subscribers`: the sets of clients, in chunks shared copy-on-write
-//!   with the fan-out; `fanout`, a thread of its own, writes the runs to sockets and queues
-//!   outside every lock.
-//! - [`sse`], [`ws`], [`poll`], [`snapshot`]: the transports (`/stream`, `/ws`, `/poll`,
-//!   `/snapshot`); each renders the same per-client queue in its own wire format.
-//! - [`negotiate`]: `GET /negotiate`, the transport decision matrix.
-//! - [`web`]: the demo page and the browser client, built into the binary; [`demo`]: the demo's
-//!   publisher and refresh endpoint.
-//! - [`retained`]: retained topic state; [`conflate`]: snapshots instead of queues, throttling;
-//!   [`persist`]: history and state kept across restarts.
-//! - [`rpc`]: WebSocket clients' requests to the backend.
-//! - [`api`]: `POST /publish`, client and topic administration, health checks, metrics.
-//! - [`auth`]: who may publish, administer and subscribe (API keys, JWTs with the `ssegate`
-//!   claim, the loopback rule); [`guard`]: the real peer behind trusted proxies and the checks
-//!   against cross-site requests and DNS rebinding; [`jwt`]: tokens. [`error`]: the JSON
-//!   errors of the HTTP edge.
-//! - [`metrics`]: Prometheus counters. [`config`]: flags and environment.
-//! - [`server`]: the accept loop, connection limits and graceful shutdown; `direct` serves a
-//!   fresh `/stream` or `/ws` connection on its socket, without the HTTP framework;
-//!   `handshake` checks a WebSocket opening handshake for both paths; `linger` closes a
-//!   connection so that the last answer arrives.
+//! # Layers
+//! Each folder of `src/` is a layer, and the folder a file is in says what it may import
+//! (`tests/layers.rs` reads every `use crate::…` and fails on a forbidden one, naming the rule):
+//!
+//! | folder | what it holds | may import |
+//! |---|---|---|
+//! | `config.rs` | flags and environment, the [`Transport`] names | nothing |
+//! | `core/` | events and their wire encodings, topics and patterns, the hub with its clients, bounded queues and fan-out, retained state, conflation, what a broker is to the hub, the state file, metrics, the rpc handler's trait. No HTTP, no sockets, no tokio I/O | config |
+//! | `broker/` | the brokers: in memory (default; with `--data-dir` its history and states also go to a checksummed segment log on disk, `datadir`) and Redis Streams; [`Hub::new`] picks one | core, config |
+//! | `http/` | what every HTTP endpoint shares: JSON errors, rights (API keys, JWTs, the loopback rule), request guards (Origin, Host, trusted proxies), CORS, peer addresses, strict query parsing | core, config |
+//! | `transport/` | `/stream`, `/ws`, `/poll`, `/snapshot`, `/negotiate`: each renders a client's queue in its wire format; what they share (the `Pump` that turns a queue into SSE or WebSocket frames, the stream query, the connection handle) is in `transport/mod.rs`. None imports another | core, http, config |
+//! | `api/` | the backend's HTTP API (`POST /publish`, clients, topics, health, metrics), the rpc client, the static web files and the demo | core, http, config |
+//! | `edge/` | the accept loop, connection limits and graceful shutdown; fresh `/stream` and `/ws` connections served on their sockets; the socket writes and reads | transport, core, http, config |
+//! | `lib.rs`, `main.rs` | [`router`], [`run`], the binary | everything |
 //!
 //! # How an event flows
-//! `POST /publish` → [`api::parse_publish`] checks the whole request → [`Hub::publish`] hands the
-//! drafts to the broker → the broker assigns ids, appends history and calls the hub's dispatch
-//! in id order → dispatch collects each run's receivers under the hub's lock and hands them to
-//! the fan-out thread, which pushes one `Arc<Event>` into the queue of each receiving client
-//! (never waiting on a client; a full queue closes that client, which resumes from history). A
-//! connection that has written everything gets the event's frame written to its socket by the
-//! fan-out itself; otherwise its transport takes what is queued and writes it in chunks. A
-//! resuming client's missed events are read from history a page at a time
-//! ([`client::Outbound::Resume`]), as fast as it reads them.
-//! Each event's frame is encoded once per wire format and shared by all connections.
+//! One folder per step, from `POST /publish` to the socket:
+//! 1. `api/`: `publish` (rights checked by `http/auth.rs`) reads the body and `parse_publish`
+//!    checks the whole request once, into [`Checked`] drafts (each knows the request item it
+//!    came from).
+//! 2. `core/`: [`Hub::publish_checked`] hands them to the broker (`core/broker.rs` says what a
+//!    broker is).
+//! 3. `broker/`: the broker gives them ids (`<ms>-<seq>`) and keeps them in history (with
+//!    `--data-dir`, on disk: the publish is answered once they are synced), and calls the hub's
+//!    dispatch in id order.
+//! 4. `core/`: dispatch applies state changes (`retained`), finds each event's receivers under
+//!    the hub's lock (exact topics, the pattern trie, targeted clients) and hands runs of
+//!    receivers to the fan-out thread (`fanout`), which, outside every lock, pushes one shared
+//!    `Arc<Event>` into each receiving client's bounded queue (`client`), never waiting on a
+//!    client: a full queue closes that client, which resumes from history. A connection that
+//!    has written everything gets the event's frame (encoded once per wire format, shared by
+//!    all) written straight to its socket by the fan-out.
+//! 5. `transport/`: otherwise its transport's pump takes what is queued (`conflate` shapes it:
+//!    snapshots instead of a backlog, throttling, history read a page at a time for resuming
+//!    clients) and renders it in chunks.
+//! 6. `edge/`: the socket edge writes the chunks to the socket (`edge/socket.rs`); through the
+//!    HTTP framework (a nested router, keep-alive connections) the response body carries them.
 //!
 //! # Embedding
 //! ```no_run

@@ -12,7 +12,7 @@ pub enum TopicError {
     /// The name is empty.
     #[error("topic must not be empty")]
     Empty,
-    /// The name is longer than [`MAX_TOPIC_BYTES`].
+    /// The name is longer than 256 bytes.
     #[error("topic is longer than {MAX_TOPIC_BYTES} bytes")]
     TooLong,
     /// The name holds a control character.
