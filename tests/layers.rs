@@ -22,25 +22,10 @@ enum Layer {
 use Layer::*;
 
 impl Layer {
-    /// The layer a path of `src/` belongs to.
-    fn of_file(rel: &Path) -> Layer {
-        let first = rel.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
-        match first {
-            "config.rs" => Config,
-            "core" => Core,
-            "broker" => Broker,
-            "http" => Http,
-            "transport" => Transport,
-            "api" => Api,
-            "edge" => Edge,
-            "lib.rs" | "main.rs" => Root,
-            other => panic!("src/{other} is in no layer: put it in a folder (or add it to tests/layers.rs)"),
-        }
-    }
-
-    /// The layer the first segment of a `crate::` path names.
-    fn of_segment(segment: &str) -> Layer {
-        match segment {
+    /// The layer a module of the crate root names (`core`, `config`, …); `None` for the root's
+    /// own items.
+    fn named(name: &str) -> Option<Layer> {
+        Some(match name {
             "config" => Config,
             "core" => Core,
             "broker" => Broker,
@@ -48,8 +33,24 @@ impl Layer {
             "transport" => Transport,
             "api" => Api,
             "edge" => Edge,
-            _ => Root,
+            _ => return None,
+        })
+    }
+
+    /// The layer a path of `src/` belongs to.
+    fn of_file(rel: &Path) -> Layer {
+        let first = rel.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
+        match first {
+            "lib.rs" | "main.rs" => Root,
+            other => Layer::named(other.strip_suffix(".rs").unwrap_or(other)).unwrap_or_else(|| {
+                panic!("src/{other} is in no layer: put it in a folder (or add it to tests/layers.rs)")
+            }),
         }
+    }
+
+    /// The layer the first segment of a `crate::` path names.
+    fn of_segment(segment: &str) -> Layer {
+        Layer::named(segment).unwrap_or(Root)
     }
 
     /// What a file of this layer may import, and the rule as the crate doc words it.
@@ -222,6 +223,8 @@ fn a_forbidden_import_is_found() {
     std::fs::write(&ws, format!("use crate::transport::sse::Pump;\n{text}")).expect("writable copy");
     let found = violations(&copy);
     let _ = std::fs::remove_dir_all(&copy);
+    // `cargo test --test layers -- --nocapture` shows what a forbidden import gets.
+    println!("{}", found.join("\n"));
     assert_eq!(found.len(), 2, "{found:#?}");
     assert!(
         found[0].starts_with("src/core/hub.rs:1: imports `crate::transport::sse::stream` (Transport): core knows only"),

@@ -178,13 +178,7 @@ pub(crate) fn ws_origin(config: &Config, headers: &HeaderMap) -> Result<(), ApiE
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        h
-    }
+    use crate::http::test_headers as headers;
 
     fn config(args: &[&str]) -> Config {
         let mut all = vec!["serve"];

@@ -149,13 +149,7 @@ pub(crate) fn verify(key: &JwtKey, token: &str) -> Result<Identity, ApiError> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        h
-    }
+    use crate::http::test_headers as headers;
 
     #[test]
     fn tokens_are_found_in_header_query_and_cookie() {

@@ -8,3 +8,13 @@ pub(crate) mod guard;
 pub(crate) mod jwt;
 pub(crate) mod peer;
 pub(crate) mod query;
+
+/// Headers from name and value pairs, for the unit tests of this folder.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    h
+}
