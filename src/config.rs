@@ -115,6 +115,13 @@ pub struct Config {
     /// Time to drain connections on shutdown before they are cut, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
+    /// Certificate chain (PEM) to serve HTTPS with, offering HTTP/2 and HTTP/1.1 on `--listen`.
+    /// Needs `--tls-key`. Read again on `SIGHUP`.
+    #[arg(long)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {

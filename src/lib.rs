@@ -82,6 +82,7 @@ pub use core::retained::{Snapshot, MAX_STATE_DEPTH};
 pub use core::rpc::{RpcError, RpcHandler, RpcRequest, RPC_TIMEOUT};
 pub use core::topic::{Pattern, TopicError};
 pub use edge::server::serve;
+pub use edge::tls::TlsError;
 
 /// The gateway's HTTP routes over `hub`, ready to serve or to nest in another axum app.
 pub fn router(hub: Hub) -> Router {
@@ -156,6 +157,15 @@ pub enum RunError {
     /// Serving failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// `--tls-cert`/`--tls-key` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Reads `--tls-cert` and `--tls-key` as the server will, to refuse a pair that cannot be used
+/// before anything is served. `Ok` without them too.
+pub fn check_tls(config: &Config) -> Result<(), TlsError> {
+    edge::tls::Tls::from_config(config).map(drop)
 }
 
 /// Runs the gateway on `listener` with `config` until `shutdown` completes, then drains.
@@ -166,6 +176,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // Keys and lists that cannot be used stop the gateway before it serves (exit status 64).
     http::auth::check_config(&config).map_err(core::hub::HubError::Config)?;
+    check_tls(&config)?;
     let demo = config.demo;
     // The backend's rpc endpoint is reached through an HTTP client made here, not by the hub,
     // which only knows the handler (a library user sets its own with `Hub::set_rpc_handler`).

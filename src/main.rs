@@ -27,6 +27,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ssegate=info,warn")))
         .init();
+    if let Err(e) = ssegate::check_tls(&config) {
+        eprintln!("ssegate: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let listener = match listen(config.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -39,7 +43,7 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ssegate: {e:#}");
             ExitCode::from(match e.downcast_ref::<ssegate::RunError>() {
-                Some(ssegate::RunError::Hub(_)) => EXIT_CONFIG,
+                Some(ssegate::RunError::Hub(_) | ssegate::RunError::Tls(_)) => EXIT_CONFIG,
                 _ => 1,
             })
         }
@@ -48,7 +52,8 @@ async fn main() -> ExitCode {
 
 async fn serve(listener: tokio::net::TcpListener, config: ssegate::Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
+    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
     ssegate::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }

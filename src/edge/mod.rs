@@ -5,3 +5,4 @@ pub(crate) mod direct;
 pub(crate) mod linger;
 pub(crate) mod server;
 pub(crate) mod socket;
+pub(crate) mod tls;

@@ -99,6 +99,11 @@ pub async fn serve(
     let open = Arc::new(Open::default());
     let max = hub.config().max_connections;
     let max_per_address = hub.config().max_per_address;
+    let tls = crate::edge::tls::Tls::from_config(hub.config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        .map(Arc::new);
+    // Stopped when serving ends (the guard aborts it).
+    let _reloader = tls.clone().map(|tls| AbortOnDrop(tokio::spawn(crate::edge::tls::reload_on_hangup(tls))));
     tokio::pin!(shutdown);
 
     loop {
@@ -120,12 +125,38 @@ pub async fn serve(
         let from_address = open.add(key);
         if total > max + RESERVED_CONNECTIONS || from_address > max_per_address {
             drop(slot);
+            if tls.is_some() {
+                // A plain-text `503` means nothing to a TLS client: the connection is just closed.
+                continue;
+            }
             let why = if from_address > max_per_address { Refusal::Address } else { Refusal::Full };
             refuse_soon(&tracker, &open, stream, why);
             continue;
         }
         let _ = stream.set_nodelay(true);
         let handle = ConnHandle::new(cut.child_token(), slot);
+        if let Some(tls) = &tls {
+            let acceptor = tls.acceptor();
+            let app = app.clone();
+            let draining = draining.clone();
+            tracker.spawn(async move {
+                let kill = handle.token();
+                let stream = tokio::select! {
+                    s = tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)) => match s {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                    _ = kill.cancelled() => return,
+                    _ = draining.cancelled() => return,
+                };
+                Box::pin(https(stream, peer, handle, app, draining)).await;
+            });
+            continue;
+        }
         let app = app.clone();
         let draining = draining.clone();
         let hub = hub.clone();
@@ -212,6 +243,73 @@ async fn http(stream: TcpStream, peer: SocketAddr, handle: ConnHandle, app: Rout
 
 /// The connection was cut.
 struct Cut;
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves a TLS connection through hyper and the router, HTTP/2 or HTTP/1.1 as ALPN chose, until
+/// it closes, is cut, or drains. Event streams and long polls are HTTP/2 streams side by side on
+/// the one connection; a WebSocket takes an HTTP/1.1 connection over through the upgrade.
+async fn https(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    handle: ConnHandle,
+    app: Router,
+    draining: CancellationToken,
+) {
+    let kill = handle.token();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(handle.clone());
+        let h2 = req.version() == axum::http::Version::HTTP_2;
+        if h2 {
+            // HTTP/2 names the host in `:authority`; the checks on `Host` (DNS rebinding, the
+            // page's own origin) see it there as over HTTP/1.1.
+            let authority = req.uri().authority().and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok());
+            if let Some(host) = authority {
+                req.headers_mut().entry(axum::http::header::HOST).or_insert(host);
+            }
+        }
+        let response = app.clone().oneshot(req.map(Body::new));
+        async move {
+            let mut response = response.await?;
+            if h2 {
+                // Connection-specific headers are not HTTP/2 (RFC 9113 section 8.2.2).
+                response.headers_mut().remove(axum::http::header::CONNECTION);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = draining.cancelled() => {}
+        _ = kill.cancelled() => return,
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = kill.cancelled() => {}
+    }
+}
 
 /// Runs hyper on `io` until the connection ends, is cut (`Err`), or drains.
 async fn serve_http(
