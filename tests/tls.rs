@@ -1,0 +1,340 @@
+//! HTTPS (`--tls-cert`/`--tls-key`): a certificate made at test time with `rcgen`, clients that
+//! trust only it, and every request over HTTP/1.1 and HTTP/2 as ALPN picks: health checks,
+//! event streams side by side on one HTTP/2 connection, a WebSocket, shutdown, certificate
+//! reload on `SIGHUP`, and a pair that cannot be used.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{until, within, ChildServer, TestServer};
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A self-signed certificate for `localhost`, written to PEM files in a directory of its own.
+struct Cert {
+    dir: tempfile::TempDir,
+    der: CertificateDer<'static>,
+}
+
+impl Cert {
+    fn new() -> Cert {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = Cert { der: CertificateDer::from(Vec::new()), dir };
+        cert.renewed()
+    }
+
+    /// A fresh certificate and key written over the files.
+    fn renewed(mut self) -> Cert {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(self.cert_path(), made.cert.pem()).unwrap();
+        std::fs::write(self.key_path(), made.key_pair.serialize_pem()).unwrap();
+        self.der = made.cert.der().clone();
+        self
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+
+    /// The flags that serve HTTPS with it.
+    fn args(&self) -> Vec<String> {
+        let (c, k) = (self.cert_path(), self.key_path());
+        vec!["--tls-cert".into(), path(&c), "--tls-key".into(), path(&k)]
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+/// A gateway in the test process serving HTTPS with `cert`.
+async fn server(cert: &Cert, tweak: impl FnOnce(&mut ssegate::Config)) -> TestServer {
+    let (c, k) = (cert.cert_path(), cert.key_path());
+    TestServer::with(move |config| {
+        config.tls_cert = Some(c);
+        config.tls_key = Some(k);
+        tweak(config);
+    })
+    .await
+}
+
+/// A TLS connection to `addr` that trusts only `cert`, offering `alpn`.
+async fn connect(addr: SocketAddr, cert: &CertificateDer<'static>, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// One client connection, HTTP/2 or HTTP/1.1.
+enum Conn {
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+}
+
+impl Conn {
+    /// Opens a connection; ALPN `h2` gives HTTP/2.
+    async fn open(addr: SocketAddr, cert: &Cert, h2: bool) -> Conn {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = within("the TLS handshake", connect(addr, &cert.der, alpn)).await.expect("TLS handshake");
+        let chosen = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        assert_eq!(chosen.as_deref(), Some(alpn[0]), "the protocol ALPN picked");
+        let io = TokioIo::new(tls);
+        if h2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(conn);
+            Conn::H2(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Conn::H1(send)
+        }
+    }
+
+    async fn send(&mut self, method: &str, path: &str, body: Option<Value>) -> hyper::Response<hyper::body::Incoming> {
+        let req = Request::builder().method(method);
+        let req = match self {
+            Conn::H2(_) => req.uri(format!("https://localhost{path}")),
+            Conn::H1(_) => req.uri(path).header("host", "localhost"),
+        };
+        let req = match &body {
+            Some(_) => req.header("content-type", "application/json"),
+            None => req,
+        };
+        let req = req.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))).unwrap();
+        let res = match self {
+            Conn::H2(s) => within("a response", s.send_request(req)).await,
+            Conn::H1(s) => {
+                within("the connection to be ready", s.ready()).await.unwrap();
+                within("a response", s.send_request(req)).await
+            }
+        };
+        res.expect("a response")
+    }
+
+    /// `GET path`: the status, HTTP version and JSON body.
+    async fn get(&mut self, path: &str) -> (StatusCode, Version, Value) {
+        let res = self.send("GET", path, None).await;
+        let (status, version) = (res.status(), res.version());
+        let body = within("a body", res.into_body().collect()).await.unwrap().to_bytes();
+        (status, version, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn publish(&mut self, body: Value) {
+        let res = self.send("POST", "/publish", Some(body)).await;
+        let status = res.status();
+        let body = within("a body", res.into_body().collect()).await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::OK, "publish answered {}", String::from_utf8_lossy(&body));
+    }
+
+    /// `GET /stream?{query}`: the events, after checking the welcome.
+    async fn stream(&mut self, query: &str) -> Events {
+        let res = self.send("GET", &format!("/stream?{query}"), None).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        assert!(res.headers().get("connection").is_none() || res.version() != Version::HTTP_2);
+        let mut events: Events = Box::pin(res.into_body().into_data_stream().eventsource().map(|e| e.expect("an event")));
+        let welcome = next(&mut events).await.expect("a welcome");
+        assert_eq!(welcome.event, "welcome");
+        events
+    }
+}
+
+type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+async fn next(events: &mut Events) -> Option<Event> {
+    within("an SSE event", events.next()).await
+}
+
+#[tokio::test]
+async fn health_over_http1_and_http2() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    for h2 in [false, true] {
+        let mut conn = Conn::open(s.addr, &cert, h2).await;
+        let (status, version, _) = conn.get("/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(version, if h2 { Version::HTTP_2 } else { Version::HTTP_11 });
+        // A second request on the same connection.
+        let (status, _, _) = conn.get("/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = common::http().get(format!("http://{}/healthz", s.addr)).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_stream_over_http2_gets_events_and_drains_on_shutdown() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    let mut conn = Conn::open(s.addr, &cert, true).await;
+    let mut events = conn.stream("topics=news").await;
+    conn.publish(json!({"topic": "news", "event": "t", "data": {"n": 1}})).await;
+    let ev = next(&mut events).await.expect("the event");
+    assert_eq!(ev.event, "t");
+    assert_eq!(serde_json::from_str::<Value>(&ev.data).unwrap(), json!({"n": 1}));
+    // Shutdown ends the stream (after telling the client to come back) and the drain completes
+    // while the connection is open.
+    s.stop().await;
+    within("the stream to end", async { while events.next().await.is_some() {} }).await;
+}
+
+#[tokio::test]
+async fn ten_streams_share_one_http2_connection() {
+    let cert = Cert::new();
+    // One connection per address: a second one would be refused.
+    let s = server(&cert, |c| c.max_per_address = 1).await;
+    let mut conn = Conn::open(s.addr, &cert, true).await;
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        streams.push(conn.stream("topics=ticks").await);
+    }
+    let (status, _, clients) = conn.get("/clients").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(clients["clients"].as_array().unwrap().len(), 10, "{clients}");
+    for n in 0..3 {
+        conn.publish(json!({"topic": "ticks", "event": "tick", "data": n})).await;
+    }
+    for events in &mut streams {
+        for n in 0..3 {
+            let ev = next(events).await.expect("a tick");
+            assert_eq!((ev.event.as_str(), ev.data.as_str()), ("tick", n.to_string().as_str()));
+        }
+    }
+    // The gateway counts one connection: another from this address is over the limit.
+    let second = async {
+        let mut tls = connect(s.addr, &cert.der, &[b"h2"]).await?;
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        tls.read(&mut buf).await
+    };
+    let refused = within("the second connection to be refused", second).await;
+    assert!(matches!(refused, Err(_) | Ok(0)), "a second connection was served: {refused:?}");
+    drop(streams);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn long_poll_over_http2() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    let mut conn = Conn::open(s.addr, &cert, true).await;
+    let (status, version, first) = conn.get("/poll?topics=news").await;
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2), "{first}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_over_tls() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    let tls = connect(s.addr, &cert.der, &[b"http/1.1"]).await.unwrap();
+    let (mut ws, _) = within(
+        "the websocket to open",
+        tokio_tungstenite::client_async("wss://localhost/ws?topics=news", tls),
+    )
+    .await
+    .expect("websocket over TLS");
+    let mut conn = Conn::open(s.addr, &cert, true).await;
+    // The subscription is in place once the gateway lists the client.
+    until("the websocket client to be listed", || {
+        let conn = &mut conn;
+        async move { conn.get("/clients").await.2["clients"].as_array().is_some_and(|c| !c.is_empty()) }
+    })
+    .await;
+    conn.publish(json!({"topic": "news", "event": "t", "data": "over wss"})).await;
+    let got = within("the event over the websocket", async {
+        loop {
+            match ws.next().await.expect("a frame").expect("a frame") {
+                tokio_tungstenite::tungstenite::Message::Text(t) => {
+                    let frame: Value = serde_json::from_str(&t).expect("JSON frame");
+                    if frame["event"] == "t" {
+                        return frame;
+                    }
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(got["data"], "over wss");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_that_cannot_be_used_exits_64() {
+    let cert = Cert::new();
+    let missing = cert.dir.path().join("missing.pem");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["--tls-cert".into(), path(&missing), "--tls-key".into(), path(&cert.key_path())],
+        vec!["--tls-cert".into(), path(&cert.cert_path()), "--tls-key".into(), path(&missing)],
+        // The key in place of the certificate, and a lone flag.
+        vec!["--tls-cert".into(), path(&cert.key_path()), "--tls-key".into(), path(&cert.key_path())],
+        vec!["--tls-cert".into(), path(&cert.cert_path())],
+    ];
+    for args in cases {
+        let out = within(
+            "the binary to exit",
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--demo", "false"])
+                .args(&args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_without_dropping_streams() {
+    let cert = Cert::new();
+    let args = cert.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = ChildServer::start(&args).await;
+    let base = child.api.base.clone();
+    let addr: SocketAddr = base.strip_prefix("https://").expect("listening on https://").parse().unwrap();
+    let mut conn = Conn::open(addr, &cert, true).await;
+    let mut events = conn.stream("topics=news").await;
+
+    let old = cert.der.clone();
+    let cert = cert.renewed();
+    let pid = child.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    until("the new certificate to be served", || async {
+        connect(addr, &cert.der, &[b"h2"]).await.is_ok()
+    })
+    .await;
+    assert!(connect(addr, &old, &[b"h2"]).await.is_err(), "the old certificate is still served");
+
+    // The stream opened before the reload goes on.
+    conn.publish(json!({"topic": "news", "event": "t", "data": 1})).await;
+    assert_eq!(next(&mut events).await.expect("the event").event, "t");
+    assert!(child.terminate().await.success());
+}
