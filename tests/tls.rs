@@ -261,9 +261,10 @@ async fn websocket_over_tls() {
     .expect("websocket over TLS");
     let mut conn = Conn::open(s.addr, &cert, true).await;
     // The subscription is in place once the gateway lists the client.
-    until("the websocket client to be listed", || {
-        let conn = &mut conn;
-        async move { conn.get("/clients").await.2["clients"].as_array().is_some_and(|c| !c.is_empty()) }
+    within("the websocket client to be listed", async {
+        while !conn.get("/clients").await.2["clients"].as_array().is_some_and(|c| !c.is_empty()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     })
     .await;
     conn.publish(json!({"topic": "news", "event": "t", "data": "over wss"})).await;
