@@ -88,7 +88,8 @@ pub use edge::tls::TlsError;
 pub fn router(hub: Hub) -> Router {
     Router::new()
         .route("/stream", get(transport::sse::stream))
-        .route("/ws", get(transport::ws::upgrade))
+        // `CONNECT`: a WebSocket over HTTP/2 (RFC 8441), offered over HTTPS.
+        .route("/ws", get(transport::ws::upgrade).connect(transport::ws::upgrade))
         .route("/poll", get(transport::poll::poll).with_state(transport::poll::Polls::new(hub.clone())))
         .route("/snapshot", get(transport::snapshot::snapshot))
         .route("/negotiate", get(transport::negotiate::negotiate))

@@ -339,3 +339,50 @@ async fn sighup_reloads_the_certificate_without_dropping_streams() {
     assert_eq!(next(&mut events).await.expect("the event").event, "t");
     assert!(child.terminate().await.success());
 }
+
+#[tokio::test]
+async fn websocket_over_http2_by_extended_connect() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    let tls = connect(s.addr, &cert.der, &[b"h2"]).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("CONNECT")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .uri("https://localhost/ws?topics=news")
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut res = within("the CONNECT answer", send.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let upgraded = within("the stream", hyper::upgrade::on(&mut res)).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    // A publish on another stream of the same connection.
+    let mut conn = Conn::H2(send);
+    within("the websocket client to be listed", async {
+        while !conn.get("/clients").await.2["clients"].as_array().is_some_and(|c| !c.is_empty()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    conn.publish(json!({"topic": "news", "event": "t", "data": "over h2"})).await;
+    let got = within("the event over the websocket", async {
+        loop {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = ws.next().await.expect("a frame").expect("a frame") {
+                let frame: Value = serde_json::from_str(&t).expect("JSON frame");
+                if frame["event"] == "t" {
+                    return frame;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(got["data"], "over h2");
+    s.stop().await;
+}

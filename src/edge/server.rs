@@ -291,7 +291,8 @@ async fn https(
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-    builder.http2().timer(TokioTimer::new());
+    // WebSockets over HTTP/2 streams (RFC 8441's extended CONNECT).
+    builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {

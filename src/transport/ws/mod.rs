@@ -113,13 +113,18 @@ impl Setup {
 pub(crate) async fn upgrade(
     State(hub): State<Hub>,
     RawQuery(raw): RawQuery,
+    version: axum::http::Version,
     headers: HeaderMap,
     handle: Option<axum::Extension<ConnHandle>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let setup = Setup::read(&hub, raw.as_deref(), &headers)?;
-    if let Err(refused) = handshake::check(&headers) {
-        return Ok(axum::response::IntoResponse::into_response(refused));
+    // Over HTTP/2 a WebSocket opens with an extended CONNECT (RFC 8441), which the extractor
+    // checks; the HTTP/1.1 handshake's headers are not there.
+    if version <= axum::http::Version::HTTP_11 {
+        if let Err(refused) = handshake::check(&headers) {
+            return Ok(axum::response::IntoResponse::into_response(refused));
+        }
     }
     let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
     let limit = hub.config().max_body_bytes;
