@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -125,12 +126,11 @@ pub async fn serve(
         let from_address = open.add(key);
         if total > max + RESERVED_CONNECTIONS || from_address > max_per_address {
             drop(slot);
-            if tls.is_some() {
-                // A plain-text `503` means nothing to a TLS client: the connection is just closed.
-                continue;
-            }
             let why = if from_address > max_per_address { Refusal::Address } else { Refusal::Full };
-            refuse_soon(&tracker, &open, stream, why);
+            match &tls {
+                Some(tls) => refuse_tls_soon(&tracker, &open, stream, tls.acceptor(), why),
+                None => refuse_soon(&tracker, &open, stream, why),
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -449,14 +449,7 @@ const REFUSE_LINGER_BYTES: usize = 64 * 1024;
 /// Answers a connection over a limit with `503` and `Retry-After`, then closes it with a
 /// lingering close bounded by [`REFUSE_TIME`] and [`REFUSE_LINGER_BYTES`].
 async fn refuse(mut stream: TcpStream, why: Refusal) {
-    let body = match why {
-        Refusal::Full => {
-            r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#
-        }
-        Refusal::Address => {
-            r#"{"error":{"code":"too_many_connections","message":"too many connections from your address; retry later"}}"#
-        }
-    };
+    let body = refusal(why);
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -476,4 +469,46 @@ async fn refuse(mut stream: TcpStream, why: Refusal) {
         }
     };
     let _ = tokio::time::timeout(REFUSE_TIME, answer).await;
+}
+
+/// The body of a `503` for a connection over a limit.
+fn refusal(why: Refusal) -> &'static str {
+    match why {
+        Refusal::Full => {
+            r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#
+        }
+        Refusal::Address => {
+            r#"{"error":{"code":"too_many_connections","message":"too many connections from your address; retry later"}}"#
+        }
+    }
+}
+
+/// As [`refuse_soon`], over TLS: the handshake, then `503` to each request (HTTP/2 or
+/// HTTP/1.1), all within [`REFUSE_TIME`].
+fn refuse_tls_soon(tracker: &TaskTracker, open: &Arc<Open>, stream: TcpStream, acceptor: TlsAcceptor, why: Refusal) {
+    if open.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        open.refusing.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let open = open.clone();
+    tracker.spawn(async move {
+        let answer = async {
+            let Ok(tls) = acceptor.accept(stream).await else { return };
+            let service = hyper::service::service_fn(move |_: Request<Incoming>| async move {
+                let mut res = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                    refusal(why).as_bytes(),
+                )));
+                *res.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                let h = res.headers_mut();
+                h.insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+                h.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                Ok::<_, std::convert::Infallible>(res)
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http1().keep_alive(false);
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+        };
+        let _ = tokio::time::timeout(REFUSE_TIME, answer).await;
+        open.refusing.fetch_sub(1, Ordering::AcqRel);
+    });
 }
