@@ -75,7 +75,11 @@ async fn server(cert: &Cert, tweak: impl FnOnce(&mut ssegate::Config)) -> TestSe
 }
 
 /// A TLS connection to `addr` that trusts only `cert`, offering `alpn`.
-async fn connect(addr: SocketAddr, cert: &CertificateDer<'static>, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
+async fn connect(
+    addr: SocketAddr,
+    cert: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -155,7 +159,8 @@ impl Conn {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.headers()["content-type"], "text/event-stream");
         assert!(res.headers().get("connection").is_none() || res.version() != Version::HTTP_2);
-        let mut events: Events = Box::pin(res.into_body().into_data_stream().eventsource().map(|e| e.expect("an event")));
+        let mut events: Events =
+            Box::pin(res.into_body().into_data_stream().eventsource().map(|e| e.expect("an event")));
         let welcome = next(&mut events).await.expect("a welcome");
         assert_eq!(welcome.event, "welcome");
         events
@@ -192,7 +197,7 @@ async fn an_event_stream_over_http2_gets_events_and_drains_on_shutdown() {
     let cert = Cert::new();
     let s = server(&cert, |_| {}).await;
     let mut conn = Conn::open(s.addr, &cert, true).await;
-    let mut events = conn.stream("topics=news").await;
+    let mut events = conn.stream("topic=news").await;
     conn.publish(json!({"topic": "news", "event": "t", "data": {"n": 1}})).await;
     let ev = next(&mut events).await.expect("the event");
     assert_eq!(ev.event, "t");
@@ -211,7 +216,7 @@ async fn ten_streams_share_one_http2_connection() {
     let mut conn = Conn::open(s.addr, &cert, true).await;
     let mut streams = Vec::new();
     for _ in 0..10 {
-        streams.push(conn.stream("topics=ticks").await);
+        streams.push(conn.stream("topic=ticks").await);
     }
     let (status, _, clients) = conn.get("/clients").await;
     assert_eq!(status, StatusCode::OK);
@@ -239,7 +244,7 @@ async fn long_poll_over_http2() {
     let cert = Cert::new();
     let s = server(&cert, |_| {}).await;
     let mut conn = Conn::open(s.addr, &cert, true).await;
-    let (status, version, first) = conn.get("/poll?topics=news").await;
+    let (status, version, first) = conn.get("/poll?topic=news").await;
     assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2), "{first}");
     s.stop().await;
 }
@@ -249,12 +254,10 @@ async fn websocket_over_tls() {
     let cert = Cert::new();
     let s = server(&cert, |_| {}).await;
     let tls = connect(s.addr, &cert.der, &[b"http/1.1"]).await.unwrap();
-    let (mut ws, _) = within(
-        "the websocket to open",
-        tokio_tungstenite::client_async("wss://localhost/ws?topics=news", tls),
-    )
-    .await
-    .expect("websocket over TLS");
+    let (mut ws, _) =
+        within("the websocket to open", tokio_tungstenite::client_async("wss://localhost/ws?topic=news", tls))
+            .await
+            .expect("websocket over TLS");
     let mut conn = Conn::open(s.addr, &cert, true).await;
     // The subscription is in place once the gateway lists the client.
     within("the websocket client to be listed", async {
@@ -318,16 +321,13 @@ async fn sighup_reloads_the_certificate_without_dropping_streams() {
     let base = child.api.base.clone();
     let addr: SocketAddr = base.strip_prefix("https://").expect("listening on https://").parse().unwrap();
     let mut conn = Conn::open(addr, &cert, true).await;
-    let mut events = conn.stream("topics=news").await;
+    let mut events = conn.stream("topic=news").await;
 
     let old = cert.der.clone();
     let cert = cert.renewed();
     let pid = child.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    until("the new certificate to be served", || async {
-        connect(addr, &cert.der, &[b"h2"]).await.is_ok()
-    })
-    .await;
+    until("the new certificate to be served", || async { connect(addr, &cert.der, &[b"h2"]).await.is_ok() }).await;
     assert!(connect(addr, &old, &[b"h2"]).await.is_err(), "the old certificate is still served");
 
     // The stream opened before the reload goes on.
@@ -341,12 +341,13 @@ async fn websocket_over_http2_by_extended_connect() {
     let cert = Cert::new();
     let s = server(&cert, |_| {}).await;
     let tls = connect(s.addr, &cert.der, &[b"h2"]).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
     let req = Request::builder()
         .method("CONNECT")
         .extension(hyper::ext::Protocol::from_static("websocket"))
-        .uri("https://localhost/ws?topics=news")
+        .uri("https://localhost/ws?topic=news")
         .header("sec-websocket-version", "13")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -370,7 +371,9 @@ async fn websocket_over_http2_by_extended_connect() {
     conn.publish(json!({"topic": "news", "event": "t", "data": "over h2"})).await;
     let got = within("the event over the websocket", async {
         loop {
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = ws.next().await.expect("a frame").expect("a frame") {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) =
+                ws.next().await.expect("a frame").expect("a frame")
+            {
                 let frame: Value = serde_json::from_str(&t).expect("JSON frame");
                 if frame["event"] == "t" {
                     return frame;
@@ -382,3 +385,4 @@ async fn websocket_over_http2_by_extended_connect() {
     assert_eq!(got["data"], "over h2");
     s.stop().await;
 }
+

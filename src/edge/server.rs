@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
-use tokio_util::sync::CancellationToken;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -495,9 +495,8 @@ fn refuse_tls_soon(tracker: &TaskTracker, open: &Arc<Open>, stream: TcpStream, a
         let answer = async {
             let Ok(tls) = acceptor.accept(stream).await else { return };
             let service = hyper::service::service_fn(move |_: Request<Incoming>| async move {
-                let mut res = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
-                    refusal(why).as_bytes(),
-                )));
+                let mut res =
+                    hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(refusal(why).as_bytes())));
                 *res.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
                 let h = res.headers_mut();
                 h.insert("content-type", axum::http::HeaderValue::from_static("application/json"));

@@ -79,8 +79,11 @@ fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
             reason: "it holds no PEM certificate".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::File { what: "private key", path: key.to_owned(), reason: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+        what: "private key",
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
