@@ -246,6 +246,18 @@ async fn long_poll_over_http2() {
     let mut conn = Conn::open(s.addr, &cert, true).await;
     let (status, version, first) = conn.get("/poll?topic=news").await;
     assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2), "{first}");
+    let (id, session, cursor) =
+        (first["client_id"].as_str().unwrap(), first["session"].as_str().unwrap(), first["cursor"].as_str().unwrap());
+    // A waiting poll and a publish side by side on the one connection.
+    let Conn::H2(send) = &conn else { unreachable!() };
+    let mut waiting = Conn::H2(send.clone());
+    let query = format!("/poll?topic=news&client_id={id}&session={session}&cursor={cursor}&timeout=30");
+    let waiting = tokio::spawn(async move { waiting.get(&query).await });
+    conn.publish(json!({"topic": "news", "event": "t", "data": 7})).await;
+    let (status, _, answer) = within("the long poll to answer", waiting).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.iter().map(|e| e["data"].clone()).collect::<Vec<_>>(), [json!(7)], "{answer}");
     s.stop().await;
 }
 
@@ -385,4 +397,3 @@ async fn websocket_over_http2_by_extended_connect() {
     assert_eq!(got["data"], "over h2");
     s.stop().await;
 }
-
