@@ -397,3 +397,29 @@ async fn websocket_over_http2_by_extended_connect() {
     assert_eq!(got["data"], "over h2");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn http2_authority_counts_as_the_host() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    let mut conn = Conn::open(s.addr, &cert, true).await;
+    let Conn::H2(send) = &mut conn else { unreachable!() };
+    let publish = |authority: &str, origin: Option<&str>| {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("https://{authority}/publish"))
+            .header("content-type", "application/json");
+        let req = match origin {
+            Some(o) => req.header("origin", o),
+            None => req,
+        };
+        req.body(Full::new(Bytes::from(json!({"topic": "t", "data": 1}).to_string()))).unwrap()
+    };
+    // A rebinding DNS name is refused as over HTTP/1.1; the gateway's own page is not.
+    let res = within("a response", send.send_request(publish("rebind.evil.example:8443", None))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let own = publish("localhost:8443", Some("https://localhost:8443"));
+    let res = within("a response", send.send_request(own)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    s.stop().await;
+}
