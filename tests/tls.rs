@@ -423,3 +423,19 @@ async fn http2_authority_counts_as_the_host() {
     assert_eq!(res.status(), StatusCode::OK);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_reserved_connections_serve_no_streams_over_tls() {
+    let cert = Cert::new();
+    // Every connection is one of the reserved ones.
+    let s = server(&cert, |c| c.max_connections = 0).await;
+    for h2 in [true, false] {
+        let mut conn = Conn::open(s.addr, &cert, h2).await;
+        let (status, _, _) = conn.get("/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, refused) = conn.get("/stream?topic=t").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+        assert_eq!(refused["error"]["code"], "too_many_connections");
+    }
+    s.stop().await;
+}

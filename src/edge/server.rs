@@ -136,6 +136,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let handle = ConnHandle::new(cut.child_token(), slot);
         if let Some(tls) = &tls {
+            // The last slots are kept for publishers and health checks; over TLS the requests
+            // are only seen after the handshake, so the connection carries the mark.
+            let reserved = total > max;
             let acceptor = tls.acceptor();
             let app = app.clone();
             let draining = draining.clone();
@@ -153,7 +156,7 @@ pub async fn serve(
                     _ = kill.cancelled() => return,
                     _ = draining.cancelled() => return,
                 };
-                Box::pin(https(stream, peer, handle, app, draining)).await;
+                Box::pin(https(stream, peer, handle, app, draining, reserved)).await;
             });
             continue;
         }
@@ -265,9 +268,12 @@ async fn https(
     handle: ConnHandle,
     app: Router,
     draining: CancellationToken,
+    reserved: bool,
 ) {
     let kill = handle.token();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let subscriber = matches!(req.uri().path(), "/stream" | "/ws");
+        let refused = (reserved && subscriber).then(|| refusal_response(Refusal::Full));
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(handle.clone());
         let h2 = req.version() == axum::http::Version::HTTP_2;
@@ -281,7 +287,10 @@ async fn https(
         }
         let response = app.clone().oneshot(req.map(Body::new));
         async move {
-            let mut response = response.await?;
+            let mut response = match refused {
+                Some(refused) => refused,
+                None => response.await?,
+            };
             if h2 {
                 // Connection-specific headers are not HTTP/2 (RFC 9113 section 8.2.2).
                 response.headers_mut().remove(axum::http::header::CONNECTION);
@@ -510,4 +519,14 @@ fn refuse_tls_soon(tracker: &TaskTracker, open: &Arc<Open>, stream: TcpStream, a
         let _ = tokio::time::timeout(REFUSE_TIME, answer).await;
         open.refusing.fetch_sub(1, Ordering::AcqRel);
     });
+}
+
+/// A `503` for a request over a limit, as the router's responses are typed.
+fn refusal_response(why: Refusal) -> axum::response::Response {
+    let mut res = axum::response::Response::new(Body::from(refusal(why)));
+    *res.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let h = res.headers_mut();
+    h.insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    h.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    res
 }
