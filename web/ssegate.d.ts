@@ -83,6 +83,17 @@ export interface ConnectOptions {
    * has expired.
    */
   token?: string | (() => string | Promise<string>);
+  /**
+   * Share one connection among the tabs of this origin that connect to the same gateway URL
+   * (default true, where the browser has the Web Locks API and `BroadcastChannel`; elsewhere each
+   * tab connects by itself). One tab leads: it holds the connection, with the union of every
+   * tab's topics, and relays its events to the others; each tab keeps its own topics and
+   * handlers and sees the events of its own topics only. When the leading tab closes, another
+   * takes over and resumes from the last event id it saw. The tabs share one `clientId`, so an
+   * event sent to that client reaches every tab; `rpc()` works in the leading tab only.
+   * `false`: this tab has a connection of its own.
+   */
+  shared?: boolean;
 }
 
 export interface Client {
@@ -123,6 +134,9 @@ export function connect(options?: ConnectOptions): Client;
 export function tokenExpiry(jwt?: string): number | undefined;
 
 export function decide(flags?: Flags, transports?: Transport[]): Transport[];
+
+/** Whether a subscription pattern (`a/*`, `a/**`, `**`, or a topic) covers `topic`. */
+export function topicMatches(pattern: string, topic: string): boolean;
 
 /** Full-jitter exponential backoff: `rnd() * min(max, base * 2 ** attempt)` ms. */
 export function backoffDelay(attempt: number, options?: BackoffOptions, rnd?: () => number): number;

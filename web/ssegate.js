@@ -76,6 +76,21 @@ function isNewerId(id, than) {
   return (byMilliseconds || bySequence) > 0;
 }
 
+/**
+ * Whether subscription `pattern` covers `topic` (API.md: `a/*` one more segment, `a/**` one or
+ * more, `**` every topic).
+ * @param {string} pattern
+ * @param {string} topic
+ */
+export function topicMatches(pattern, topic) {
+  const rest = topic.slice(pattern.length - pattern.endsWith('/**') - 1);
+  return (
+    pattern == '**' ||
+    pattern == topic ||
+    (/\/\*\*?$/.test(pattern) && topic.startsWith(pattern.replace(/\*+$/, '')) && !!rest && (pattern.endsWith('**') || !rest.includes('/')))
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Choosing a transport
 
@@ -331,6 +346,14 @@ export function connect(options = {}) {
   let pollSession; // {clientId, session}: the long-poll session we own, by its secret
   let token = typeof options.token == 'function' ? undefined : options.token; // the JWT in use
   let renewTimer; // renews a token from options.token() before it expires
+  // Sharing one connection among the tabs of this origin (see `shared` below).
+  const shared = (options.shared ?? true) && globalThis.BroadcastChannel && globalThis.navigator?.locks;
+  const tabId = Math.random() + '';
+  const otherTabs = new Map(); // tab id -> {topics, names}: what the other tabs want
+  let channel; // the BroadcastChannel of this gateway's tabs
+  let leading; // this tab holds the lock, and so the connection
+  let releaseLock; // lets the lock go
+  let subscribed = new Set(topics); // the topics the connection has (the union over the tabs)
 
   const absoluteUrl = (pathAndQuery) => new URL(baseUrl + pathAndQuery, globalThis.location?.href).href;
 
@@ -393,6 +416,7 @@ export function connect(options = {}) {
 
   const setStatus = (status, error) => {
     client.status = status;
+    postStatus();
     const info = { status, transport: client.transport, clientId: client.clientId, attempt: failedAttempts, error };
     statusListeners.forEach((listener) => callSafely(listener, info));
   };
@@ -433,6 +457,9 @@ export function connect(options = {}) {
     // resets carry a position, not a new event: never dropped as duplicates.
     if (event.id && name != 'snapshot' && name != 'reset' && !isNewerId(event.id, client.lastEventId)) return;
     advancePosition(event.id);
+    if (leading) post({ event });
+    // The connection carries every tab's topics: this tab sees its own only.
+    if (shared && event.topic && ![...topics].some((pattern) => topicMatches(pattern, event.topic))) return;
     // A reset means our position was unknown or too old: what we hold may be out of date.
     if (name == 'reset') for (const topic of stateWatchers.keys()) fetchSnapshot(topic, true);
     // A snapshot on the stream is consistent with the events that follow it, so it replaces even
@@ -455,7 +482,7 @@ export function connect(options = {}) {
     // not enveloped.
     sse(attempt) {
       const query = {
-        topic: [...topics],
+        topic: union(),
         envelope: 1,
         lastEventId: client.lastEventId,
         throttle_ms: throttleMs,
@@ -484,7 +511,7 @@ export function connect(options = {}) {
           }
         });
       };
-      ['welcome', 'reset', 'snapshot', 'patch', 'message', ...handlersByEvent.keys()].forEach(listen);
+      ['welcome', 'reset', 'snapshot', 'patch', 'message', ...names()].forEach(listen);
       // Our own reconnect logic replaces the browser's, so fallback and the circuit work.
       source.onerror = () => attempt.fail('sse error');
       return { close: () => source.close(), listen };
@@ -493,7 +520,7 @@ export function connect(options = {}) {
     // WebSocket: GET /ws, one JSON object with a `type` per frame. Topic changes and rpc calls are
     // frames on the same connection.
     ws(attempt) {
-      const query = { topic: [...topics], lastEventId: client.lastEventId, throttle_ms: throttleMs, access_token: token };
+      const query = { topic: union(), lastEventId: client.lastEventId, throttle_ms: throttleMs, access_token: token };
       const socketUrl = absoluteUrl('/ws?' + queryString(query));
       const socket = new WebSocket(socketUrl.replace(/^http/, 'ws'));
       // Returns 1 when the frame was sent, false when the socket is not open (yet).
@@ -546,7 +573,7 @@ export function connect(options = {}) {
           // A silent, half-open request must end.
           const abortTimer = setTimeout(() => abortController.abort(), LONG_POLL_ABORT_MS);
           const query = {
-            topic: [...topics],
+            topic: union(),
             cursor: client.lastEventId,
             client_id: clientId,
             session: pollSession?.session,
@@ -576,7 +603,7 @@ export function connect(options = {}) {
       let firstRound = true;
       const pollRound = async () => {
         let intervalMs = DEFAULT_POLL_INTERVAL_MS;
-        const pollable = [...topics].filter((topic) => !topic.includes('*'));
+        const pollable = union().filter((topic) => !topic.includes('*'));
         await Promise.all(
           pollable.map(async (topic) => {
             const headers = etags[topic] && { 'If-None-Match': etags[topic] };
@@ -712,6 +739,25 @@ export function connect(options = {}) {
     });
   };
 
+  // What the connection needs: the topics and event names of every tab.
+  const union = () => [...new Set([...topics, ...[...otherTabs.values()].flatMap((tab) => tab.topics)])];
+  const names = () => new Set([...handlersByEvent.keys(), ...[...otherTabs.values()].flatMap((tab) => tab.names)]);
+  const post = (message) => channel?.postMessage(message);
+  // The leading tab tells the others how the connection is, and its position (a tab that has
+  // just come sees events from there on, and resumes from there if it comes to lead).
+  const postStatus = () =>
+    leading && post({ status: client.status, transport: client.transport, clientId: client.clientId, id: client.lastEventId });
+  // Tells the other tabs what this one wants (`announce`), and brings the connection's topics
+  // in line with the union, a topic at a time.
+  const syncTopics = (announce) => {
+    if (announce) post({ tab: tabId, topics: [...topics], names: [...handlersByEvent.keys()] });
+    const wanted = new Set(union());
+    for (const topic of wanted) if (!subscribed.has(topic)) topicsChanged(topic);
+    for (const topic of subscribed) if (!wanted.has(topic)) topicsChanged(topic, true);
+    subscribed = wanted;
+    for (const name of names()) currentTransport?.listen?.(name);
+  };
+
   // The connection is gone: rpc calls waiting on it will get no answer.
   const dropConnection = () => {
     currentTransport = null;
@@ -724,6 +770,7 @@ export function connect(options = {}) {
       if (!handlersByEvent.has(name)) {
         handlersByEvent.set(name, new Set());
         currentTransport?.listen?.(name); // SSE has to listen for a new event name
+        syncTopics(1);
       }
       handlersByEvent.get(name).add(handler);
       return client;
@@ -735,15 +782,16 @@ export function connect(options = {}) {
     subscribe(topic) {
       if (topics.has(topic)) return;
       topics.add(topic);
-      topicsChanged(topic);
+      syncTopics(1);
     },
     unsubscribe(topic) {
-      if (topics.delete(topic)) topicsChanged(topic, true);
+      if (topics.delete(topic)) syncTopics(1);
     },
     state(topic, watcher) {
       if (!stateWatchers.has(topic)) stateWatchers.set(topic, new Set());
       stateWatchers.get(topic).add(watcher);
       if (store.get(topic)) stateChanged(topic); // a new watcher sees the state we already hold
+      else if (shared) fetchSnapshot(topic); // the shared connection may have had it before this tab
       return () => stateWatchers.get(topic)?.delete(watcher);
     },
     onStatus(listener) {
@@ -766,14 +814,65 @@ export function connect(options = {}) {
       currentTransport?.close();
       dropConnection();
       setStatus('closed');
+      leading = 0;
+      releaseLock?.();
+      post({ bye: tabId });
+      channel?.close();
+      channel = 0;
     },
   });
 
   // Start after the caller has registered its handlers and topics in this tick.
-  Promise.resolve().then(() => {
+  const startConnection = () => {
     if (client.status == 'closed') return;
     setStatus('connecting');
     start();
+  };
+  if (!shared) {
+    Promise.resolve().then(startConnection);
+    return client;
+  }
+
+  // Shared: the tabs of this origin that connect to this gateway share one connection. The tab
+  // holding a Web Lock named after the gateway leads: it connects with the union of every tab's
+  // topics and relays every event over a BroadcastChannel; the others take the events of their
+  // own topics from there. Every tab keeps the position of the last event it saw, and every tab
+  // knows what the others want, so when the leading tab goes (its lock is let go), the next one
+  // connects with the same topics and resumes from there: nothing is lost, and the ids drop
+  // what comes twice.
+  const name = 'ssegate ' + absoluteUrl('');
+  channel = new BroadcastChannel(name);
+  channel.onmessage = ({ data }) => {
+    if (data.tab) {
+      // A tab that is new to us learns what we want, and how the connection is.
+      if (!otherTabs.has(data.tab)) syncTopics(1), postStatus();
+      otherTabs.set(data.tab, data);
+      syncTopics();
+    } else if (data.bye) {
+      otherTabs.delete(data.bye);
+      syncTopics();
+    } else if (leading) {
+      // only the leading tab relays
+    } else if (data.event) {
+      deliver(data.event);
+    } else if (data.status != 'closed') {
+      advancePosition(data.id);
+      client.transport = data.transport;
+      client.clientId = data.clientId;
+      setStatus(data.status);
+    }
+  };
+  // A tab that goes lets the others know it no longer wants its topics (its lock goes by itself).
+  globalThis.addEventListener?.('pagehide', () => post({ bye: tabId }));
+  globalThis.addEventListener?.('pageshow', () => syncTopics(1));
+  Promise.resolve().then(() => {
+    syncTopics(1);
+    navigator.locks.request(name, () => {
+      if (client.status == 'closed') return;
+      leading = 1;
+      startConnection();
+      return new Promise((resolve) => (releaseLock = resolve));
+    });
   });
   return client;
 }
