@@ -347,7 +347,9 @@ export function connect(options = {}) {
   let token = typeof options.token == 'function' ? undefined : options.token; // the JWT in use
   let renewTimer; // renews a token from options.token() before it expires
   // Sharing one connection among the tabs of this origin (see `shared` below).
-  const shared = (options.shared ?? true) && globalThis.BroadcastChannel && globalThis.navigator?.locks;
+  // A page or worker (not a Node process) with Web Locks (which need a secure context: HTTPS or
+  // localhost) and BroadcastChannel; elsewhere every client connects by itself.
+  const shared = (options.shared ?? true) && globalThis.location && globalThis.BroadcastChannel && globalThis.navigator?.locks;
   const tabId = Math.random() + '';
   const otherTabs = new Map(); // tab id -> {topics, names}: what the other tabs want
   let channel; // the BroadcastChannel of this gateway's tabs
@@ -817,8 +819,7 @@ export function connect(options = {}) {
       leading = 0;
       releaseLock?.();
       post({ bye: tabId });
-      channel?.close();
-      channel = 0;
+      channel = channel?.close();
     },
   });
 
@@ -867,12 +868,13 @@ export function connect(options = {}) {
   globalThis.addEventListener?.('pageshow', () => syncTopics(1));
   Promise.resolve().then(() => {
     syncTopics(1);
-    navigator.locks.request(name, () => {
-      if (client.status == 'closed') return;
+    const lead = () => {
       leading = 1;
       startConnection();
-      return new Promise((resolve) => (releaseLock = resolve));
-    });
+    };
+    navigator.locks
+      .request(name, () => client.status != 'closed' && (lead(), new Promise((resolve) => (releaseLock = resolve))))
+      .catch(lead); // no lock to be had here (a sandboxed frame): this tab connects by itself
   });
   return client;
 }
