@@ -318,6 +318,24 @@ test('tabs with different topics share one connection: each sees its own topics,
   await context.close();
 });
 
+for (const [how, url, init] of [
+  ['with shared: false', '/?shared=0'],
+  ['without the Web Locks API', '/', () => delete Navigator.prototype.locks],
+]) {
+  test(`${how} every tab has a connection of its own`, async () => {
+    const gw = await start(['--demo', 'false']);
+    const context = await browser.newContext();
+    if (init) await context.addInitScript(init);
+    const pages = [await open(gw.base + url, context), await open(gw.base + url, context)];
+    const ids = await Promise.all(pages.map((page) => page.evaluate(() => window.demo.client.clientId)));
+    assert.notEqual(ids[0], ids[1]);
+    assert.deepEqual((await clients(gw.base)).map((c) => c.client_id).sort(), ids.sort());
+    await publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: 1, value: 1, n: 1 } });
+    for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 1, null, { timeout: PATIENCE });
+    await context.close();
+  });
+}
+
 test('chromium and the gateway binary are where the tests expect them', () => {
   assert.ok(existsSync(CHROMIUM), CHROMIUM);
   assert.ok(existsSync(BIN), BIN);
