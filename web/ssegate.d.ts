@@ -85,8 +85,8 @@ export interface ConnectOptions {
   token?: string | (() => string | Promise<string>);
   /**
    * Share one connection among the tabs of this origin that connect to the same gateway URL
-   * (default true, where the browser has the Web Locks API and `BroadcastChannel`; elsewhere each
-   * tab connects by itself). One tab leads: it holds the connection, with the union of every
+   * (default true, where the page has the Web Locks API, which needs a secure context: HTTPS or
+   * localhost, and `BroadcastChannel`; elsewhere each tab connects by itself). One tab leads: it holds the connection, with the union of every
    * tab's topics, and relays its events to the others; each tab keeps its own topics and
    * handlers and sees the events of its own topics only. When the leading tab closes, another
    * takes over and resumes from the last event id it saw. The tabs share one `clientId`, so an
