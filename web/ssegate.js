@@ -347,14 +347,19 @@ export function connect(options = {}) {
   let token = typeof options.token == 'function' ? undefined : options.token; // the JWT in use
   let renewTimer; // renews a token from options.token() before it expires
   // Sharing one connection among the tabs of this origin (see `shared` below).
-  // A page or worker (not a Node process) with Web Locks (which need a secure context: HTTPS or
-  // localhost) and BroadcastChannel; elsewhere every client connects by itself.
-  const shared = (options.shared ?? true) && globalThis.location && globalThis.BroadcastChannel && globalThis.navigator?.locks;
+  // A page or worker (not a Node process) with BroadcastChannel; elsewhere every client connects
+  // by itself. Web Locks (which need a secure context: HTTPS or localhost) choose the leading
+  // tab; without them the tabs agree over the channel.
+  const shared = (options.shared ?? true) && globalThis.location && globalThis.BroadcastChannel;
+  const locks = globalThis.navigator?.locks;
   const tabId = Math.random() + '';
   const otherTabs = new Map(); // tab id -> {topics, names}: what the other tabs want
   let channel; // the BroadcastChannel of this gateway's tabs
   let leading; // this tab holds the lock, and so the connection
   let releaseLock; // lets the lock go
+  let leader; // the id of the tab that leads, as far as we know
+  let claimTimer; // without Web Locks: this tab leads unless a leading tab speaks up first
+  let pingTimer; // without Web Locks: asks now and then whether the leading tab is still there
   let subscribed = new Set(topics); // the topics the connection has (the union over the tabs)
 
   const absoluteUrl = (pathAndQuery) => new URL(baseUrl + pathAndQuery, globalThis.location?.href).href;
@@ -459,7 +464,7 @@ export function connect(options = {}) {
     // resets carry a position, not a new event: never dropped as duplicates.
     if (event.id && name != 'snapshot' && name != 'reset' && !isNewerId(event.id, client.lastEventId)) return;
     advancePosition(event.id);
-    if (leading) post({ event });
+    if (leading) post({ event, from: tabId });
     // The connection carries every tab's topics: this tab sees its own only.
     if (shared && event.topic && ![...topics].some((pattern) => topicMatches(pattern, event.topic))) return;
     // A reset means our position was unknown or too old: what we hold may be out of date.
@@ -715,7 +720,7 @@ export function connect(options = {}) {
       } catch {}
     }
     if (renewable && tokenExpiring()) await fetchToken();
-    if (client.status == 'closed') return;
+    if (client.status == 'closed' || (shared && !leading)) return;
     if (!transportOrder.length) transportOrder = decide(flags, allowedTransports);
     transportIndex = 0;
     if (transportOrder.length) {
@@ -748,7 +753,8 @@ export function connect(options = {}) {
   // The leading tab tells the others how the connection is, and its position (a tab that has
   // just come sees events from there on, and resumes from there if it comes to lead).
   const postStatus = () =>
-    leading && post({ status: client.status, transport: client.transport, clientId: client.clientId, id: client.lastEventId });
+    leading &&
+    post({ status: client.status, transport: client.transport, clientId: client.clientId, id: client.lastEventId, from: tabId });
   // Tells the other tabs what this one wants (`announce`), and brings the connection's topics
   // in line with the union, a topic at a time.
   const syncTopics = (announce) => {
@@ -818,6 +824,8 @@ export function connect(options = {}) {
       setStatus('closed');
       leading = 0;
       releaseLock?.();
+      clearTimeout(claimTimer);
+      clearInterval(pingTimer);
       post({ bye: tabId });
       channel = channel?.close();
     },
@@ -842,6 +850,23 @@ export function connect(options = {}) {
   // connects with the same topics and resumes from there: nothing is lost, and the ids drop
   // what comes twice.
   const name = 'ssegate ' + absoluteUrl('');
+  const lead = () => {
+    if (!leading) (leading = 1), startConnection();
+  };
+  // Without Web Locks: a tab leads when no leading tab answers, or when the leading tab says it
+  // goes; should two lead at once (they claimed together), the one with the lower id keeps on.
+  const claimSoon = (ms) => {
+    clearTimeout(claimTimer);
+    claimTimer = setTimeout(lead, ms);
+  };
+  const stepDown = () => {
+    leading = 0;
+    generation++; // so closing it is not taken for a failure
+    clearTimeout(retryTimer);
+    clearTimeout(connectTimer);
+    currentTransport?.close();
+    dropConnection();
+  };
   channel = new BroadcastChannel(name);
   channel.onmessage = ({ data }) => {
     if (data.tab) {
@@ -852,15 +877,23 @@ export function connect(options = {}) {
     } else if (data.bye) {
       otherTabs.delete(data.bye);
       syncTopics();
-    } else if (leading) {
-      // only the leading tab relays
-    } else if (data.event) {
-      deliver(data.event);
-    } else if (data.status != 'closed') {
-      advancePosition(data.id);
-      client.transport = data.transport;
-      client.clientId = data.clientId;
-      setStatus(data.status);
+      if (!locks && !leading && data.bye == leader) claimSoon(Math.random() * 200);
+    } else if (data.ping) {
+      postStatus();
+    } else {
+      // From a leading tab. (With Web Locks, one that has just gone: its last events.)
+      if (leading && !locks && data.from < tabId) stepDown();
+      if (leading) return;
+      clearTimeout(claimTimer); // a leading tab is there
+      leader = data.from;
+      if (data.event) {
+        deliver(data.event);
+      } else if (data.status != 'closed') {
+        advancePosition(data.id);
+        client.transport = data.transport;
+        client.clientId = data.clientId;
+        if (data.status != client.status) setStatus(data.status);
+      }
     }
   };
   // A tab that goes lets the others know it no longer wants its topics (its lock goes by itself).
@@ -868,13 +901,14 @@ export function connect(options = {}) {
   globalThis.addEventListener?.('pageshow', () => syncTopics(1));
   Promise.resolve().then(() => {
     syncTopics(1);
-    const lead = () => {
-      leading = 1;
-      startConnection();
-    };
-    navigator.locks
-      .request(name, () => client.status != 'closed' && (lead(), new Promise((resolve) => (releaseLock = resolve))))
-      .catch(lead); // no lock to be had here (a sandboxed frame): this tab connects by itself
+    if (locks) {
+      locks
+        .request(name, () => client.status != 'closed' && (lead(), new Promise((resolve) => (releaseLock = resolve))))
+        .catch(lead); // no lock to be had here (a sandboxed frame): this tab connects by itself
+    } else {
+      claimSoon(500); // the leading tab answers our announcement with its status
+      pingTimer = setInterval(() => leading || (post({ ping: 1 }), claimSoon(1000 + Math.random() * 500)), 5000);
+    }
   });
   return client;
 }
