@@ -237,104 +237,109 @@ const shown = (page) =>
     ids: window.demo.seen.ids,
   }));
 
-test('eight tabs of the demo share one connection, and the tab that leads hands it over without loss or duplicates', async () => {
-  const gw = await start(['--demo', 'false']);
-  const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
-  const pages = [];
-  for (let i = 0; i < 8; i++) pages.push(await open(gw.base + '/', context));
-  // One client at the gateway, whose id every tab shows.
-  const [only] = await eventually(async () => {
-    const list = await clients(gw.base);
-    assert.equal(list.length, 1, JSON.stringify(list));
-    return list;
-  });
-  for (const page of pages) assert.equal(await page.evaluate(() => window.demo.client.clientId), only.client_id);
-  const point = (n) => publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: n, value: n, n } });
-  for (let n = 0; n < 5; n++) await point(n);
-  for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 5, null, { timeout: PATIENCE });
-  assert.equal((await clients(gw.base)).length, 1, 'still one client');
+// Without Web Locks (a page on plain HTTP that is not localhost), the tabs agree over the channel.
+const withoutLocks = () => delete Navigator.prototype.locks;
 
-  // The first tab leads (it asked for the lock first). Close it, and publish during the hand-over.
-  await pages.shift().close();
-  for (let n = 5; n < 10; n++) await point(n);
-  // The next tab opened a connection of its own (a new client), and is the only client.
-  await eventually(async () => {
-    const list = await clients(gw.base);
-    assert.equal(list.length, 1, JSON.stringify(list));
-    assert.notEqual(list[0].client_id, only.client_id, 'the leading tab has gone, so has its connection');
-  });
-  for (let n = 10; n < 15; n++) await point(n);
-  // A last point: once a tab has it, everything before it has arrived, duplicates included.
-  await point(15);
-  const all = Array.from({ length: 16 }, (_, n) => n);
-  for (const page of pages) {
-    await page.waitForFunction(() => window.demo.seen.points >= 16, null, { timeout: PATIENCE });
-    const { ns, ids } = await shown(page);
-    assert.deepEqual(ns, all, 'every point once, in order');
-    assert.equal(new Set(ids).size, ids.length, 'no event id twice');
-    assert.equal(await page.evaluate(() => window.demo.seen.points), 16);
-    assert.deepEqual(errors.get(page), [], 'the page logs no error');
-  }
-  await context.close();
-});
-
-test('tabs with different topics share one connection: each sees its own topics, and the union follows the tabs', async () => {
-  const gw = await start(['--demo', 'false']);
-  const context = await browser.newContext();
-  // Plain pages of the gateway's origin, each with a client of its own topics.
-  const tab = async (topics) => {
-    const page = await context.newPage();
-    await page.goto(gw.base + '/web/ssegate.d.ts');
-    await page.evaluate(async (topics) => {
-      const { connect } = await import('/web/ssegate.js');
-      window.got = [];
-      window.shared = connect({ topics, transports: ['sse'] });
-      window.shared.on('*', (ev) => ev.id && window.got.push(ev.topic + ' ' + ev.data));
-    }, topics);
-    await page.waitForFunction(() => window.shared.status === 'open', null, { timeout: PATIENCE });
-    return page;
-  };
-  const a = await tab(['t/a']);
-  const b = await tab(['t/b', 'u/*']);
-  const topicsAtGateway = async (expected) =>
-    eventually(async () => {
+for (const locks of [true, false]) {
+  test(`eight tabs of the demo share one connection, and the tab that leads hands it over without loss or duplicates${locks ? '' : ' (without Web Locks)'}`, async () => {
+    const gw = await start(['--demo', 'false']);
+    const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
+    if (!locks) await context.addInitScript(withoutLocks);
+    const pages = [];
+    for (let i = 0; i < 8; i++) pages.push(await open(gw.base + '/', context));
+    // One client at the gateway, whose id every tab shows.
+    const [only] = await eventually(async () => {
       const list = await clients(gw.base);
       assert.equal(list.length, 1, JSON.stringify(list));
-      assert.deepEqual([...list[0].topics].sort(), expected);
+      return list;
     });
-  await topicsAtGateway(['t/a', 't/b', 'u/*']);
-  for (const [topic, data] of [['t/a', 1], ['t/b', 2], ['u/x', 3], ['t/c', 4]]) await publish(gw.base, { topic, data });
-  await a.waitForFunction(() => window.got.length >= 1, null, { timeout: PATIENCE });
-  await b.waitForFunction(() => window.got.length >= 2, null, { timeout: PATIENCE });
-  await b.evaluate(() => window.shared.subscribe('t/c'));
-  await topicsAtGateway(['t/a', 't/b', 't/c', 'u/*']);
-  await publish(gw.base, { topic: 't/c', data: 5 });
-  await b.waitForFunction(() => window.got.length >= 3, null, { timeout: PATIENCE });
-  assert.deepEqual(await a.evaluate(() => window.got), ['t/a 1']);
-  assert.deepEqual(await b.evaluate(() => window.got), ['t/b 2', 'u/x 3', 't/c 5']);
-  // A tab that closes its client gives up its topics.
-  await b.evaluate(() => window.shared.close());
-  await topicsAtGateway(['t/a']);
-  await context.close();
-});
+    for (const page of pages) assert.equal(await page.evaluate(() => window.demo.client.clientId), only.client_id);
+    const point = (n) => publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: n, value: n, n } });
+    for (let n = 0; n < 5; n++) await point(n);
+    for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 5, null, { timeout: PATIENCE });
+    assert.equal((await clients(gw.base)).length, 1, 'still one client');
 
-for (const [how, url, init] of [
-  ['with shared: false', '/?shared=0'],
-  ['without the Web Locks API', '/', () => delete Navigator.prototype.locks],
-]) {
-  test(`${how} every tab has a connection of its own`, async () => {
-    const gw = await start(['--demo', 'false']);
-    const context = await browser.newContext();
-    if (init) await context.addInitScript(init);
-    const pages = [await open(gw.base + url, context), await open(gw.base + url, context)];
-    const ids = await Promise.all(pages.map((page) => page.evaluate(() => window.demo.client.clientId)));
-    assert.notEqual(ids[0], ids[1]);
-    assert.deepEqual((await clients(gw.base)).map((c) => c.client_id).sort(), ids.sort());
-    await publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: 1, value: 1, n: 1 } });
-    for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 1, null, { timeout: PATIENCE });
+    // The first tab leads (it asked for the lock first). Close it, and publish during the hand-over.
+    await pages.shift().close();
+    for (let n = 5; n < 10; n++) await point(n);
+    // The next tab opened a connection of its own (a new client), and is the only client.
+    await eventually(async () => {
+      const list = await clients(gw.base);
+      assert.equal(list.length, 1, JSON.stringify(list));
+      assert.notEqual(list[0].client_id, only.client_id, 'the leading tab has gone, so has its connection');
+    });
+    for (let n = 10; n < 15; n++) await point(n);
+    // A last point: once a tab has it, everything before it has arrived, duplicates included.
+    await point(15);
+    const all = Array.from({ length: 16 }, (_, n) => n);
+    for (const page of pages) {
+      await page.waitForFunction(() => window.demo.seen.points >= 16, null, { timeout: PATIENCE });
+      const { ns, ids } = await shown(page);
+      assert.deepEqual(ns, all, 'every point once, in order');
+      assert.equal(new Set(ids).size, ids.length, 'no event id twice');
+      assert.equal(await page.evaluate(() => window.demo.seen.points), 16);
+      assert.deepEqual(errors.get(page), [], 'the page logs no error');
+    }
     await context.close();
   });
 }
+
+for (const transport of ['sse', 'ws']) {
+  test(`tabs with different topics share one connection (${transport}): each sees its own topics, and the union follows the tabs`, async () => {
+    const gw = await start(['--demo', 'false']);
+    const context = await browser.newContext();
+    // Plain pages of the gateway's origin, each with a client of its own topics.
+    const tab = async (topics) => {
+      const page = await context.newPage();
+      await page.goto(gw.base + '/web/ssegate.d.ts');
+      await page.evaluate(async ([topics, transport]) => {
+        const { connect } = await import('/web/ssegate.js');
+        window.got = [];
+        window.shared = connect({ topics, transports: [transport] });
+        window.shared.on('*', (ev) => ev.id && window.got.push(ev.topic + ' ' + ev.data));
+      }, [topics, transport]);
+      await page.waitForFunction(() => window.shared.status === 'open', null, { timeout: PATIENCE });
+      return page;
+    };
+    const a = await tab(['t/a']);
+    const b = await tab(['t/b', 'u/*']);
+    const topicsAtGateway = async (expected) =>
+      eventually(async () => {
+        const list = await clients(gw.base);
+        assert.equal(list.length, 1, JSON.stringify(list));
+        assert.deepEqual([...list[0].topics].sort(), expected);
+      });
+    await topicsAtGateway(['t/a', 't/b', 'u/*']);
+    for (const [topic, data] of [['t/a', 1], ['t/b', 2], ['u/x', 3], ['t/c', 4]]) await publish(gw.base, { topic, data });
+    await a.waitForFunction(() => window.got.length >= 1, null, { timeout: PATIENCE });
+    await b.waitForFunction(() => window.got.length >= 2, null, { timeout: PATIENCE });
+    await b.evaluate(() => window.shared.subscribe('t/c'));
+    await topicsAtGateway(['t/a', 't/b', 't/c', 'u/*']);
+    await publish(gw.base, { topic: 't/c', data: 5 });
+    await b.waitForFunction(() => window.got.includes('t/c 5'), null, { timeout: PATIENCE });
+    assert.deepEqual(await a.evaluate(() => window.got), ['t/a 1']);
+    // A new topic resumes from the connection's position, as a reconnect would: t/c 4 may come too.
+    const got = await b.evaluate(() => window.got);
+    assert.deepEqual(got.filter((e) => !e.startsWith('t/c')), ['t/b 2', 'u/x 3']);
+    assert.equal(new Set(got).size, got.length, 'nothing twice');
+    // A tab that closes its client gives up its topics.
+    await b.evaluate(() => window.shared.close());
+    await topicsAtGateway(['t/a']);
+    await context.close();
+  });
+}
+
+test('with shared: false every tab has a connection of its own', async () => {
+  const gw = await start(['--demo', 'false']);
+  const context = await browser.newContext();
+  const pages = [await open(gw.base + '/?shared=0', context), await open(gw.base + '/?shared=0', context)];
+  const ids = await Promise.all(pages.map((page) => page.evaluate(() => window.demo.client.clientId)));
+  assert.notEqual(ids[0], ids[1]);
+  assert.deepEqual((await clients(gw.base)).map((c) => c.client_id).sort(), ids.sort());
+  await publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: 1, value: 1, n: 1 } });
+  for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 1, null, { timeout: PATIENCE });
+  await context.close();
+});
 
 test('chromium and the gateway binary are where the tests expect them', () => {
   assert.ok(existsSync(CHROMIUM), CHROMIUM);
