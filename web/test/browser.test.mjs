@@ -245,8 +245,11 @@ for (const locks of [true, false]) {
     const gw = await start(['--demo', 'false']);
     const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
     if (!locks) await context.addInitScript(withoutLocks);
+    await publish(gw.base, { topic: 'demo/counters', data: { orders: 7 }, retain: true });
     const pages = [];
     for (let i = 0; i < 8; i++) pages.push(await open(gw.base + '/', context));
+    // Every tab has the retained state, whether it came on the connection or was fetched.
+    for (const page of pages) await page.waitForFunction(() => window.demo.seen.counters?.orders === 7, null, { timeout: PATIENCE });
     // One client at the gateway, whose id every tab shows.
     const [only] = await eventually(async () => {
       const list = await clients(gw.base);
