@@ -3,9 +3,9 @@
 // No dependencies, no build step. Wire contract: API.md. Types and option docs: ssegate.d.ts.
 //
 // Layout of this file:
-// - small helpers, then the pure parts (each exported and unit-tested): decide() (which
-//   transports, in which order), backoffDelay(), mergePatch(), applyJsonPatch() and StateStore
-//   (retained state per topic);
+// - small helpers, then the pure parts (each exported and unit-tested): topicMatches(), decide()
+//   (which transports, in which order), backoffDelay(), mergePatch(), applyJsonPatch() and
+//   StateStore (retained state per topic);
 // - connect(), which runs the connection. Its life cycle:
 //   1. start(): ask GET /negotiate for an order of transports, or use decide() locally.
 //   2. openTransport(): open the transport at transportIndex in that order. Every attempt gets a
@@ -19,6 +19,9 @@
 //   Every reconnect resumes from client.lastEventId, the newest event id (or long-poll cursor)
 //   received, so nothing is missed and nothing is delivered twice across reconnects and
 //   transport switches: the gateway replays what came after it from its history.
+// - in a browser, the tabs of an origin share that connection: one tab leads (a Web Lock, or an
+//   agreement over the BroadcastChannel without Web Locks), connects with every tab's topics and
+//   relays the events; see "Shared" at the end of connect().
 
 const ALL_TRANSPORTS = ['sse', 'ws', 'long-poll', 'poll'];
 const CONNECT_TIMEOUT_MS = 10000; // an attempt that has not opened by then has failed
