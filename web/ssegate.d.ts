@@ -85,13 +85,14 @@ export interface ConnectOptions {
   token?: string | (() => string | Promise<string>);
   /**
    * Share one connection among the tabs of this origin that connect to the same gateway URL
-   * (default true, where the page has the Web Locks API, which needs a secure context: HTTPS or
-   * localhost, and `BroadcastChannel`; elsewhere each tab connects by itself). One tab leads: it holds the connection, with the union of every
-   * tab's topics, and relays its events to the others; each tab keeps its own topics and
-   * handlers and sees the events of its own topics only. When the leading tab closes, another
-   * takes over and resumes from the last event id it saw. The tabs share one `clientId`, so an
-   * event sent to that client reaches every tab; `rpc()` works in the leading tab only.
-   * `false`: this tab has a connection of its own.
+   * (default true where the page has `BroadcastChannel`; elsewhere each tab connects by itself).
+   * One tab leads: it holds the connection, with the union of every tab's topics, and relays its
+   * events to the others; each tab keeps its own topics and handlers and sees the events of its
+   * own topics only. The leading tab is chosen with the Web Locks API (which needs a secure
+   * context: HTTPS or localhost), or, without it, by the tabs agreeing over the channel. When the
+   * leading tab closes, another takes over and resumes from the last event id it saw. The tabs
+   * share one `clientId`, so an event sent to that client reaches every tab; `rpc()` works in
+   * the leading tab only. `false`: this tab has a connection of its own.
    */
   shared?: boolean;
 }
