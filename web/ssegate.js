@@ -812,8 +812,12 @@ export function connect(options = {}) {
     rpc: (method, data) =>
       new Promise((resolve, reject) => {
         const ref = '' + ++lastRef;
-        if (currentTransport?.send?.({ type: 'rpc', method, data, ref })) pendingRpcs.set(ref, [resolve, reject]);
-        else reject(Error('rpc needs an open WebSocket'));
+        // A tab that does not lead asks the leading tab, which asks the gateway.
+        if (shared && !leading ? post({ rpc: method, data, ref, from: tabId }) || 1 : currentTransport?.send?.({ type: 'rpc', method, data, ref })) {
+          pendingRpcs.set(ref, [resolve, reject]);
+        } else {
+          reject(Error('rpc needs an open WebSocket'));
+        }
       }),
     store,
     close() {
@@ -854,7 +858,7 @@ export function connect(options = {}) {
   // what comes twice.
   const name = 'ssegate ' + absoluteUrl('');
   const lead = () => {
-    if (!leading) (leading = 1), startConnection();
+    if (!leading) (leading = 1), dropConnection(), startConnection(); // rpc calls relayed so far get no answer
   };
   // Without Web Locks: a tab leads when no leading tab answers, or when the leading tab says it
   // goes; should two lead at once (they claimed together), the one with the lower id keeps on.
@@ -883,11 +887,23 @@ export function connect(options = {}) {
       if (!locks && !leading && data.bye == leader) claimSoon(Math.random() * 200);
     } else if (data.ping) {
       postStatus();
+    } else if (data.rpc) {
+      // Another tab's rpc call: the leading tab makes it, and posts the answer back.
+      const answer = (result) => post({ reply: data.ref, to: data.from, ...result });
+      if (leading) client.rpc(data.rpc, data.data).then((data) => answer({ data }), (error) => answer({ error: { ...error, message: error.message } }));
+    } else if (data.reply) {
+      const rpc = data.to == tabId && pendingRpcs.get(data.reply);
+      if (rpc) {
+        pendingRpcs.delete(data.reply);
+        if (data.error) rpc[1](Object.assign(Error(data.error.message), data.error));
+        else rpc[0](data.data);
+      }
     } else {
       // From a leading tab. (With Web Locks, one that has just gone: its last events.)
       if (leading && !locks && data.from < tabId) stepDown();
       if (leading) return;
       clearTimeout(claimTimer); // a leading tab is there
+      if (leader && leader != data.from) dropConnection(); // rpc calls the tab that led has not answered
       leader = data.from;
       if (data.event) {
         deliver(data.event);

@@ -332,6 +332,42 @@ for (const transport of ['sse', 'ws']) {
   });
 }
 
+test('a tab that does not lead makes rpc calls through the leading tab', async () => {
+  // The backend: answers "sum" with the sum, and anything else with an error of its own.
+  const backend = createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      const { method, data } = JSON.parse(body);
+      const [status, answer] = method == 'sum' ? [200, data[0] + data[1]] : [400, { error: { code: 'no_such_method', message: method } }];
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    });
+  });
+  await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
+  const gw = await start(['--demo', 'false', '--rpc-url', `http://127.0.0.1:${backend.address().port}/`]);
+  const context = await browser.newContext();
+  const pages = [];
+  for (let i = 0; i < 2; i++) {
+    const page = await context.newPage();
+    await page.goto(gw.base + '/web/ssegate.d.ts');
+    await page.evaluate(async () => {
+      const { connect } = await import('/web/ssegate.js');
+      window.shared = connect({ topics: ['t'], transports: ['ws'] });
+    });
+    await page.waitForFunction(() => window.shared.status === 'open', null, { timeout: PATIENCE });
+    pages.push(page);
+  }
+  assert.equal((await clients(gw.base)).length, 1);
+  const call = (page, method) =>
+    page.evaluate((method) => window.shared.rpc(method, [2, 3]).then((data) => ({ data }), (e) => ({ code: e.code, message: e.message })), method);
+  assert.deepEqual(await call(pages[1], 'sum'), { data: 5 });
+  assert.deepEqual(await call(pages[1], 'nope'), { code: 'no_such_method', message: 'nope' });
+  assert.deepEqual(await call(pages[0], 'sum'), { data: 5 });
+  await context.close();
+  await new Promise((resolve) => backend.close(resolve));
+});
+
 test('with shared: false every tab has a connection of its own', async () => {
   const gw = await start(['--demo', 'false']);
   const context = await browser.newContext();
