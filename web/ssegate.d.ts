@@ -91,8 +91,8 @@ export interface ConnectOptions {
    * own topics only. The leading tab is chosen with the Web Locks API (which needs a secure
    * context: HTTPS or localhost), or, without it, by the tabs agreeing over the channel. When the
    * leading tab closes, another takes over and resumes from the last event id it saw. The tabs
-   * share one `clientId`, so an event sent to that client reaches every tab; `rpc()` works in
-   * the leading tab only. `false`: this tab has a connection of its own.
+   * share one `clientId`, so an event sent to that client reaches every tab; the other tabs'
+   * `rpc()` calls go through the leading tab. `false`: this tab has a connection of its own.
    */
   shared?: boolean;
 }
@@ -123,7 +123,10 @@ export interface Client {
   state<S = any>(topic: string, fn: (state: S, version: number, topic: string) => void): () => void;
   /** Status changes; returns a function that removes the listener. */
   onStatus(fn: (s: StatusInfo) => void): () => void;
-  /** WebSocket only: resolved by `reply`, rejected by `error` (or at once on another transport). */
+  /**
+   * WebSocket only: resolved by `reply`, rejected by `error` (or at once on another transport).
+   * In a tab that shares the leading tab's connection, the call goes through that tab.
+   */
   rpc<T = any>(method: string, data?: unknown): Promise<T>;
   close(): void;
 }
