@@ -15,6 +15,8 @@ const client = connect({
   ...(transports ? { transports } : {}),
   ...(token ? { token } : {}),
   flags: { realtime: true, low_latency: true, server_push: true },
+  // /?shared=0: this tab gets a connection of its own instead of sharing the leading tab's.
+  shared: params.get('shared') != '0',
 });
 
 // What the page has seen, for people and for the browser tests.

@@ -83,6 +83,18 @@ export interface ConnectOptions {
    * has expired.
    */
   token?: string | (() => string | Promise<string>);
+  /**
+   * Share one connection among the tabs of this origin that connect to the same gateway URL
+   * (default true where the page has `BroadcastChannel`; elsewhere each tab connects by itself).
+   * One tab leads: it holds the connection, with the union of every tab's topics, and relays its
+   * events to the others; each tab keeps its own topics and handlers and sees the events of its
+   * own topics only. The leading tab is chosen with the Web Locks API (which needs a secure
+   * context: HTTPS or localhost), or, without it, by the tabs agreeing over the channel. When the
+   * leading tab closes, another takes over and resumes from the last event id it saw. The tabs
+   * share one `clientId`, so an event sent to that client reaches every tab; the other tabs'
+   * `rpc()` calls go through the leading tab. `false`: this tab has a connection of its own.
+   */
+  shared?: boolean;
 }
 
 export interface Client {
@@ -111,7 +123,10 @@ export interface Client {
   state<S = any>(topic: string, fn: (state: S, version: number, topic: string) => void): () => void;
   /** Status changes; returns a function that removes the listener. */
   onStatus(fn: (s: StatusInfo) => void): () => void;
-  /** WebSocket only: resolved by `reply`, rejected by `error` (or at once on another transport). */
+  /**
+   * WebSocket only: resolved by `reply`, rejected by `error` (or at once on another transport).
+   * In a tab that shares the leading tab's connection, the call goes through that tab.
+   */
   rpc<T = any>(method: string, data?: unknown): Promise<T>;
   close(): void;
 }
@@ -123,6 +138,9 @@ export function connect(options?: ConnectOptions): Client;
 export function tokenExpiry(jwt?: string): number | undefined;
 
 export function decide(flags?: Flags, transports?: Transport[]): Transport[];
+
+/** Whether a subscription pattern (`a/*`, `a/**`, `**`, or a topic) covers `topic`. */
+export function topicMatches(pattern: string, topic: string): boolean;
 
 /** Full-jitter exponential backoff: `rnd() * min(max, base * 2 ** attempt)` ms. */
 export function backoffDelay(attempt: number, options?: BackoffOptions, rnd?: () => number): number;

@@ -3,9 +3,9 @@
 // No dependencies, no build step. Wire contract: API.md. Types and option docs: ssegate.d.ts.
 //
 // Layout of this file:
-// - small helpers, then the pure parts (each exported and unit-tested): decide() (which
-//   transports, in which order), backoffDelay(), mergePatch(), applyJsonPatch() and StateStore
-//   (retained state per topic);
+// - small helpers, then the pure parts (each exported and unit-tested): topicMatches(), decide()
+//   (which transports, in which order), backoffDelay(), mergePatch(), applyJsonPatch() and
+//   StateStore (retained state per topic);
 // - connect(), which runs the connection. Its life cycle:
 //   1. start(): ask GET /negotiate for an order of transports, or use decide() locally.
 //   2. openTransport(): open the transport at transportIndex in that order. Every attempt gets a
@@ -19,6 +19,9 @@
 //   Every reconnect resumes from client.lastEventId, the newest event id (or long-poll cursor)
 //   received, so nothing is missed and nothing is delivered twice across reconnects and
 //   transport switches: the gateway replays what came after it from its history.
+// - in a browser, the tabs of an origin share that connection: one tab leads (a Web Lock, or an
+//   agreement over the BroadcastChannel without Web Locks), connects with every tab's topics and
+//   relays the events; see "Shared" at the end of connect().
 
 const ALL_TRANSPORTS = ['sse', 'ws', 'long-poll', 'poll'];
 const CONNECT_TIMEOUT_MS = 10000; // an attempt that has not opened by then has failed
@@ -74,6 +77,21 @@ function isNewerId(id, than) {
   const byMilliseconds = idParts[1] - thanParts[1];
   const bySequence = idParts[2] - thanParts[2];
   return (byMilliseconds || bySequence) > 0;
+}
+
+/**
+ * Whether subscription `pattern` covers `topic` (API.md: `a/*` one more segment, `a/**` one or
+ * more, `**` every topic).
+ * @param {string} pattern
+ * @param {string} topic
+ */
+export function topicMatches(pattern, topic) {
+  const rest = topic.slice(pattern.length - pattern.endsWith('/**') - 1);
+  return (
+    pattern == '**' ||
+    pattern == topic ||
+    (/\/\*\*?$/.test(pattern) && topic.startsWith(pattern.replace(/\*+$/, '')) && !!rest && (pattern.endsWith('**') || !rest.includes('/')))
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,6 +349,21 @@ export function connect(options = {}) {
   let pollSession; // {clientId, session}: the long-poll session we own, by its secret
   let token = typeof options.token == 'function' ? undefined : options.token; // the JWT in use
   let renewTimer; // renews a token from options.token() before it expires
+  // Sharing one connection among the tabs of this origin (see `shared` below).
+  // A page or worker (not a Node process) with BroadcastChannel; elsewhere every client connects
+  // by itself. Web Locks (which need a secure context: HTTPS or localhost) choose the leading
+  // tab; without them the tabs agree over the channel.
+  const shared = (options.shared ?? true) && globalThis.location && globalThis.BroadcastChannel;
+  const locks = globalThis.navigator?.locks;
+  const tabId = Math.random() + '';
+  const otherTabs = new Map(); // tab id -> {topics, names}: what the other tabs want
+  let channel; // the BroadcastChannel of this gateway's tabs
+  let leading; // this tab holds the lock, and so the connection
+  let releaseLock; // lets the lock go
+  let leader; // the id of the tab that leads, as far as we know
+  let claimTimer; // without Web Locks: this tab leads unless a leading tab speaks up first
+  let pingTimer; // without Web Locks: asks now and then whether the leading tab is still there
+  let subscribed = new Set(topics); // the topics the connection has (the union over the tabs)
 
   const absoluteUrl = (pathAndQuery) => new URL(baseUrl + pathAndQuery, globalThis.location?.href).href;
 
@@ -393,6 +426,7 @@ export function connect(options = {}) {
 
   const setStatus = (status, error) => {
     client.status = status;
+    postStatus();
     const info = { status, transport: client.transport, clientId: client.clientId, attempt: failedAttempts, error };
     statusListeners.forEach((listener) => callSafely(listener, info));
   };
@@ -433,6 +467,9 @@ export function connect(options = {}) {
     // resets carry a position, not a new event: never dropped as duplicates.
     if (event.id && name != 'snapshot' && name != 'reset' && !isNewerId(event.id, client.lastEventId)) return;
     advancePosition(event.id);
+    if (leading) post({ event, from: tabId });
+    // The connection carries every tab's topics: this tab sees its own only.
+    if (shared && event.topic && ![...topics].some((pattern) => topicMatches(pattern, event.topic))) return;
     // A reset means our position was unknown or too old: what we hold may be out of date.
     if (name == 'reset') for (const topic of stateWatchers.keys()) fetchSnapshot(topic, true);
     // A snapshot on the stream is consistent with the events that follow it, so it replaces even
@@ -455,7 +492,7 @@ export function connect(options = {}) {
     // not enveloped.
     sse(attempt) {
       const query = {
-        topic: [...topics],
+        topic: union(),
         envelope: 1,
         lastEventId: client.lastEventId,
         throttle_ms: throttleMs,
@@ -484,7 +521,7 @@ export function connect(options = {}) {
           }
         });
       };
-      ['welcome', 'reset', 'snapshot', 'patch', 'message', ...handlersByEvent.keys()].forEach(listen);
+      ['welcome', 'reset', 'snapshot', 'patch', 'message', ...names()].forEach(listen);
       // Our own reconnect logic replaces the browser's, so fallback and the circuit work.
       source.onerror = () => attempt.fail('sse error');
       return { close: () => source.close(), listen };
@@ -493,7 +530,7 @@ export function connect(options = {}) {
     // WebSocket: GET /ws, one JSON object with a `type` per frame. Topic changes and rpc calls are
     // frames on the same connection.
     ws(attempt) {
-      const query = { topic: [...topics], lastEventId: client.lastEventId, throttle_ms: throttleMs, access_token: token };
+      const query = { topic: union(), lastEventId: client.lastEventId, throttle_ms: throttleMs, access_token: token };
       const socketUrl = absoluteUrl('/ws?' + queryString(query));
       const socket = new WebSocket(socketUrl.replace(/^http/, 'ws'));
       // Returns 1 when the frame was sent, false when the socket is not open (yet).
@@ -546,7 +583,7 @@ export function connect(options = {}) {
           // A silent, half-open request must end.
           const abortTimer = setTimeout(() => abortController.abort(), LONG_POLL_ABORT_MS);
           const query = {
-            topic: [...topics],
+            topic: union(),
             cursor: client.lastEventId,
             client_id: clientId,
             session: pollSession?.session,
@@ -576,7 +613,7 @@ export function connect(options = {}) {
       let firstRound = true;
       const pollRound = async () => {
         let intervalMs = DEFAULT_POLL_INTERVAL_MS;
-        const pollable = [...topics].filter((topic) => !topic.includes('*'));
+        const pollable = union().filter((topic) => !topic.includes('*'));
         await Promise.all(
           pollable.map(async (topic) => {
             const headers = etags[topic] && { 'If-None-Match': etags[topic] };
@@ -686,7 +723,7 @@ export function connect(options = {}) {
       } catch {}
     }
     if (renewable && tokenExpiring()) await fetchToken();
-    if (client.status == 'closed') return;
+    if (client.status == 'closed' || (shared && !leading)) return;
     if (!transportOrder.length) transportOrder = decide(flags, allowedTransports);
     transportIndex = 0;
     if (transportOrder.length) {
@@ -712,6 +749,26 @@ export function connect(options = {}) {
     });
   };
 
+  // What the connection needs: the topics and event names of every tab.
+  const union = () => [...new Set([...topics, ...[...otherTabs.values()].flatMap((tab) => tab.topics)])];
+  const names = () => new Set([...handlersByEvent.keys(), ...[...otherTabs.values()].flatMap((tab) => tab.names)]);
+  const post = (message) => channel?.postMessage(message);
+  // The leading tab tells the others how the connection is, and its position (a tab that has
+  // just come sees events from there on, and resumes from there if it comes to lead).
+  const postStatus = () =>
+    leading &&
+    post({ status: client.status, transport: client.transport, clientId: client.clientId, id: client.lastEventId, from: tabId });
+  // Tells the other tabs what this one wants (`announce`), and brings the connection's topics
+  // in line with the union, a topic at a time.
+  const syncTopics = (announce) => {
+    if (announce) post({ tab: tabId, topics: [...topics], names: [...handlersByEvent.keys()] });
+    const wanted = new Set(union());
+    for (const topic of wanted) if (!subscribed.has(topic)) topicsChanged(topic);
+    for (const topic of subscribed) if (!wanted.has(topic)) topicsChanged(topic, true);
+    subscribed = wanted;
+    for (const name of names()) currentTransport?.listen?.(name);
+  };
+
   // The connection is gone: rpc calls waiting on it will get no answer.
   const dropConnection = () => {
     currentTransport = null;
@@ -724,6 +781,7 @@ export function connect(options = {}) {
       if (!handlersByEvent.has(name)) {
         handlersByEvent.set(name, new Set());
         currentTransport?.listen?.(name); // SSE has to listen for a new event name
+        syncTopics(1);
       }
       handlersByEvent.get(name).add(handler);
       return client;
@@ -735,15 +793,16 @@ export function connect(options = {}) {
     subscribe(topic) {
       if (topics.has(topic)) return;
       topics.add(topic);
-      topicsChanged(topic);
+      syncTopics(1);
     },
     unsubscribe(topic) {
-      if (topics.delete(topic)) topicsChanged(topic, true);
+      if (topics.delete(topic)) syncTopics(1);
     },
     state(topic, watcher) {
       if (!stateWatchers.has(topic)) stateWatchers.set(topic, new Set());
       stateWatchers.get(topic).add(watcher);
       if (store.get(topic)) stateChanged(topic); // a new watcher sees the state we already hold
+      else if (shared) fetchSnapshot(topic); // the shared connection may have had it before this tab
       return () => stateWatchers.get(topic)?.delete(watcher);
     },
     onStatus(listener) {
@@ -753,8 +812,12 @@ export function connect(options = {}) {
     rpc: (method, data) =>
       new Promise((resolve, reject) => {
         const ref = '' + ++lastRef;
-        if (currentTransport?.send?.({ type: 'rpc', method, data, ref })) pendingRpcs.set(ref, [resolve, reject]);
-        else reject(Error('rpc needs an open WebSocket'));
+        // A tab that does not lead asks the leading tab, which asks the gateway.
+        if (shared && !leading ? post({ rpc: method, data, ref, from: tabId }) || 1 : currentTransport?.send?.({ type: 'rpc', method, data, ref })) {
+          pendingRpcs.set(ref, [resolve, reject]);
+        } else {
+          reject(Error('rpc needs an open WebSocket'));
+        }
       }),
     store,
     close() {
@@ -766,14 +829,105 @@ export function connect(options = {}) {
       currentTransport?.close();
       dropConnection();
       setStatus('closed');
+      leading = 0;
+      releaseLock?.();
+      clearTimeout(claimTimer);
+      clearInterval(pingTimer);
+      post({ bye: tabId });
+      channel = channel?.close();
     },
   });
 
   // Start after the caller has registered its handlers and topics in this tick.
-  Promise.resolve().then(() => {
+  const startConnection = () => {
     if (client.status == 'closed') return;
     setStatus('connecting');
     start();
+  };
+  if (!shared) {
+    Promise.resolve().then(startConnection);
+    return client;
+  }
+
+  // Shared: the tabs of this origin that connect to this gateway share one connection. The tab
+  // holding a Web Lock named after the gateway leads: it connects with the union of every tab's
+  // topics and relays every event over a BroadcastChannel; the others take the events of their
+  // own topics from there. Every tab keeps the position of the last event it saw, and every tab
+  // knows what the others want, so when the leading tab goes (its lock is let go), the next one
+  // connects with the same topics and resumes from there: nothing is lost, and the ids drop
+  // what comes twice.
+  const name = 'ssegate ' + absoluteUrl('');
+  const lead = () => {
+    if (!leading) (leading = 1), dropConnection(), startConnection(); // rpc calls relayed so far get no answer
+  };
+  // Without Web Locks: a tab leads when no leading tab answers, or when the leading tab says it
+  // goes; should two lead at once (they claimed together), the one with the lower id keeps on.
+  const claimSoon = (ms) => {
+    clearTimeout(claimTimer);
+    claimTimer = setTimeout(lead, ms);
+  };
+  const stepDown = () => {
+    leading = 0;
+    generation++; // so closing it is not taken for a failure
+    clearTimeout(retryTimer);
+    clearTimeout(connectTimer);
+    currentTransport?.close();
+    dropConnection();
+  };
+  channel = new BroadcastChannel(name);
+  channel.onmessage = ({ data }) => {
+    if (data.tab) {
+      // A tab that is new to us learns what we want, and how the connection is.
+      if (!otherTabs.has(data.tab)) syncTopics(1), postStatus();
+      otherTabs.set(data.tab, data);
+      syncTopics();
+    } else if (data.bye) {
+      otherTabs.delete(data.bye);
+      syncTopics();
+      if (!locks && !leading && data.bye == leader) claimSoon(Math.random() * 200);
+    } else if (data.ping) {
+      postStatus();
+    } else if (data.rpc) {
+      // Another tab's rpc call: the leading tab makes it, and posts the answer back.
+      const answer = (result) => post({ reply: data.ref, to: data.from, ...result });
+      if (leading) client.rpc(data.rpc, data.data).then((data) => answer({ data }), (error) => answer({ error: { ...error, message: error.message } }));
+    } else if (data.reply) {
+      const rpc = data.to == tabId && pendingRpcs.get(data.reply);
+      if (rpc) {
+        pendingRpcs.delete(data.reply);
+        if (data.error) rpc[1](Object.assign(Error(data.error.message), data.error));
+        else rpc[0](data.data);
+      }
+    } else {
+      // From a leading tab. (With Web Locks, one that has just gone: its last events.)
+      if (leading && !locks && data.from < tabId) stepDown();
+      if (leading) return;
+      clearTimeout(claimTimer); // a leading tab is there
+      if (leader && leader != data.from) dropConnection(); // rpc calls the tab that led has not answered
+      leader = data.from;
+      if (data.event) {
+        deliver(data.event);
+      } else if (data.status != 'closed') {
+        advancePosition(data.id);
+        client.transport = data.transport;
+        client.clientId = data.clientId;
+        if (data.status != client.status) setStatus(data.status);
+      }
+    }
+  };
+  // A tab that goes lets the others know it no longer wants its topics (its lock goes by itself).
+  globalThis.addEventListener?.('pagehide', () => post({ bye: tabId }));
+  globalThis.addEventListener?.('pageshow', () => syncTopics(1));
+  Promise.resolve().then(() => {
+    syncTopics(1);
+    if (locks) {
+      locks
+        .request(name, () => client.status != 'closed' && (lead(), new Promise((resolve) => (releaseLock = resolve))))
+        .catch(lead); // no lock to be had here (a sandboxed frame): this tab connects by itself
+    } else {
+      claimSoon(500); // the leading tab answers our announcement with its status
+      pingTimer = setInterval(() => leading || (post({ ping: 1 }), claimSoon(1000 + Math.random() * 500)), 5000);
+    }
   });
   return client;
 }

@@ -127,6 +127,15 @@ enum Holder {
     Client(Hub, Arc<Client>),
 }
 
+impl Holder {
+    fn parts(&self) -> (&Hub, &Arc<Client>) {
+        match self {
+            Holder::Registered(conn) => (conn.hub(), conn.client()),
+            Holder::Client(hub, client) => (hub, client),
+        }
+    }
+}
+
 /// Renders a client's queue as SSE or WebSocket frames, a chunk at a time, for whatever carries
 /// the bytes (the socket edge, or an HTTP response body). The one place where a queued item
 /// becomes bytes on a stream.
@@ -175,10 +184,7 @@ impl Pump {
     }
 
     fn parts(&self) -> (&Hub, &Arc<Client>) {
-        match &self.holder {
-            Holder::Registered(conn) => (conn.hub(), conn.client()),
-            Holder::Client(hub, client) => (hub, client),
-        }
+        self.holder.parts()
     }
 
     /// The client this pump renders.
@@ -206,10 +212,8 @@ impl Pump {
     /// like everything else: `Hub::shutdown` closes every client, and the close ends the stream
     /// after the transport's closing bytes.
     pub(crate) async fn fill(&mut self, out: &mut BytesMut) -> Flow {
-        let (hub, client) = match &self.holder {
-            Holder::Registered(conn) => (conn.hub(), conn.client()),
-            Holder::Client(hub, client) => (hub, client),
-        };
+        // Borrows only the holder: the shaper and the items are borrowed mutably beside it.
+        let (hub, client) = self.holder.parts();
         if self.items.is_empty() && !self.shaper.next(hub, client, &mut self.batch, &mut self.items).await {
             return Flow::End;
         }

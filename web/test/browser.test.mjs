@@ -74,8 +74,8 @@ async function start(args, listen) {
 /** What each page logged as an error (uncaught exceptions, console errors, failed loads). */
 const errors = new WeakMap();
 
-async function open(url) {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+async function open(url, context) {
+  const page = await (context || browser).newPage(context ? undefined : { viewport: { width: 1000, height: 900 } });
   const logged = [];
   errors.set(page, logged);
   page.on('pageerror', (e) => {
@@ -208,6 +208,176 @@ test('a page on another origin cannot publish to a keyless gateway on loopback',
   await publish(gw.base, { topic: 't', event: 'legit', data: 2 });
   await page.close();
   await new Promise((resolve) => evil.close(resolve));
+});
+
+/** Retries `check` (an async function that throws until it holds) for up to PATIENCE ms. */
+async function eventually(check) {
+  const deadline = Date.now() + PATIENCE;
+  for (;;) {
+    try {
+      return await check();
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+}
+
+/** The gateway's clients (GET /clients). */
+async function clients(base) {
+  const res = await fetch(`${base}/clients`);
+  assert.equal(res.status, 200);
+  return (await res.json()).clients;
+}
+
+/** The `n` of every point a demo page has shown, oldest first, and the ids it has seen. */
+const shown = (page) =>
+  page.evaluate(() => ({
+    ns: [...document.querySelectorAll('#log li span:nth-child(4)')].map((s) => JSON.parse(s.textContent).n).filter((n) => n !== undefined).reverse(),
+    ids: window.demo.seen.ids,
+  }));
+
+// Without Web Locks (a page on plain HTTP that is not localhost), the tabs agree over the channel.
+const withoutLocks = () => delete Navigator.prototype.locks;
+
+for (const locks of [true, false]) {
+  test(`eight tabs of the demo share one connection, and the tab that leads hands it over without loss or duplicates${locks ? '' : ' (without Web Locks)'}`, async () => {
+    const gw = await start(['--demo', 'false']);
+    const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
+    if (!locks) await context.addInitScript(withoutLocks);
+    await publish(gw.base, { topic: 'demo/counters', data: { orders: 7 }, retain: true });
+    const pages = [];
+    for (let i = 0; i < 8; i++) pages.push(await open(gw.base + '/', context));
+    // Every tab has the retained state, whether it came on the connection or was fetched.
+    for (const page of pages) await page.waitForFunction(() => window.demo.seen.counters?.orders === 7, null, { timeout: PATIENCE });
+    // One client at the gateway, whose id every tab shows.
+    const [only] = await eventually(async () => {
+      const list = await clients(gw.base);
+      assert.equal(list.length, 1, JSON.stringify(list));
+      return list;
+    });
+    for (const page of pages) assert.equal(await page.evaluate(() => window.demo.client.clientId), only.client_id);
+    const point = (n) => publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: n, value: n, n } });
+    for (let n = 0; n < 5; n++) await point(n);
+    for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 5, null, { timeout: PATIENCE });
+    assert.equal((await clients(gw.base)).length, 1, 'still one client');
+
+    // The first tab leads (it asked for the lock first). Close it, and publish during the hand-over.
+    await pages.shift().close();
+    for (let n = 5; n < 10; n++) await point(n);
+    // The next tab opened a connection of its own (a new client), and is the only client.
+    await eventually(async () => {
+      const list = await clients(gw.base);
+      assert.equal(list.length, 1, JSON.stringify(list));
+      assert.notEqual(list[0].client_id, only.client_id, 'the leading tab has gone, so has its connection');
+    });
+    for (let n = 10; n < 15; n++) await point(n);
+    // A last point: once a tab has it, everything before it has arrived, duplicates included.
+    await point(15);
+    const all = Array.from({ length: 16 }, (_, n) => n);
+    for (const page of pages) {
+      await page.waitForFunction(() => window.demo.seen.points >= 16, null, { timeout: PATIENCE });
+      const { ns, ids } = await shown(page);
+      assert.deepEqual(ns, all, 'every point once, in order');
+      assert.equal(new Set(ids).size, ids.length, 'no event id twice');
+      assert.equal(await page.evaluate(() => window.demo.seen.points), 16);
+      assert.deepEqual(errors.get(page), [], 'the page logs no error');
+    }
+    await context.close();
+  });
+}
+
+for (const transport of ['sse', 'ws']) {
+  test(`tabs with different topics share one connection (${transport}): each sees its own topics, and the union follows the tabs`, async () => {
+    const gw = await start(['--demo', 'false']);
+    const context = await browser.newContext();
+    // Plain pages of the gateway's origin, each with a client of its own topics.
+    const tab = async (topics) => {
+      const page = await context.newPage();
+      await page.goto(gw.base + '/web/ssegate.d.ts');
+      await page.evaluate(async ([topics, transport]) => {
+        const { connect } = await import('/web/ssegate.js');
+        window.got = [];
+        window.shared = connect({ topics, transports: [transport] });
+        window.shared.on('*', (ev) => ev.id && window.got.push(ev.topic + ' ' + ev.data));
+      }, [topics, transport]);
+      await page.waitForFunction(() => window.shared.status === 'open', null, { timeout: PATIENCE });
+      return page;
+    };
+    const a = await tab(['t/a']);
+    const b = await tab(['t/b', 'u/*']);
+    const topicsAtGateway = async (expected) =>
+      eventually(async () => {
+        const list = await clients(gw.base);
+        assert.equal(list.length, 1, JSON.stringify(list));
+        assert.deepEqual([...list[0].topics].sort(), expected);
+      });
+    await topicsAtGateway(['t/a', 't/b', 'u/*']);
+    for (const [topic, data] of [['t/a', 1], ['t/b', 2], ['u/x', 3], ['t/c', 4]]) await publish(gw.base, { topic, data });
+    await a.waitForFunction(() => window.got.length >= 1, null, { timeout: PATIENCE });
+    await b.waitForFunction(() => window.got.length >= 2, null, { timeout: PATIENCE });
+    await b.evaluate(() => window.shared.subscribe('t/c'));
+    await topicsAtGateway(['t/a', 't/b', 't/c', 'u/*']);
+    await publish(gw.base, { topic: 't/c', data: 5 });
+    await b.waitForFunction(() => window.got.includes('t/c 5'), null, { timeout: PATIENCE });
+    assert.deepEqual(await a.evaluate(() => window.got), ['t/a 1']);
+    // A new topic resumes from the connection's position, as a reconnect would: t/c 4 may come too.
+    const got = await b.evaluate(() => window.got);
+    assert.deepEqual(got.filter((e) => !e.startsWith('t/c')), ['t/b 2', 'u/x 3']);
+    assert.equal(new Set(got).size, got.length, 'nothing twice');
+    // A tab that closes its client gives up its topics.
+    await b.evaluate(() => window.shared.close());
+    await topicsAtGateway(['t/a']);
+    await context.close();
+  });
+}
+
+test('a tab that does not lead makes rpc calls through the leading tab', async () => {
+  // The backend: answers "sum" with the sum, and anything else with an error of its own.
+  const backend = createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      const { method, data } = JSON.parse(body);
+      const [status, answer] = method == 'sum' ? [200, data[0] + data[1]] : [400, { error: { code: 'no_such_method', message: method } }];
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    });
+  });
+  await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
+  const gw = await start(['--demo', 'false', '--rpc-url', `http://127.0.0.1:${backend.address().port}/`]);
+  const context = await browser.newContext();
+  const pages = [];
+  for (let i = 0; i < 2; i++) {
+    const page = await context.newPage();
+    await page.goto(gw.base + '/web/ssegate.d.ts');
+    await page.evaluate(async () => {
+      const { connect } = await import('/web/ssegate.js');
+      window.shared = connect({ topics: ['t'], transports: ['ws'] });
+    });
+    await page.waitForFunction(() => window.shared.status === 'open', null, { timeout: PATIENCE });
+    pages.push(page);
+  }
+  assert.equal((await clients(gw.base)).length, 1);
+  const call = (page, method) =>
+    page.evaluate((method) => window.shared.rpc(method, [2, 3]).then((data) => ({ data }), (e) => ({ code: e.code, message: e.message })), method);
+  assert.deepEqual(await call(pages[1], 'sum'), { data: 5 });
+  assert.deepEqual(await call(pages[1], 'nope'), { code: 'no_such_method', message: 'nope' });
+  assert.deepEqual(await call(pages[0], 'sum'), { data: 5 });
+  await context.close();
+  await new Promise((resolve) => backend.close(resolve));
+});
+
+test('with shared: false every tab has a connection of its own', async () => {
+  const gw = await start(['--demo', 'false']);
+  const context = await browser.newContext();
+  const pages = [await open(gw.base + '/?shared=0', context), await open(gw.base + '/?shared=0', context)];
+  const ids = await Promise.all(pages.map((page) => page.evaluate(() => window.demo.client.clientId)));
+  assert.notEqual(ids[0], ids[1]);
+  assert.deepEqual((await clients(gw.base)).map((c) => c.client_id).sort(), ids.sort());
+  await publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: 1, value: 1, n: 1 } });
+  for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 1, null, { timeout: PATIENCE });
+  await context.close();
 });
 
 test('chromium and the gateway binary are where the tests expect them', () => {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { gzipSync } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
-import { decide, backoffDelay, mergePatch, applyJsonPatch, StateStore } from '../ssegate.js';
+import { decide, backoffDelay, mergePatch, applyJsonPatch, StateStore, topicMatches } from '../ssegate.js';
 
 const ALL = ['sse', 'ws', 'long-poll', 'poll'];
 
@@ -224,6 +224,15 @@ test('StateStore: a gap asks for a snapshot', () => {
   assert.deepEqual(s.get('dash'), { version: 5, state: { a: 3, b: 1 } });
   s.onGap = null; // works without a gap handler too
   assert.equal(s.apply(patch('dash', 7, {})), 'gap');
+});
+
+test('topicMatches: the patterns of the contract', () => {
+  const cases = [
+    ['a/*', 'a/b', true], ['a/*', 'a/b/c', false], ['a/*', 'a', false], ['a/*', 'ab', false], ['a/*', 'a/', false],
+    ['a/**', 'a/b', true], ['a/**', 'a/b/c', true], ['a/**', 'a', false], ['a/**', 'ab/c', false],
+    ['**', 'x', true], ['**', 'x/y/z', true], ['a/b', 'a/b', true], ['a/b', 'a/b/c', false], ['a', 'b', false],
+  ];
+  for (const [pattern, topic, expected] of cases) assert.equal(topicMatches(pattern, topic), expected, `${pattern} ${topic}`);
 });
 
 test('size: ssegate.js minified and gzipped stays within 6 KB', async () => {
