@@ -25,6 +25,48 @@ impl From<Transport> for TransportLabel {
     }
 }
 
+/// The label of `ssegate_open_connections`: the protocol a connection speaks.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ProtocolLabel {
+    /// `http/1.1` (plain), `https/1.1` or `h2` (over TLS, as ALPN chose).
+    pub protocol: &'static str,
+}
+
+/// What an open connection speaks, for `ssegate_open_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1 without TLS (through hyper or the direct socket edge).
+    Http1,
+    /// HTTP/1.1 over TLS.
+    Https1,
+    /// HTTP/2 (over TLS).
+    H2,
+}
+
+impl Protocol {
+    /// Every protocol, so each series is there (at zero) from the start.
+    const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::Https1, Protocol::H2];
+
+    /// The label value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::Https1 => "https/1.1",
+            Protocol::H2 => "h2",
+        }
+    }
+}
+
+/// One connection counted in `ssegate_open_connections`; dropping it counts the connection closed.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The label of `ssegate_build_info`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabel {
@@ -57,6 +99,8 @@ pub(crate) struct Metrics {
     pub clients: Family<TransportLabel, Gauge>,
     /// Events held in history now.
     pub history: Gauge,
+    /// TCP connections being served now, by protocol; taken through [`Metrics::connection_open`].
+    open_connections: Family<ProtocolLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -74,8 +118,12 @@ impl Default for Metrics {
             connections: Family::default(),
             clients: Family::default(),
             history: Gauge::default(),
+            open_connections: Family::default(),
             registry: Registry::default(),
         };
+        for protocol in Protocol::ALL {
+            let _ = m.open_connections.get_or_create(&ProtocolLabel { protocol: protocol.name() });
+        }
         registry.register("events_published", "Events accepted from publishers", m.published.clone());
         registry.register("deliveries", "Events queued to clients", m.delivered.clone());
         registry.register("publish_rejected", "Publish requests refused", m.rejected.clone());
@@ -92,6 +140,11 @@ impl Default for Metrics {
         registry.register("clients", "Clients connected now", m.clients.clone());
         registry.register("history_events", "Events held in history", m.history.clone());
         registry.register(
+            "open_connections",
+            "TCP connections being served now, by protocol (http/1.1, https/1.1, h2)",
+            m.open_connections.clone(),
+        );
+        registry.register(
             "build",
             "The gateway's version",
             Info::new(BuildLabel { version: env!("CARGO_PKG_VERSION") }),
@@ -101,6 +154,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a connection now served over `protocol`, until the guard is dropped.
+    pub(crate) fn connection_open(&self, protocol: Protocol) -> OpenConnection {
+        let gauge = self.open_connections.get_or_create(&ProtocolLabel { protocol: protocol.name() }).clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
     /// The text of every metric in `format`.
     pub(crate) fn render(&self, format: Format) -> String {
         let mut out = String::new();
@@ -396,6 +456,23 @@ gh_gcount 1
         let om = m.render(Format::OpenMetrics);
         assert!(om.contains("# TYPE ssegate_events_published counter\nssegate_events_published_total 1\n"));
         assert!(om.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn open_connections_by_protocol() {
+        let m = Metrics::default();
+        let zero = m.render(Format::Prometheus);
+        for protocol in ["http/1.1", "https/1.1", "h2"] {
+            assert!(zero.contains(&format!("ssegate_open_connections{{protocol=\"{protocol}\"}} 0\n")), "{zero}");
+        }
+        let (a, b) = (m.connection_open(Protocol::H2), m.connection_open(Protocol::H2));
+        let https = m.connection_open(Protocol::Https1);
+        let text = m.render(Format::Prometheus);
+        assert!(text.contains("# TYPE ssegate_open_connections gauge\n"), "{text}");
+        assert!(text.contains("ssegate_open_connections{protocol=\"h2\"} 2\n"), "{text}");
+        assert!(text.contains("ssegate_open_connections{protocol=\"https/1.1\"} 1\n"), "{text}");
+        drop((a, b, https));
+        assert_eq!(m.render(Format::Prometheus), zero);
     }
 
     #[test]

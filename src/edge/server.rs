@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::core::hub::Hub;
+use crate::core::metrics::{OpenConnection, Protocol};
 use crate::edge::direct::Sniffed;
 use crate::edge::linger::{linger, linger_idle, LINGER_BYTES, LINGER_IDLE, LINGER_TIME};
 use crate::http::peer::{address_key, PerAddress};
@@ -72,15 +73,33 @@ impl Open {
     }
 }
 
-/// One open connection from a source address; dropping it gives the slot back.
+/// One open connection from a source address; dropping it gives the slot back. Every handle on
+/// the connection holds it ([`ConnHandle`]), a WebSocket session that took the connection over too.
 #[derive(Debug)]
-struct Slot(Arc<Open>, IpAddr);
+struct Slot {
+    open: Arc<Open>,
+    key: IpAddr,
+    /// The connection in `ssegate_open_connections`, once it is served (its protocol known: after
+    /// the first bytes, or the TLS handshake); connections refused are never counted there.
+    served: OnceLock<OpenConnection>,
+}
+
+impl Slot {
+    fn new(open: Arc<Open>, key: IpAddr) -> Slot {
+        Slot { open, key, served: OnceLock::new() }
+    }
+
+    /// Counts the connection as served over `protocol` until the slot is given back.
+    fn serving(&self, hub: &Hub, protocol: Protocol) {
+        let _ = self.served.set(hub.metrics().connection_open(protocol));
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.remove(self.1);
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none.notify_waiters();
+        self.open.remove(self.key);
+        if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.none.notify_waiters();
         }
     }
 }
@@ -122,7 +141,7 @@ pub async fn serve(
         };
         let key = address_key(peer.ip());
         let total = open.count.fetch_add(1, Ordering::AcqRel) + 1;
-        let slot = Arc::new(Slot(open.clone(), key));
+        let slot = Arc::new(Slot::new(open.clone(), key));
         let from_address = open.add(key);
         if total > max + RESERVED_CONNECTIONS || from_address > max_per_address {
             drop(slot);
@@ -134,7 +153,7 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let handle = ConnHandle::new(cut.child_token(), slot);
+        let handle = ConnHandle::new(cut.child_token(), slot.clone());
         if let Some(tls) = &tls {
             // The last slots are kept for publishers and health checks; over TLS the requests
             // are only seen after the handshake, so the connection carries the mark.
@@ -142,6 +161,7 @@ pub async fn serve(
             let acceptor = tls.acceptor();
             let app = app.clone();
             let draining = draining.clone();
+            let hub = hub.clone();
             tracker.spawn(async move {
                 let kill = handle.token();
                 let stream = tokio::select! {
@@ -156,6 +176,9 @@ pub async fn serve(
                     _ = kill.cancelled() => return,
                     _ = draining.cancelled() => return,
                 };
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                slot.serving(&hub, if h2 { Protocol::H2 } else { Protocol::Https1 });
+                drop(slot);
                 Box::pin(https(stream, peer, handle, app, draining, reserved)).await;
             });
             continue;
@@ -176,10 +199,14 @@ pub async fn serve(
             let subscriber = matches!(sniffed, Some(Sniffed::Stream | Sniffed::Ws));
             if subscriber && open.count.load(Ordering::Acquire) > max {
                 // The last slots are kept for publishers and health checks.
-                drop(handle);
+                drop((handle, slot));
                 refuse_soon(&refusals, &open, stream, Refusal::Full);
                 return;
             }
+            if sniffed.is_some() {
+                slot.serving(&hub, Protocol::Http1);
+            }
+            drop(slot);
             match sniffed {
                 None => return,
                 Some(Sniffed::Stream) if transports.sse => return crate::edge::direct::serve(hub, stream, kill).await,
