@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::{Sse, TestServer};
+use common::{until, Sse, TestServer};
 use serde_json::json;
 
 /// What Prometheus 2.x sends when scraping (its default `scrape_protocols`).
@@ -155,5 +155,24 @@ async fn the_favicon_is_served_and_linked() {
 
     let page = s.http.get(s.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"<link rel="icon" href="/favicon.ico""#), "the demo page links the icon");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn open_connections_count_each_plain_connection_while_it_is_open() {
+    let s = TestServer::start().await;
+    let open = || s.metric("ssegate_open_connections{protocol=\"http/1.1\"}");
+    // The scraper's own connection (kept alive between scrapes) counts.
+    until("the scraper's connection", || async { open().await == 1.0 }).await;
+    // An event stream and a WebSocket (each on the direct socket edge), each its own connection.
+    let sse = Sse::connect(&s, "topic=a").await;
+    let ws = common::ws_connect(&s, "/ws?topic=b").await;
+    until("three open connections", || async { open().await == 3.0 }).await;
+    assert_eq!(s.metric("ssegate_open_connections{protocol=\"h2\"}").await, 0.0);
+    assert_eq!(s.metric("ssegate_open_connections{protocol=\"https/1.1\"}").await, 0.0);
+    drop(sse);
+    until("the stream's connection closed", || async { open().await == 2.0 }).await;
+    drop(ws);
+    until("the WebSocket's connection closed", || async { open().await == 1.0 }).await;
     s.stop().await;
 }

@@ -439,3 +439,40 @@ async fn the_reserved_connections_serve_no_streams_over_tls() {
     }
     s.stop().await;
 }
+
+/// `ssegate_open_connections{protocol}` as `GET /metrics` on `conn` shows it.
+async fn open_connections(conn: &mut Conn, protocol: &str) -> f64 {
+    let res = conn.send("GET", "/metrics", None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = within("a body", res.into_body().collect()).await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let series = format!("ssegate_open_connections{{protocol=\"{protocol}\"}} ");
+    let value = text.lines().find_map(|l| l.strip_prefix(series.as_str())).unwrap_or_else(|| panic!("{series}in {text}"));
+    value.parse().unwrap()
+}
+
+#[tokio::test]
+async fn open_connections_count_an_http2_connection_once_by_protocol() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    let mut h2 = Conn::open(s.addr, &cert, true).await;
+    let streams = [h2.stream("topic=a").await, h2.stream("topic=b").await];
+    // Two streams and this request: one HTTP/2 connection, and nothing else.
+    assert_eq!(open_connections(&mut h2, "h2").await, 1.0);
+    assert_eq!(open_connections(&mut h2, "https/1.1").await, 0.0);
+    assert_eq!(open_connections(&mut h2, "http/1.1").await, 0.0);
+    // An HTTP/1.1 connection over TLS counts as such.
+    let mut h1 = Conn::open(s.addr, &cert, false).await;
+    assert_eq!(open_connections(&mut h1, "https/1.1").await, 1.0);
+    assert_eq!(open_connections(&mut h1, "h2").await, 1.0);
+    // Closing the HTTP/2 connection (its streams with it) counts it closed.
+    drop((streams, h2));
+    within("the HTTP/2 connection to be counted closed", async {
+        while open_connections(&mut h1, "h2").await != 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(open_connections(&mut h1, "https/1.1").await, 1.0);
+    s.stop().await;
+}
