@@ -32,7 +32,10 @@ else
   bash tests/autobahn/run.sh
 fi
 
-# The browser client: unit tests under Node, then the demo in headless Chromium.
+# The browser client: unit tests under Node, then the demo in headless Chromium. The HTTPS test
+# serves a certificate made at test time by the test-cert example (rcgen; built by `cargo test`
+# already, so this is a check that it is current).
+cargo build --release --locked --example test-cert
 (
   cd web
   [[ -d node_modules/playwright-core && -d node_modules/esbuild ]] || npm ci --no-audit --no-fund --loglevel=error

@@ -2,9 +2,10 @@
 // playwright-core, against the real gateway binary on loopback.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
+import { X509Certificate, createHash } from 'node:crypto';
 import { createServer } from 'node:http';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +24,7 @@ function gateway(args = [], listen = '127.0.0.1:0') {
     let out = '';
     proc.stdout.on('data', (chunk) => {
       out += chunk;
-      const m = out.match(/listening on (http:\/\/\S+)/);
+      const m = out.match(/listening on (https?:\/\/\S+)/);
       if (m) {
         clearTimeout(timer);
         resolve({ proc, base: m[1] });
@@ -52,12 +53,11 @@ async function publish(base, body) {
 let browser;
 const gateways = [];
 
+const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync'];
+
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
-  });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 });
 
 after(async () => {
@@ -378,6 +378,107 @@ test('with shared: false every tab has a connection of its own', async () => {
   await publish(gw.base, { topic: 'demo/series', event: 'point', data: { t: 1, value: 1, n: 1 } });
   for (const page of pages) await page.waitForFunction(() => window.demo.seen.points === 1, null, { timeout: PATIENCE });
   await context.close();
+});
+
+/**
+ * A self-signed certificate for localhost and 127.0.0.1 made now (by the `test-cert` example, with
+ * rcgen), written to a new directory: its files, and the base64 SHA-256 of its public key (SPKI),
+ * which is how Chromium is told to trust it and nothing else.
+ */
+function testCert() {
+  const dir = mkdtempSync(join(tmpdir(), 'ssegate-tls-'));
+  const made = join(dirname(BIN), 'examples', 'test-cert');
+  if (existsSync(made)) execFileSync(made, [dir], { stdio: 'ignore' });
+  else execFileSync('cargo', ['run', '--quiet', '--release', '--example', 'test-cert', '--', dir], { cwd: join(here, '..', '..'), stdio: 'ignore' });
+  const cert = join(dir, 'cert.pem');
+  const spki = new X509Certificate(readFileSync(cert)).publicKey.export({ type: 'spki', format: 'der' });
+  return { dir, cert, key: join(dir, 'key.pem'), spki: createHash('sha256').update(spki).digest('base64') };
+}
+
+test('over HTTPS, ten EventSources and the ssegate.js client (SSE and WebSocket) in one page share one HTTP/2 connection', async () => {
+  const cert = testCert();
+  const gw = await start(['--demo', 'false', '--tls-cert', cert.cert, '--tls-key', cert.key]);
+  assert.match(gw.base, /^https:\/\/127\.0\.0\.1:/);
+  // The other tests' browser refuses the certificate; a browser of its own accepts it (and no other).
+  const refusing = await browser.newPage();
+  await assert.rejects(refusing.goto(gw.base + '/healthz'), /ERR_CERT_AUTHORITY_INVALID/);
+  await refusing.close();
+  const trusting = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, `--ignore-certificate-errors-spki-list=${cert.spki}`] });
+  try {
+    const page = await trusting.newPage();
+    const logged = [];
+    page.on('pageerror', (e) => logged.push(`page error: ${e}`));
+    page.on('console', (m) => m.type() === 'error' && logged.push(`console error: ${m.text()}`));
+    await page.goto(gw.base + '/web/ssegate.d.ts');
+    assert.equal(await page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol), 'h2');
+    // Over HTTP/1.1 the seventh would wait for one of six connections; over HTTP/2 all ten open.
+    await page.evaluate(() => {
+      window.opened = 0;
+      window.got = Array.from({ length: 10 }, () => []);
+      window.sources = window.got.map((got) => {
+        const source = new EventSource('/stream?topic=tls/ticks');
+        source.addEventListener('welcome', () => window.opened++);
+        source.addEventListener('tick', (e) => got.push(JSON.parse(e.data)));
+        return source;
+      });
+    });
+    await page.waitForFunction(() => window.opened === 10, null, { timeout: PATIENCE });
+    // Everything else comes from the page too, so that the gateway sees the page's connection only.
+    const call = (method, path, body) =>
+      page.evaluate(async ([method, path, body]) => {
+        const res = await fetch(path, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body && JSON.stringify(body) });
+        const text = await res.text();
+        // The request's resource timing entry (queued once the body is in), for its protocol.
+        const url = new URL(path, location.href).href;
+        let entry;
+        for (let tries = 0; !entry && tries < 100; tries++) {
+          entry = performance.getEntriesByType('resource').findLast((e) => e.name === url);
+          if (!entry) await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        performance.clearResourceTimings();
+        return { status: res.status, text, protocol: entry?.nextHopProtocol };
+      }, [method, path, body]);
+    const publish = async (body) => {
+      const { status, text, protocol } = await call('POST', '/publish', body);
+      assert.equal(status, 200, text);
+      assert.equal(protocol, 'h2');
+    };
+    for (let n = 0; n < 3; n++) await publish({ topic: 'tls/ticks', event: 'tick', data: n });
+    await page.waitForFunction(() => window.got.every((got) => got.length >= 3), null, { timeout: PATIENCE });
+    assert.deepEqual(await page.evaluate(() => window.got), Array.from({ length: 10 }, () => [0, 1, 2]));
+
+    // The browser client over HTTPS, on the same connection: over SSE, and over a WebSocket, which
+    // Chromium opens as an HTTP/2 stream (RFC 8441's extended CONNECT).
+    await page.evaluate(async () => {
+      const { connect } = await import('/web/ssegate.js');
+      window.clients = [connect({ topics: ['tls/ticks'] }), connect({ topics: ['tls/ticks'], transports: ['ws'], shared: false })];
+      window.clientGot = window.clients.map((client) => {
+        const got = [];
+        client.on('tick', (data) => got.push(data));
+        return got;
+      });
+    });
+    await page.waitForFunction(() => window.clients.every((client) => client.status === 'open'), null, { timeout: PATIENCE });
+    assert.deepEqual(await page.evaluate(() => window.clients.map((client) => client.transport)), ['sse', 'ws']);
+    await publish({ topic: 'tls/ticks', event: 'tick', data: 3 });
+    await page.waitForFunction(() => window.clientGot.every((got) => got.length >= 1) && window.got.every((got) => got.length >= 4), null, { timeout: PATIENCE });
+    assert.deepEqual(await page.evaluate(() => window.clientGot), [[3], [3]]);
+    const { text: listed } = await call('GET', '/clients');
+    assert.equal(JSON.parse(listed).clients.length, 12, listed);
+
+    // One TCP connection: an HTTP/2 one, and no other.
+    const gauge = (text, protocol) => Number(text.match(new RegExp(`^ssegate_open_connections\\{protocol="${protocol}"\\} (\\S+)$`, 'm'))?.[1]);
+    await eventually(async () => {
+      const { status, text, protocol } = await call('GET', '/metrics');
+      assert.equal(status, 200);
+      assert.equal(protocol, 'h2');
+      assert.deepEqual(['h2', 'https/1.1', 'http/1.1'].map((p) => gauge(text, p)), [1, 0, 0], text);
+    });
+    assert.deepEqual(logged, [], 'the page logs no error');
+  } finally {
+    await trusting.close();
+    rmSync(cert.dir, { recursive: true, force: true });
+  }
 });
 
 test('chromium and the gateway binary are where the tests expect them', () => {
