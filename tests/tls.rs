@@ -447,7 +447,8 @@ async fn open_connections(conn: &mut Conn, protocol: &str) -> f64 {
     let body = within("a body", res.into_body().collect()).await.unwrap().to_bytes();
     let text = String::from_utf8(body.to_vec()).unwrap();
     let series = format!("ssegate_open_connections{{protocol=\"{protocol}\"}} ");
-    let value = text.lines().find_map(|l| l.strip_prefix(series.as_str())).unwrap_or_else(|| panic!("{series}in {text}"));
+    let value =
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())).unwrap_or_else(|| panic!("{series}in {text}"));
     value.parse().unwrap()
 }
 
