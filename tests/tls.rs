@@ -211,8 +211,9 @@ async fn an_event_stream_over_http2_gets_events_and_drains_on_shutdown() {
 #[tokio::test]
 async fn ten_streams_share_one_http2_connection() {
     let cert = Cert::new();
-    // One connection per address: a second one would be refused.
-    let s = server(&cert, |c| c.max_per_address = 1).await;
+    // Ten slots per address: the connection's own covers its first event stream, each further
+    // stream takes one, as if it had a connection of its own.
+    let s = server(&cert, |c| c.max_per_address = 10).await;
     let mut conn = Conn::open(s.addr, &cert, true).await;
     let mut streams = Vec::new();
     for _ in 0..10 {
@@ -230,12 +231,56 @@ async fn ten_streams_share_one_http2_connection() {
             assert_eq!((ev.event.as_str(), ev.data.as_str()), ("tick", n.to_string().as_str()));
         }
     }
-    // The gateway counts one connection: another from this address is over the limit.
+    // An eleventh stream is over the limit, on this connection or another one; other requests
+    // on the connection still work.
+    let res = conn.send("GET", "/stream?topic=ticks", None).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = within("a body", res.into_body().collect()).await.unwrap().to_bytes();
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"], "too_many_connections");
     let mut second = Conn::open(s.addr, &cert, true).await;
     let (status, _, refused) = second.get("/healthz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     assert_eq!(refused["error"]["code"], "too_many_connections");
+    let (status, _, _) = conn.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    // A stream that ends gives its slot back.
+    streams.pop();
+    within("a stream's slot to come back", async {
+        while conn_status(&mut conn, "/stream?topic=ticks").await != StatusCode::OK {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     drop(streams);
+    s.stop().await;
+}
+
+/// The status of `GET path` on `conn` (the body, an event stream maybe, is dropped).
+async fn conn_status(conn: &mut Conn, path: &str) -> StatusCode {
+    conn.send("GET", path, None).await.status()
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    // One connection that asks for nothing after its handshake, one that holds an event stream
+    // (heartbeats aside, nothing moves on it), and one that opens and ends requests.
+    let idle = Conn::open(s.addr, &cert, true).await;
+    let mut busy = Conn::open(s.addr, &cert, true).await;
+    let mut events = busy.stream("topic=news").await;
+    let Conn::H2(idle) = idle else { unreachable!() };
+    let started = std::time::Instant::now();
+    within("the idle connection to be closed", async {
+        while !idle.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9), "closed after {:?}", started.elapsed());
+    // The stream's connection stays, and its stream still gets events.
+    busy.publish(json!({"topic": "news", "event": "t", "data": 1})).await;
+    assert_eq!(next(&mut events).await.expect("the event").data, "1");
     s.stop().await;
 }
 

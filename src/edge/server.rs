@@ -142,6 +142,7 @@ pub async fn serve(
             let acceptor = tls.acceptor();
             let app = app.clone();
             let draining = draining.clone();
+            let open = open.clone();
             tracker.spawn(async move {
                 let kill = handle.token();
                 let stream = tokio::select! {
@@ -156,7 +157,8 @@ pub async fn serve(
                     _ = kill.cancelled() => return,
                     _ = draining.cancelled() => return,
                 };
-                Box::pin(https(stream, peer, handle, app, draining, reserved)).await;
+                let limits = Limits { open, key, max, max_per_address };
+                Box::pin(https(stream, peer, handle, app, draining, reserved, limits)).await;
             });
             continue;
         }
@@ -259,9 +261,112 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How long an HTTP/2 connection may stay open without a request in progress (no stream, long
+/// poll or WebSocket): then it is told to go away (`GOAWAY`) and closed. HTTP/1.1 connections
+/// have hyper's `header_read_timeout` instead.
+const H2_IDLE: Duration = Duration::from_secs(10);
+
+/// What an HTTP/2 connection needs to count its event streams against the connection limits.
+struct Limits {
+    open: Arc<Open>,
+    key: IpAddr,
+    max: usize,
+    max_per_address: usize,
+}
+
+/// The requests in progress on an HTTP/2 connection, and its subscribers (`/stream`, `/ws`).
+#[derive(Default)]
+struct InProgress {
+    requests: tokio::sync::watch::Sender<usize>,
+    subscribers: AtomicUsize,
+}
+
+/// One request in progress on an HTTP/2 connection, held by its response body and (for a
+/// WebSocket) its session: dropping the last holder ends it.
+struct Request2 {
+    in_progress: Arc<InProgress>,
+    /// A subscriber's slot beyond the connection's own: the connection's slot covers one event
+    /// stream, as on HTTP/1.1, and each further one takes a slot of its own.
+    extra: Option<Slot>,
+    subscriber: bool,
+}
+
+impl Request2 {
+    /// Starts a request; a subscriber beyond the connection's first gets a slot of its own, or
+    /// the refusal a new connection would get.
+    fn start(in_progress: &Arc<InProgress>, limits: &Limits, subscriber: bool) -> Result<Request2, Refusal> {
+        in_progress.requests.send_modify(|n| *n += 1);
+        let mut request = Request2 { in_progress: in_progress.clone(), extra: None, subscriber };
+        if subscriber && in_progress.subscribers.fetch_add(1, Ordering::AcqRel) >= 1 {
+            let total = limits.open.count.fetch_add(1, Ordering::AcqRel) + 1;
+            let from_address = limits.open.add(limits.key);
+            request.extra = Some(Slot(limits.open.clone(), limits.key));
+            if from_address > limits.max_per_address {
+                return Err(Refusal::Address);
+            }
+            if total > limits.max {
+                return Err(Refusal::Full);
+            }
+        }
+        Ok(request)
+    }
+}
+
+impl Drop for Request2 {
+    fn drop(&mut self) {
+        if self.subscriber {
+            self.in_progress.subscribers.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.in_progress.requests.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A response body that holds its request's [`Request2`] until hyper drops it (sent, or the
+/// stream reset).
+struct Held {
+    body: Body,
+    _request: Arc<Request2>,
+}
+
+impl hyper::body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Completes once `in_progress` has had no request for [`H2_IDLE`].
+async fn idle(in_progress: Arc<InProgress>) {
+    let mut requests = in_progress.requests.subscribe();
+    loop {
+        if requests.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        if tokio::time::timeout(H2_IDLE, requests.wait_for(|n| *n > 0)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves a TLS connection through hyper and the router, HTTP/2 or HTTP/1.1 as ALPN chose, until
 /// it closes, is cut, or drains. Event streams and long polls are HTTP/2 streams side by side on
-/// the one connection; a WebSocket takes an HTTP/1.1 connection over through the upgrade.
+/// the one connection, each event stream beyond the first counted against the connection limits
+/// as a connection of its own; a connection with no request in progress for [`H2_IDLE`] is
+/// closed. A WebSocket takes an HTTP/1.1 connection over through the upgrade, or an HTTP/2
+/// stream by extended `CONNECT`.
 async fn https(
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
@@ -269,14 +374,18 @@ async fn https(
     app: Router,
     draining: CancellationToken,
     reserved: bool,
+    limits: Limits,
 ) {
     let kill = handle.token();
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let in_progress = Arc::new(InProgress::default());
+    let requests = in_progress.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let subscriber = matches!(req.uri().path(), "/stream" | "/ws");
-        let refused = (reserved && subscriber).then(|| refusal_response(Refusal::Full));
+        let mut refused = (reserved && subscriber).then(|| refusal_response(Refusal::Full));
         req.extensions_mut().insert(ConnectInfo(peer));
-        req.extensions_mut().insert(handle.clone());
         let h2 = req.version() == axum::http::Version::HTTP_2;
+        let mut request = None;
         if h2 {
             // HTTP/2 names the host in `:authority`; the checks on `Host` (DNS rebinding, the
             // page's own origin) see it there as over HTTP/1.1.
@@ -284,6 +393,18 @@ async fn https(
             if let Some(host) = authority {
                 req.headers_mut().entry(axum::http::header::HOST).or_insert(host);
             }
+            match Request2::start(&requests, &limits, subscriber) {
+                Ok(started) => {
+                    let started = Arc::new(started);
+                    // The session of a WebSocket holds the handle, and so the request.
+                    let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((started.clone(), handle.clone()));
+                    req.extensions_mut().insert(ConnHandle::new(handle.token(), slot));
+                    request = Some(started);
+                }
+                Err(why) => refused = Some(refusal_response(why)),
+            }
+        } else {
+            req.extensions_mut().insert(handle.clone());
         }
         let response = app.clone().oneshot(req.map(Body::new));
         async move {
@@ -295,6 +416,10 @@ async fn https(
                 // Connection-specific headers are not HTTP/2 (RFC 9113 section 8.2.2).
                 response.headers_mut().remove(axum::http::header::CONNECTION);
             }
+            let response = match request {
+                Some(request) => response.map(|body| Body::new(Held { body, _request: request })),
+                None => response,
+            };
             Ok::<_, std::convert::Infallible>(response)
         }
     });
@@ -304,6 +429,13 @@ async fn https(
     builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    let idle = async {
+        if h2 {
+            idle(in_progress).await
+        } else {
+            std::future::pending().await
+        }
+    };
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
@@ -312,12 +444,15 @@ async fn https(
             return;
         }
         _ = draining.cancelled() => {}
+        _ = idle => tracing::debug!(%peer, "idle HTTP/2 connection closed"),
         _ = kill.cancelled() => return,
     }
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = kill.cancelled() => {}
+        // A peer that does not take its GOAWAY.
+        _ = tokio::time::sleep(LINGER_TIME), if !draining.is_cancelled() => {}
     }
 }
 
