@@ -484,3 +484,56 @@ async fn the_reserved_connections_serve_no_streams_over_tls() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_that_is_not_read_is_cut_alone_over_http2() {
+    let cert = Cert::new();
+    let s = server(&cert, |c| c.queue_size = 16).await;
+    // A client (the h2 crate, which leaves flow control to its user) that reads a stream's data
+    // but never gives the window back, so the gateway can send it at most 64 KiB; and on the
+    // same connection a stream it reads as a browser would.
+    let tls = within("the TLS handshake", connect(s.addr, &cert.der, &[b"h2"])).await.unwrap();
+    let (h2, connection) =
+        h2::client::Builder::new().initial_window_size(65_535).handshake::<_, Bytes>(tls).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = within("HTTP/2 to be ready", h2.ready()).await.unwrap();
+    let get = |query: &str| Request::get(format!("https://localhost/stream?{query}")).body(()).unwrap();
+    let (stalled, _) = h2.send_request(get("topic=big"), true).unwrap();
+    let mut stalled = within("a response", stalled).await.unwrap().into_body();
+    let (live, _) = h2.send_request(get("topic=small"), true).unwrap();
+    let mut live = within("a response", live).await.unwrap().into_body();
+    // A publisher on a connection of its own.
+    let mut publisher = Conn::open(s.addr, &cert, true).await;
+    // Far more than the window and the queue hold: the stalled client overflows, and is cut
+    // 5 s later, alone: a reset of its stream, not of the connection.
+    let big = "x".repeat(8 * 1024);
+    for _ in 0..8 {
+        let batch: Vec<Value> = (0..10).map(|_| json!({"topic": "big", "event": "b", "data": big})).collect();
+        publisher.publish(Value::Array(batch)).await;
+    }
+    let mut received = 0;
+    let reset = within("the stalled stream to be reset", async {
+        loop {
+            match stalled.data().await {
+                Some(Ok(data)) => received += data.len(),
+                Some(Err(e)) => break e,
+                None => panic!("the stalled stream ended instead of being reset"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset:?}");
+    assert!(received <= 65_535, "received {received} bytes past the window");
+    // The other stream, on the same connection, goes on.
+    publisher.publish(json!({"topic": "small", "event": "s", "data": 1})).await;
+    let mut text = String::new();
+    within("the event on the live stream", async {
+        while !text.contains("event: s\ndata: 1\n") {
+            let data = live.data().await.expect("the live stream goes on").unwrap();
+            let _ = live.flow_control().release_capacity(data.len());
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    })
+    .await;
+    s.stop().await;
+}

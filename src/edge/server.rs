@@ -348,6 +348,35 @@ impl hyper::body::Body for Held {
     }
 }
 
+tokio::task_local! {
+    /// The token that cuts the HTTP/2 stream whose task is running (see [`StreamTasks`]).
+    static STREAM_KILL: CancellationToken;
+}
+
+/// The executor hyper runs an HTTP/2 connection's streams on: each stream is a task of its own
+/// that a token, a child of the connection's, drops, and hyper then resets that stream alone
+/// (`RST_STREAM`). The stream's request handling reads the token from [`STREAM_KILL`], so the
+/// slow-client cut of one event stream leaves the other streams of its connection alone.
+#[derive(Clone)]
+struct StreamTasks {
+    connection: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamTasks
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let kill = self.connection.child_token();
+        tokio::spawn(STREAM_KILL.scope(kill.clone(), async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = kill.cancelled() => {}
+            }
+        }));
+    }
+}
+
 /// Completes once `in_progress` has had no request for [`H2_IDLE`].
 async fn idle(in_progress: Arc<InProgress>) {
     let mut requests = in_progress.requests.subscribe();
@@ -394,23 +423,25 @@ async fn https(
                 req.headers_mut().entry(axum::http::header::HOST).or_insert(host);
             }
             match Request2::start(&requests, &limits, subscriber) {
-                Ok(started) => {
-                    let started = Arc::new(started);
-                    // The session of a WebSocket holds the handle, and so the request.
-                    let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((started.clone(), handle.clone()));
-                    req.extensions_mut().insert(ConnHandle::new(handle.token(), slot));
-                    request = Some(started);
-                }
+                Ok(started) => request = Some(Arc::new(started)),
                 Err(why) => refused = Some(refusal_response(why)),
             }
         } else {
             req.extensions_mut().insert(handle.clone());
         }
-        let response = app.clone().oneshot(req.map(Body::new));
+        let app = app.clone();
+        let handle = handle.clone();
         async move {
+            if let Some(request) = &request {
+                // This runs in the stream's own task: its token cuts this stream only. The
+                // session of a WebSocket holds the handle, and so the request.
+                let kill = STREAM_KILL.try_with(CancellationToken::clone).unwrap_or_else(|_| handle.token());
+                let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((request.clone(), handle));
+                req.extensions_mut().insert(ConnHandle::new(kill, slot));
+            }
             let mut response = match refused {
                 Some(refused) => refused,
-                None => response.await?,
+                None => app.oneshot(req.map(Body::new)).await?,
             };
             if h2 {
                 // Connection-specific headers are not HTTP/2 (RFC 9113 section 8.2.2).
@@ -423,7 +454,7 @@ async fn https(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(StreamTasks { connection: kill.clone() });
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     // WebSockets over HTTP/2 streams (RFC 8441's extended CONNECT).
     builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
