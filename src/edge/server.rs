@@ -72,13 +72,16 @@ impl Open {
     }
 }
 
-/// One open connection from a source address; dropping it gives the slot back.
+/// One open connection from a source address (none for a trusted proxy); dropping it gives the
+/// slot back.
 #[derive(Debug)]
-struct Slot(Arc<Open>, IpAddr);
+struct Slot(Arc<Open>, Option<IpAddr>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.remove(self.1);
+        if let Some(key) = self.1 {
+            self.0.remove(key);
+        }
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.none.notify_waiters();
         }
@@ -100,6 +103,8 @@ pub async fn serve(
     let open = Arc::new(Open::default());
     let max = hub.config().max_connections;
     let max_per_address = hub.config().max_per_address;
+    let proxies = hub.config().trusted_proxies.clone();
+    let trusted = |peer: &SocketAddr| proxies.iter().any(|n| n.contains(peer.ip().to_canonical()));
     let tls = crate::edge::tls::Tls::from_config(hub.config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
         .map(Arc::new);
@@ -120,10 +125,12 @@ pub async fn serve(
                 }
             },
         };
-        let key = address_key(peer.ip());
+        // A trusted proxy carries many clients: only --max-connections bounds it (its requests
+        // name their clients, whom the long-poll sessions count).
+        let key = (!trusted(&peer)).then(|| address_key(peer.ip()));
         let total = open.count.fetch_add(1, Ordering::AcqRel) + 1;
         let slot = Arc::new(Slot(open.clone(), key));
-        let from_address = open.add(key);
+        let from_address = key.map_or(0, |key| open.add(key));
         if total > max + RESERVED_CONNECTIONS || from_address > max_per_address {
             drop(slot);
             let why = if from_address > max_per_address { Refusal::Address } else { Refusal::Full };
@@ -269,7 +276,7 @@ const H2_IDLE: Duration = Duration::from_secs(10);
 /// What an HTTP/2 connection needs to count its event streams against the connection limits.
 struct Limits {
     open: Arc<Open>,
-    key: IpAddr,
+    key: Option<IpAddr>,
     max: usize,
     max_per_address: usize,
 }
@@ -299,7 +306,7 @@ impl Request2 {
         let mut request = Request2 { in_progress: in_progress.clone(), extra: None, subscriber };
         if subscriber && in_progress.subscribers.fetch_add(1, Ordering::AcqRel) >= 1 {
             let total = limits.open.count.fetch_add(1, Ordering::AcqRel) + 1;
-            let from_address = limits.open.add(limits.key);
+            let from_address = limits.key.map_or(0, |key| limits.open.add(key));
             request.extra = Some(Slot(limits.open.clone(), limits.key));
             if from_address > limits.max_per_address {
                 return Err(Refusal::Address);
