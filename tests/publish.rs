@@ -220,6 +220,41 @@ async fn one_address_cannot_take_every_connection() {
 }
 
 #[tokio::test]
+async fn a_trusted_proxy_is_not_one_address_its_clients_are() {
+    // The proxy is 127.0.0.2; one slot per address.
+    let s = TestServer::with(|c| {
+        c.max_per_address = 1;
+        c.trusted_proxies = vec![ssegate::IpNet::parse("127.0.0.2").unwrap()];
+    })
+    .await;
+    let proxy =
+        reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    // Connections from the proxy are bounded by --max-connections only: three streams at once.
+    let mut streams = Vec::new();
+    for n in 0..3 {
+        let res = proxy.get(s.url("/stream?topic=a")).header("x-forwarded-for", format!("203.0.113.{n}")).send().await;
+        let res = res.unwrap();
+        assert_eq!(res.status(), 200, "stream {n} through the proxy");
+        streams.push(res);
+    }
+    // Long-poll sessions count the client the proxy names: one each.
+    let poll =
+        |client: &'static str| proxy.get(s.url("/poll?topic=a&timeout=0")).header("x-forwarded-for", client).send();
+    assert_eq!(poll("203.0.113.1").await.unwrap().status(), 200);
+    assert_eq!(poll("203.0.113.2").await.unwrap().status(), 200);
+    let refused = poll("203.0.113.1").await.unwrap();
+    assert_eq!(refused.status(), 503, "a second session for the same client");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    // Other addresses are still held to one connection.
+    let _a = Sse::connect(&s, "topic=a").await;
+    let res = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 503, "a second connection from 127.0.0.1");
+    drop(streams);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics() {
     let s = TestServer::start().await;
     let (status, v) = s.get_json("/healthz").await;

@@ -211,8 +211,9 @@ async fn an_event_stream_over_http2_gets_events_and_drains_on_shutdown() {
 #[tokio::test]
 async fn ten_streams_share_one_http2_connection() {
     let cert = Cert::new();
-    // One connection per address: a second one would be refused.
-    let s = server(&cert, |c| c.max_per_address = 1).await;
+    // Ten slots per address: the connection's own covers its first event stream, each further
+    // stream takes one, as if it had a connection of its own.
+    let s = server(&cert, |c| c.max_per_address = 10).await;
     let mut conn = Conn::open(s.addr, &cert, true).await;
     let mut streams = Vec::new();
     for _ in 0..10 {
@@ -230,12 +231,56 @@ async fn ten_streams_share_one_http2_connection() {
             assert_eq!((ev.event.as_str(), ev.data.as_str()), ("tick", n.to_string().as_str()));
         }
     }
-    // The gateway counts one connection: another from this address is over the limit.
+    // An eleventh stream is over the limit, on this connection or another one; other requests
+    // on the connection still work.
+    let res = conn.send("GET", "/stream?topic=ticks", None).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = within("a body", res.into_body().collect()).await.unwrap().to_bytes();
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"], "too_many_connections");
     let mut second = Conn::open(s.addr, &cert, true).await;
     let (status, _, refused) = second.get("/healthz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     assert_eq!(refused["error"]["code"], "too_many_connections");
+    let (status, _, _) = conn.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    // A stream that ends gives its slot back.
+    streams.pop();
+    within("a stream's slot to come back", async {
+        while conn_status(&mut conn, "/stream?topic=ticks").await != StatusCode::OK {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     drop(streams);
+    s.stop().await;
+}
+
+/// The status of `GET path` on `conn` (the body, an event stream maybe, is dropped).
+async fn conn_status(conn: &mut Conn, path: &str) -> StatusCode {
+    conn.send("GET", path, None).await.status()
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    // One connection that asks for nothing after its handshake, one that holds an event stream
+    // (heartbeats aside, nothing moves on it), and one that opens and ends requests.
+    let idle = Conn::open(s.addr, &cert, true).await;
+    let mut busy = Conn::open(s.addr, &cert, true).await;
+    let mut events = busy.stream("topic=news").await;
+    let Conn::H2(idle) = idle else { unreachable!() };
+    let started = std::time::Instant::now();
+    within("the idle connection to be closed", async {
+        while !idle.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9), "closed after {:?}", started.elapsed());
+    // The stream's connection stays, and its stream still gets events.
+    busy.publish(json!({"topic": "news", "event": "t", "data": 1})).await;
+    assert_eq!(next(&mut events).await.expect("the event").data, "1");
     s.stop().await;
 }
 
@@ -475,5 +520,58 @@ async fn open_connections_count_an_http2_connection_once_by_protocol() {
     })
     .await;
     assert_eq!(open_connections(&mut h1, "https/1.1").await, 1.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_is_not_read_is_cut_alone_over_http2() {
+    let cert = Cert::new();
+    let s = server(&cert, |c| c.queue_size = 16).await;
+    // A client (the h2 crate, which leaves flow control to its user) that reads a stream's data
+    // but never gives the window back, so the gateway can send it at most 64 KiB; and on the
+    // same connection a stream it reads as a browser would.
+    let tls = within("the TLS handshake", connect(s.addr, &cert.der, &[b"h2"])).await.unwrap();
+    let (h2, connection) =
+        h2::client::Builder::new().initial_window_size(65_535).handshake::<_, Bytes>(tls).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = within("HTTP/2 to be ready", h2.ready()).await.unwrap();
+    let get = |query: &str| Request::get(format!("https://localhost/stream?{query}")).body(()).unwrap();
+    let (stalled, _) = h2.send_request(get("topic=big"), true).unwrap();
+    let mut stalled = within("a response", stalled).await.unwrap().into_body();
+    let (live, _) = h2.send_request(get("topic=small"), true).unwrap();
+    let mut live = within("a response", live).await.unwrap().into_body();
+    // A publisher on a connection of its own.
+    let mut publisher = Conn::open(s.addr, &cert, true).await;
+    // Far more than the window and the queue hold: the stalled client overflows, and is cut
+    // 5 s later, alone: a reset of its stream, not of the connection.
+    let big = "x".repeat(8 * 1024);
+    for _ in 0..8 {
+        let batch: Vec<Value> = (0..10).map(|_| json!({"topic": "big", "event": "b", "data": big})).collect();
+        publisher.publish(Value::Array(batch)).await;
+    }
+    let mut received = 0;
+    let reset = within("the stalled stream to be reset", async {
+        loop {
+            match stalled.data().await {
+                Some(Ok(data)) => received += data.len(),
+                Some(Err(e)) => break e,
+                None => panic!("the stalled stream ended instead of being reset"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset:?}");
+    assert!(received <= 65_535, "received {received} bytes past the window");
+    // The other stream, on the same connection, goes on.
+    publisher.publish(json!({"topic": "small", "event": "s", "data": 1})).await;
+    let mut text = String::new();
+    within("the event on the live stream", async {
+        while !text.contains("event: s\ndata: 1\n") {
+            let data = live.data().await.expect("the live stream goes on").unwrap();
+            let _ = live.flow_control().release_capacity(data.len());
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    })
+    .await;
     s.stop().await;
 }

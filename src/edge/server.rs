@@ -73,19 +73,20 @@ impl Open {
     }
 }
 
-/// One open connection from a source address; dropping it gives the slot back. Every handle on
+/// One open connection from a source address (none for a trusted proxy); dropping it gives the
+/// slot back. Every handle on
 /// the connection holds it ([`ConnHandle`]), a WebSocket session that took the connection over too.
 #[derive(Debug)]
 struct Slot {
     open: Arc<Open>,
-    key: IpAddr,
+    key: Option<IpAddr>,
     /// The connection in `ssegate_open_connections`, once it is served (its protocol known: after
     /// the first bytes, or the TLS handshake); connections refused are never counted there.
     served: OnceLock<OpenConnection>,
 }
 
 impl Slot {
-    fn new(open: Arc<Open>, key: IpAddr) -> Slot {
+    fn new(open: Arc<Open>, key: Option<IpAddr>) -> Slot {
         Slot { open, key, served: OnceLock::new() }
     }
 
@@ -97,7 +98,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.open.remove(self.key);
+        if let Some(key) = self.key {
+            self.open.remove(key);
+        }
         if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.open.none.notify_waiters();
         }
@@ -119,6 +122,8 @@ pub async fn serve(
     let open = Arc::new(Open::default());
     let max = hub.config().max_connections;
     let max_per_address = hub.config().max_per_address;
+    let proxies = hub.config().trusted_proxies.clone();
+    let trusted = |peer: &SocketAddr| proxies.iter().any(|n| n.contains(peer.ip().to_canonical()));
     let tls = crate::edge::tls::Tls::from_config(hub.config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
         .map(Arc::new);
@@ -139,10 +144,12 @@ pub async fn serve(
                 }
             },
         };
-        let key = address_key(peer.ip());
+        // A trusted proxy carries many clients: only --max-connections bounds it (its requests
+        // name their clients, whom the long-poll sessions count).
+        let key = (!trusted(&peer)).then(|| address_key(peer.ip()));
         let total = open.count.fetch_add(1, Ordering::AcqRel) + 1;
         let slot = Arc::new(Slot::new(open.clone(), key));
-        let from_address = open.add(key);
+        let from_address = key.map_or(0, |key| open.add(key));
         if total > max + RESERVED_CONNECTIONS || from_address > max_per_address {
             drop(slot);
             let why = if from_address > max_per_address { Refusal::Address } else { Refusal::Full };
@@ -162,6 +169,7 @@ pub async fn serve(
             let app = app.clone();
             let draining = draining.clone();
             let hub = hub.clone();
+            let open = open.clone();
             tracker.spawn(async move {
                 let kill = handle.token();
                 let stream = tokio::select! {
@@ -179,7 +187,8 @@ pub async fn serve(
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 slot.serving(&hub, if h2 { Protocol::H2 } else { Protocol::Https1 });
                 drop(slot);
-                Box::pin(https(stream, peer, handle, app, draining, reserved)).await;
+                let limits = Limits { open, key, max, max_per_address };
+                Box::pin(https(stream, peer, handle, app, draining, reserved, limits)).await;
             });
             continue;
         }
@@ -286,9 +295,141 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How long an HTTP/2 connection may stay open without a request in progress (no stream, long
+/// poll or WebSocket): then it is told to go away (`GOAWAY`) and closed. HTTP/1.1 connections
+/// have hyper's `header_read_timeout` instead.
+const H2_IDLE: Duration = Duration::from_secs(10);
+
+/// What an HTTP/2 connection needs to count its event streams against the connection limits.
+struct Limits {
+    open: Arc<Open>,
+    key: Option<IpAddr>,
+    max: usize,
+    max_per_address: usize,
+}
+
+/// The requests in progress on an HTTP/2 connection, and its subscribers (`/stream`, `/ws`).
+#[derive(Default)]
+struct InProgress {
+    requests: tokio::sync::watch::Sender<usize>,
+    subscribers: AtomicUsize,
+}
+
+/// One request in progress on an HTTP/2 connection, held by its response body and (for a
+/// WebSocket) its session: dropping the last holder ends it.
+struct Request2 {
+    in_progress: Arc<InProgress>,
+    /// A subscriber's slot beyond the connection's own: the connection's slot covers one event
+    /// stream, as on HTTP/1.1, and each further one takes a slot of its own.
+    extra: Option<Slot>,
+    subscriber: bool,
+}
+
+impl Request2 {
+    /// Starts a request; a subscriber beyond the connection's first gets a slot of its own, or
+    /// the refusal a new connection would get.
+    fn start(in_progress: &Arc<InProgress>, limits: &Limits, subscriber: bool) -> Result<Request2, Refusal> {
+        in_progress.requests.send_modify(|n| *n += 1);
+        let mut request = Request2 { in_progress: in_progress.clone(), extra: None, subscriber };
+        if subscriber && in_progress.subscribers.fetch_add(1, Ordering::AcqRel) >= 1 {
+            let total = limits.open.count.fetch_add(1, Ordering::AcqRel) + 1;
+            let from_address = limits.key.map_or(0, |key| limits.open.add(key));
+            request.extra = Some(Slot::new(limits.open.clone(), limits.key));
+            if from_address > limits.max_per_address {
+                return Err(Refusal::Address);
+            }
+            if total > limits.max {
+                return Err(Refusal::Full);
+            }
+        }
+        Ok(request)
+    }
+}
+
+impl Drop for Request2 {
+    fn drop(&mut self) {
+        if self.subscriber {
+            self.in_progress.subscribers.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.in_progress.requests.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A response body that holds its request's [`Request2`] until hyper drops it (sent, or the
+/// stream reset).
+struct Held {
+    body: Body,
+    _request: Arc<Request2>,
+}
+
+impl hyper::body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+tokio::task_local! {
+    /// The token that cuts the HTTP/2 stream whose task is running (see [`StreamTasks`]).
+    static STREAM_KILL: CancellationToken;
+}
+
+/// The executor hyper runs an HTTP/2 connection's streams on: each stream is a task of its own
+/// that a token, a child of the connection's, drops, and hyper then resets that stream alone
+/// (`RST_STREAM`). The stream's request handling reads the token from [`STREAM_KILL`], so the
+/// slow-client cut of one event stream leaves the other streams of its connection alone.
+#[derive(Clone)]
+struct StreamTasks {
+    connection: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamTasks
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let kill = self.connection.child_token();
+        tokio::spawn(STREAM_KILL.scope(kill.clone(), async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = kill.cancelled() => {}
+            }
+        }));
+    }
+}
+
+/// Completes once `in_progress` has had no request for [`H2_IDLE`].
+async fn idle(in_progress: Arc<InProgress>) {
+    let mut requests = in_progress.requests.subscribe();
+    loop {
+        if requests.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        if tokio::time::timeout(H2_IDLE, requests.wait_for(|n| *n > 0)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves a TLS connection through hyper and the router, HTTP/2 or HTTP/1.1 as ALPN chose, until
 /// it closes, is cut, or drains. Event streams and long polls are HTTP/2 streams side by side on
-/// the one connection; a WebSocket takes an HTTP/1.1 connection over through the upgrade.
+/// the one connection, each event stream beyond the first counted against the connection limits
+/// as a connection of its own; a connection with no request in progress for [`H2_IDLE`] is
+/// closed. A WebSocket takes an HTTP/1.1 connection over through the upgrade, or an HTTP/2
+/// stream by extended `CONNECT`.
 async fn https(
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
@@ -296,14 +437,18 @@ async fn https(
     app: Router,
     draining: CancellationToken,
     reserved: bool,
+    limits: Limits,
 ) {
     let kill = handle.token();
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let in_progress = Arc::new(InProgress::default());
+    let requests = in_progress.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let subscriber = matches!(req.uri().path(), "/stream" | "/ws");
-        let refused = (reserved && subscriber).then(|| refusal_response(Refusal::Full));
+        let mut refused = (reserved && subscriber).then(|| refusal_response(Refusal::Full));
         req.extensions_mut().insert(ConnectInfo(peer));
-        req.extensions_mut().insert(handle.clone());
         let h2 = req.version() == axum::http::Version::HTTP_2;
+        let mut request = None;
         if h2 {
             // HTTP/2 names the host in `:authority`; the checks on `Host` (DNS rebinding, the
             // page's own origin) see it there as over HTTP/1.1.
@@ -311,26 +456,51 @@ async fn https(
             if let Some(host) = authority {
                 req.headers_mut().entry(axum::http::header::HOST).or_insert(host);
             }
+            match Request2::start(&requests, &limits, subscriber) {
+                Ok(started) => request = Some(Arc::new(started)),
+                Err(why) => refused = Some(refusal_response(why)),
+            }
+        } else {
+            req.extensions_mut().insert(handle.clone());
         }
-        let response = app.clone().oneshot(req.map(Body::new));
+        let app = app.clone();
+        let handle = handle.clone();
         async move {
+            if let Some(request) = &request {
+                // This runs in the stream's own task: its token cuts this stream only. The
+                // session of a WebSocket holds the handle, and so the request.
+                let kill = STREAM_KILL.try_with(CancellationToken::clone).unwrap_or_else(|_| handle.token());
+                let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((request.clone(), handle));
+                req.extensions_mut().insert(ConnHandle::new(kill, slot));
+            }
             let mut response = match refused {
                 Some(refused) => refused,
-                None => response.await?,
+                None => app.oneshot(req.map(Body::new)).await?,
             };
             if h2 {
                 // Connection-specific headers are not HTTP/2 (RFC 9113 section 8.2.2).
                 response.headers_mut().remove(axum::http::header::CONNECTION);
             }
+            let response = match request {
+                Some(request) => response.map(|body| Body::new(Held { body, _request: request })),
+                None => response,
+            };
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(StreamTasks { connection: kill.clone() });
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     // WebSockets over HTTP/2 streams (RFC 8441's extended CONNECT).
     builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    let idle = async {
+        if h2 {
+            idle(in_progress).await
+        } else {
+            std::future::pending().await
+        }
+    };
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
@@ -339,12 +509,15 @@ async fn https(
             return;
         }
         _ = draining.cancelled() => {}
+        _ = idle => tracing::debug!(%peer, "idle HTTP/2 connection closed"),
         _ = kill.cancelled() => return,
     }
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = kill.cancelled() => {}
+        // A peer that does not take its GOAWAY.
+        _ = tokio::time::sleep(LINGER_TIME), if !draining.is_cancelled() => {}
     }
 }
 

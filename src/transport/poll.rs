@@ -368,7 +368,15 @@ pub(crate) async fn poll(
     // was targeted at that id).
     let id = id.filter(|id| q.session.as_deref().is_some_and(|s| owns(&secrets, *id, s)));
     hub.catch_up(q.cursor.as_deref()).await;
-    let address = peer.map(|p| crate::http::peer::address_key(p.0 .0.ip()));
+    // Behind a trusted proxy, the client it names (else every client behind it would share the
+    // proxy's allowance).
+    let address = peer.map(|p| {
+        let ip = match crate::http::guard::peer(hub.config(), Some(p.0 .0), &headers) {
+            crate::http::guard::Peer::Known(ip) => ip,
+            crate::http::guard::Peer::Unknown => p.0 .0.ip(),
+        };
+        crate::http::peer::address_key(ip)
+    });
     let (session, fresh) = session_for(&hub, &sessions, id, patterns, address)?;
     let client = session.conn.client().clone();
     let client_id = client.id();
