@@ -226,11 +226,11 @@ impl Dial {
         ONCE.call_once(|| {
             let c = stream.get_ref().1;
             eprintln!(
-                "tls: {:?}, {:?}, key exchange {:?}, ALPN {:?}",
-                c.protocol_version(),
-                c.negotiated_cipher_suite().map(|s| s.suite()),
-                c.negotiated_key_exchange_group().map(|g| g.name()),
-                c.alpn_protocol().map(String::from_utf8_lossy),
+                "tls: {}, {}, key exchange {}, ALPN {}",
+                c.protocol_version().map_or("?".into(), |v| format!("{v:?}")),
+                c.negotiated_cipher_suite().map_or("?".into(), |s| format!("{:?}", s.suite())),
+                c.negotiated_key_exchange_group().map_or("?".into(), |g| format!("{:?}", g.name())),
+                c.alpn_protocol().map_or("none".into(), String::from_utf8_lossy),
             );
         });
         Ok(stream)
