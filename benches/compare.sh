@@ -236,6 +236,9 @@ text = open(path).read()
 begin, end = "<!-- over-https:begin -->", "<!-- over-https:end -->"
 if begin in text and end in text:
     text = text[: text.index(begin)] + section.strip() + text[text.index(end) + len(end):]
+elif "<!-- under-attack:begin -->" in text:
+    at = text.index("<!-- under-attack:begin -->")
+    text = text[:at] + section.strip() + "\n\n" + text[at:]
 else:
     text = text.rstrip() + "\n\n" + section.strip() + "\n"
 open(path, "w").write(text)
@@ -276,8 +279,9 @@ jq -n \
   --arg quick "$quick" \
   '$ARGS.named' >"$work/meta.json"
 python3 "$peers/report.py" "$work/meta.json" "$results" >"$work/BENCHMARKS.md"
-# Keep the sections "Over HTTPS" (compare.sh --tls) and "Under attack" (benches/attack.sh).
-for section in over-https under-attack; do
+# Keep the sections "Over HTTPS" (compare.sh --tls, and the notes written by hand after it) and
+# "Under attack" (benches/attack.sh).
+for section in over-https over-https-notes under-attack; do
   if [ -f "$out" ] && grep -q "<!-- $section:begin -->" "$out"; then
     { echo; sed -n "/<!-- $section:begin -->/,/<!-- $section:end -->/p" "$out"; } >>"$work/BENCHMARKS.md"
   fi

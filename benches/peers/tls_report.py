@@ -88,6 +88,25 @@ def main():
         w(f"| {scenario} | {rnd} | {ratio('cpu_us_per_delivery')} | {ratio('rss_kib_per_connection')} "
           f"| {a['loadavg'].split()[0]}, {b['loadavg'].split()[0]} |")
     w("")
+    w("Against the issue's target (\"over HTTPS, ssegate's CPU per delivery and memory per connection are at "
+      "most Nchan's with TLS in the same run\"): the highest ssegate / Nchan ratio over the rounds.")
+    w("")
+    w("| row | CPU per delivery, worst round | memory per connection, worst round | met |")
+    w("|---|---|---|---|")
+    for scenario in dict.fromkeys(r["scenario"] for r in results):
+        worst = {}
+        for key in ("cpu_us_per_delivery", "rss_kib_per_connection"):
+            ratios = []
+            for (s2, rnd, server), a in by.items():
+                b = by.get((s2, rnd, "nchan"))
+                if s2 == scenario and server == "ssegate" and b and a.get(key) is not None and b.get(key):
+                    ratios.append(a[key] / b[key])
+            worst[key] = max(ratios) if ratios else None
+        known = [v for v in worst.values() if v is not None]
+        met = "–" if not known else ("yes" if all(v <= 1 for v in known) else "**no**")
+        w(f"| {scenario} | {num(worst['cpu_us_per_delivery'], '{:.2f}')} "
+          f"| {num(worst['rss_kib_per_connection'], '{:.2f}')} | {met} |")
+    w("")
     w("The load generator's arguments per row (`--url`, `--pid` and `--ca` added by the script):")
     w("")
     w("```")
