@@ -13,6 +13,11 @@
 //! to a backend that holds every request (`benches/peers/grip_backend.py`) and publishes with
 //! `POST /publish` on `--publish-url` (its HTTP control port). `--pid` takes a comma list, so CPU
 //! and memory are summed over all of a server's processes.
+//!
+//! `--tls h1|h2` with `--url https://...` and `--ca PEM` measures a server over HTTPS: each SSE
+//! client opens its own TLS 1.3 connection offering one suite (TLS13_AES_128_GCM_SHA256) and one
+//! ALPN protocol, `http/1.1` or `h2` (one stream per connection, as a browser tab, or
+//! `--streams-per-conn N` EventSources sharing it); the publisher speaks HTTP/1.1 over TLS.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +85,25 @@ struct Args {
     /// Also report the load generator's own CPU per delivery (it shares the cores with the server).
     #[arg(long)]
     self_cpu: bool,
+    /// Over HTTPS (`--url https://...`, SSE only): each client on its own TLS connection offering
+    /// ALPN `http/1.1` (h1) or `h2` (h2) only; the publisher speaks HTTP/1.1 over TLS.
+    #[arg(long, value_enum)]
+    tls: Option<TlsMode>,
+    /// PEM certificate to trust for --tls (the server's own, self-signed, for 127.0.0.1).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// With --tls h2: EventSources per connection (one tab with N streams on one connection).
+    #[arg(long, default_value_t = 1)]
+    streams_per_conn: usize,
+}
+
+/// The protocol the TLS clients offer by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TlsMode {
+    /// HTTP/1.1: one connection per EventSource.
+    H1,
+    /// HTTP/2: one connection per tab, `--streams-per-conn` streams on it.
+    H2,
 }
 
 /// The server being measured: where clients subscribe and how events are published.
@@ -111,22 +135,24 @@ impl Target {
         }
     }
 
-    /// The request that publishes event `seq` on `topic`, sent at `sent` µs.
-    fn publish(self, http: &reqwest::Client, base: &str, topic: &str, seq: u64, sent: u64) -> reqwest::RequestBuilder {
+    /// The request that publishes event `seq` on `topic`, sent at `sent` µs: path, extra header, body.
+    fn publish(self, topic: &str, seq: u64, sent: u64) -> (String, Option<(&'static str, &'static str)>, String) {
         let data = format!(r#"{{"seq":{seq},"sent":{sent}}}"#);
         match self {
-            Target::Ssegate => http
-                .post(format!("{base}/publish"))
-                .body(format!(r#"{{"topic":"{topic}","event":"tick","data":{data}}}"#)),
-            Target::Nchan => http.post(format!("{base}/pub/{topic}")).header("x-eventsource-event", "tick").body(data),
+            Target::Ssegate => {
+                ("/publish".into(), None, format!(r#"{{"topic":"{topic}","event":"tick","data":{data}}}"#))
+            }
+            Target::Nchan => (format!("/pub/{topic}"), Some(("x-eventsource-event", "tick")), data),
             Target::Pushpin => {
                 let item = serde_json::json!({"channel": topic, "formats": {
                     "http-stream": {"content": format!("event: tick\ndata: {data}\n\n")},
                     "ws-message": {"content": data},
                 }});
-                http.post(format!("{base}/publish"))
-                    .header("content-type", "application/json")
-                    .body(serde_json::json!({ "items": [item] }).to_string())
+                (
+                    "/publish".into(),
+                    Some(("content-type", "application/json")),
+                    serde_json::json!({ "items": [item] }).to_string(),
+                )
             }
         }
     }
@@ -179,16 +205,67 @@ async fn connect_from(src: SocketAddr, addr: SocketAddr) -> std::io::Result<toki
     socket.connect(addr).await
 }
 
+/// How the SSE clients reach the server: plain TCP, or TLS with the settings of `--tls`.
+#[derive(Clone)]
+struct Dial {
+    addr: SocketAddr,
+    tls: Option<(TlsMode, tokio_rustls::TlsConnector)>,
+}
+
+impl Dial {
+    /// A TLS connection from `src` (the handshake done), printing what was negotiated once.
+    async fn tls(
+        &self,
+        src: SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = connect_from(src, self.addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        let stream = connector.connect(name, tcp).await?;
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let c = stream.get_ref().1;
+            eprintln!(
+                "tls: {}, {}, key exchange {}, ALPN {}",
+                c.protocol_version().map_or("?".into(), |v| format!("{v:?}")),
+                c.negotiated_cipher_suite().map_or("?".into(), |s| format!("{:?}", s.suite())),
+                c.negotiated_key_exchange_group().map_or("?".into(), |g| format!("{:?}", g.name())),
+                c.alpn_protocol().map_or("none".into(), String::from_utf8_lossy),
+            );
+        });
+        Ok(stream)
+    }
+}
+
+/// One SSE client over HTTP/1.1, on plain TCP or its own TLS connection.
 async fn sse_client(
     i: usize,
-    addr: SocketAddr,
+    dial: &Dial,
     src: SocketAddr,
     target: Target,
     topic: &str,
     tally: &Tally,
     counted: &mut bool,
 ) -> std::io::Result<()> {
-    let mut stream = connect_from(src, addr).await?;
+    match &dial.tls {
+        None => sse_over(connect_from(src, dial.addr).await?, i, dial.addr, target, topic, tally, counted).await,
+        Some((_, connector)) => {
+            let stream = dial.tls(src, connector).await?;
+            sse_over(stream, i, dial.addr, target, topic, tally, counted).await
+        }
+    }
+}
+
+/// Reads the events of one SSE subscription over HTTP/1.1 on `stream`.
+async fn sse_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    i: usize,
+    addr: SocketAddr,
+    target: Target,
+    topic: &str,
+    tally: &Tally,
+    counted: &mut bool,
+) -> std::io::Result<()> {
     let path = target.subscribe_path(false, topic);
     let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
     stream.write_all(req.as_bytes()).await?;
@@ -228,20 +305,81 @@ async fn sse_client(
             Some(Some(d)) => d.feed(&buf[..n], &mut body)?,
             Some(None) => body.extend_from_slice(&buf[..n]),
         }
-        pending.push_str(&String::from_utf8_lossy(&body));
+        read_events(&mut pending, &body, i, tally, counted);
         body.clear();
-        if !*counted && pending.contains("event: welcome") {
-            *counted = true;
-            tally.connected.fetch_add(1, Ordering::Relaxed);
-        }
-        // Each event's data line holds the JSON we look for.
-        while let Some(end) = pending.find("\n\n") {
-            let frame: String = pending.drain(..end + 2).collect();
-            if frame.contains("event: tick") {
-                tally.record(i, &frame);
-            }
+    }
+}
+
+/// Adds `body` to the stream's unparsed text and records each complete event in it.
+fn read_events(pending: &mut String, body: &[u8], i: usize, tally: &Tally, counted: &mut bool) {
+    pending.push_str(&String::from_utf8_lossy(body));
+    if !*counted && pending.contains("event: welcome") {
+        *counted = true;
+        tally.connected.fetch_add(1, Ordering::Relaxed);
+    }
+    // Each event's data line holds the JSON we look for.
+    while let Some(end) = pending.find("\n\n") {
+        let frame: String = pending.drain(..end + 2).collect();
+        if frame.contains("event: tick") {
+            tally.record(i, &frame);
         }
     }
+}
+
+/// The SSE clients `first..first + counted.len()` as streams of one HTTP/2 connection over TLS
+/// (a browser tab with that many EventSources); `counted[k]` says whether stream `k` subscribed.
+#[allow(clippy::too_many_arguments)]
+async fn sse_h2_client(
+    first: usize,
+    dial: &Dial,
+    connector: &tokio_rustls::TlsConnector,
+    src: SocketAddr,
+    target: Target,
+    topics: usize,
+    tally: &Tally,
+    counted: &mut [bool],
+) -> std::io::Result<()> {
+    let stream = dial.tls(src, connector).await?;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    let conn = tokio::spawn(conn);
+    let addr = dial.addr;
+    let streams = counted.iter_mut().enumerate().map(|(k, counted)| {
+        let mut sender = sender.clone();
+        let i = first + k;
+        let topic = format!("bench/{}", i % topics.max(1));
+        async move {
+            let uri = format!("https://{addr}{}", target.subscribe_path(false, &topic));
+            let req = hyper::Request::get(uri)
+                .header("accept", "text/event-stream")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(std::io::Error::other)?;
+            sender.ready().await.map_err(std::io::Error::other)?;
+            let res = sender.send_request(req).await.map_err(std::io::Error::other)?;
+            if res.status() != hyper::StatusCode::OK {
+                return Err(std::io::Error::other(format!("answered {}", res.status())));
+            }
+            if target != Target::Ssegate {
+                *counted = true;
+                tally.connected.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut body = res.into_body();
+            let mut pending = String::new();
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                if let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() {
+                    read_events(&mut pending, &data, i, tally, counted);
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let results = futures::future::join_all(streams).await;
+    conn.abort();
+    results.into_iter().collect()
 }
 
 async fn ws_client(
@@ -280,6 +418,65 @@ async fn ws_client(
         }
     }
     Ok(())
+}
+
+/// TLS 1.3 client settings offering one suite (TLS13_AES_128_GCM_SHA256), so that every server
+/// measured encrypts with the same cipher, trusting only the PEM certificate `ca`.
+fn tls_connector(ca: &std::path::Path, alpn: &[u8]) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    // Each client makes one connection: nothing to resume.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Publishes over HTTP/1.1 on TLS connections of its own, kept open and reused: a pool that grows
+/// to the number of publishes in flight.
+struct TlsPublisher {
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    idle: Mutex<Vec<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>>,
+}
+
+impl TlsPublisher {
+    async fn send(
+        &self,
+        (path, header, body): (String, Option<(&'static str, &'static str)>, String),
+    ) -> anyhow::Result<hyper::StatusCode> {
+        let mut req = hyper::Request::post(path).header("host", self.addr.to_string());
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let idle = self.idle.lock().unwrap().pop();
+        let mut sender = match idle {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+                let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+                let tls = self.connector.connect(name, tcp).await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
+        sender.ready().await?;
+        let res = sender.send_request(req).await?;
+        let status = res.status();
+        http_body_util::BodyExt::collect(res.into_body()).await?;
+        self.idle.lock().unwrap().push(sender);
+        Ok(status)
+    }
 }
 
 /// CPU time (user + system) of some processes together, in microseconds; `None` if one is gone.
@@ -363,7 +560,19 @@ async fn main() -> anyhow::Result<()> {
             (url, pids)
         }
     };
-    let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
+    let addr: SocketAddr = base.trim_start_matches("http://").trim_start_matches("https://").parse()?;
+    let dial = match args.tls {
+        None => Dial { addr, tls: None },
+        Some(mode) => {
+            anyhow::ensure!(base.starts_with("https://"), "--tls needs --url https://...");
+            anyhow::ensure!(args.transport == "sse", "--tls measures SSE clients only");
+            anyhow::ensure!(args.publish_url.is_none(), "--tls publishes at --url only");
+            let ca = args.ca.as_deref().ok_or_else(|| anyhow::anyhow!("--tls needs --ca"))?;
+            let alpn: &[u8] = if mode == TlsMode::H2 { b"h2" } else { b"http/1.1" };
+            Dial { addr, tls: Some((mode, tls_connector(ca, alpn)?)) }
+        }
+    };
+    let conn_streams = if args.tls == Some(TlsMode::H2) { args.streams_per_conn.max(1) } else { 1 };
     let publish_base = args.publish_url.as_deref().unwrap_or(&base).trim_end_matches('/').to_owned();
     let rss_idle = rss_kib_all(&pids);
     let tally = Arc::new(Tally {
@@ -376,22 +585,28 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..args.clients {
-        let topic = format!("bench/{}", i % args.topics.max(1));
+    for first in (0..args.clients).step_by(conn_streams) {
+        let streams = conn_streams.min(args.clients - first);
         let tally = tally.clone();
-        let src = source(i, args.sources);
+        let src = source(first / conn_streams, args.sources);
         let ws = args.transport == "ws";
         let target = args.target;
         let retries = args.retries;
+        let topics = args.topics;
+        let dial = dial.clone();
         tasks.spawn(async move {
+            let i = first;
+            let topic = format!("bench/{}", i % topics.max(1));
             for attempt in 0.. {
-                let mut counted = false;
-                let res = if ws {
-                    ws_client(i, addr, src, target, &topic, &tally, &mut counted).await
-                } else {
-                    sse_client(i, addr, src, target, &topic, &tally, &mut counted).await
+                let mut counted = vec![false; streams];
+                let res = match &dial.tls {
+                    Some((TlsMode::H2, connector)) => {
+                        sse_h2_client(first, &dial, connector, src, target, topics, &tally, &mut counted).await
+                    }
+                    _ if ws => ws_client(i, addr, src, target, &topic, &tally, &mut counted[0]).await,
+                    _ => sse_client(i, &dial, src, target, &topic, &tally, &mut counted[0]).await,
                 };
-                if !counted && attempt < retries {
+                if !counted.iter().any(|&c| c) && attempt < retries {
                     tally.retries.fetch_add(1, Ordering::Relaxed);
                     // Spread the retries so they do not come back as one burst.
                     let jitter = (i as u64 * 7919 + attempt as u64 * 104_729) % 800;
@@ -405,7 +620,7 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
         });
-        if i % 200 == 199 {
+        if (first / conn_streams) % 200 == 199 {
             tokio::task::yield_now().await;
         }
     }
@@ -419,6 +634,17 @@ async fn main() -> anyhow::Result<()> {
     let rss_connected = rss_kib_all(&pids);
 
     let http = reqwest::Client::builder().no_proxy().build()?;
+    let tls_publisher = match &dial.tls {
+        Some(_) => {
+            let ca = args.ca.as_deref().unwrap_or(std::path::Path::new(""));
+            Some(Arc::new(TlsPublisher {
+                addr,
+                connector: tls_connector(ca, b"http/1.1")?,
+                idle: Mutex::new(Vec::new()),
+            }))
+        }
+        None => None,
+    };
     let cpu_before = cpu_micros_all(&pids);
     let self_cpu_before = cpu_micros(std::process::id());
     let backend_cpu_before = cpu_micros_all(&args.backend_pid);
@@ -435,12 +661,29 @@ async fn main() -> anyhow::Result<()> {
             in_flight.join_next().await.expect("a publish in flight")??;
         }
         let topic = format!("bench/{}", seq as usize % args.topics.max(1));
-        let request = args.target.publish(&http, &publish_base, &topic, seq, micros());
-        in_flight.spawn(async move {
-            let res = request.send().await?;
-            anyhow::ensure!(res.status().is_success(), "publish answered {}", res.status());
-            Ok::<_, anyhow::Error>(())
-        });
+        let request = args.target.publish(&topic, seq, micros());
+        match &tls_publisher {
+            Some(publisher) => {
+                let publisher = publisher.clone();
+                in_flight.spawn(async move {
+                    let status = publisher.send(request).await?;
+                    anyhow::ensure!(status.is_success(), "publish answered {status}");
+                    Ok::<_, anyhow::Error>(())
+                });
+            }
+            None => {
+                let (path, header, body) = request;
+                let mut request = http.post(format!("{publish_base}{path}")).body(body);
+                if let Some((name, value)) = header {
+                    request = request.header(name, value);
+                }
+                in_flight.spawn(async move {
+                    let res = request.send().await?;
+                    anyhow::ensure!(res.status().is_success(), "publish answered {}", res.status());
+                    Ok::<_, anyhow::Error>(())
+                });
+            }
+        }
     }
     while let Some(done) = in_flight.join_next().await {
         done??;
@@ -504,6 +747,10 @@ async fn main() -> anyhow::Result<()> {
     let mut extra = String::new();
     if args.target != Target::Ssegate {
         extra.push_str(&format!(",\"target\":\"{}\"", args.target.name()));
+    }
+    if let Some(mode) = args.tls {
+        let mode = if mode == TlsMode::H2 { "h2" } else { "h1" };
+        extra.push_str(&format!(",\"tls\":\"{mode}\",\"streams_per_conn\":{conn_streams}"));
     }
     if args.retries > 0 {
         extra.push_str(&format!(",\"retries\":{}", tally.retries.load(Ordering::Relaxed)));
