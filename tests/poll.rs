@@ -94,6 +94,34 @@ async fn a_newer_poll_ends_a_waiting_one() {
 }
 
 #[tokio::test]
+async fn changing_topics_keeps_the_client_id_while_a_poll_still_waits() {
+    let s = TestServer::start().await;
+    let first = poll(&s, "topic=t").await;
+    let id = first["client_id"].as_str().unwrap().to_owned();
+    let q = next_poll(&first);
+    // The client gave up on this poll (its fetch was aborted), but the gateway still holds it.
+    let waiting = {
+        let api = s.api.clone();
+        let q = q.clone();
+        tokio::spawn(async move { api.get_json(&format!("/poll?{q}&timeout=30")).await })
+    };
+    // The same session with one more topic, once the old poll is in (nothing outside shows a
+    // poll waiting, hence the pause, as in a_newer_poll_ends_a_waiting_one).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let changed = poll(&s, &format!("{q}&topic=u&timeout=0")).await;
+    assert_eq!(changed["client_id"], id.as_str(), "{changed}");
+    let (status, _) = common::within("the old poll to answer", waiting).await.unwrap();
+    assert_eq!(status, 200);
+    s.publish_ok(json!({"topic": "u", "data": "on the new topic"})).await;
+    let (id2, session) = (changed["client_id"].as_str().unwrap(), changed["session"].as_str().unwrap());
+    let cursor = changed["cursor"].as_str().unwrap();
+    let next = poll(&s, &format!("topic=t&topic=u&client_id={id2}&session={session}&cursor={cursor}&timeout=5")).await;
+    assert_eq!(datas(&next), [json!("on the new topic")]);
+    assert_eq!(next["client_id"], id.as_str());
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn idle_sessions_expire_and_come_back_from_history() {
     let s = TestServer::with(|c| {
         c.poll_session_ttl_ms = 200;

@@ -39,6 +39,9 @@ struct Session {
     state: tokio::sync::Mutex<PollState>,
     /// Wakes a waiting poll when a newer poll of the same session arrives.
     superseded: Notify,
+    /// Counts the polls of the session (and its retirement): a poll that sees it move past its
+    /// own is superseded, even if it was not yet waiting when [`Session::superseded`] was told.
+    polls: AtomicU64,
     polling: AtomicBool,
     last_poll_ms: AtomicU64,
 }
@@ -234,7 +237,7 @@ fn wait_time(hub: &Hub, q: &PollQuery, headers: &HeaderMap) -> Result<Duration, 
 
 /// Finds the session a poll belongs to, or opens one (under the client's old id if it gives
 /// one that no connected client holds).
-fn session_for(
+async fn session_for(
     hub: &Hub,
     sessions: &Sessions,
     id: Option<Uuid>,
@@ -250,7 +253,11 @@ fn session_for(
                 // Disconnected by the backend: it comes back as a new client.
                 Some(CloseReason::Kicked) => reuse_id = None,
                 // Overflowed, or the client changed its topics: a new session under the same id.
-                _ => {}
+                // A poll of the old session may still be waiting (one the client gave up on):
+                // it answers now and lets go of the id.
+                _ => {
+                    s.supersede();
+                }
             }
             sessions.remove(&id);
         }
@@ -270,9 +277,11 @@ fn session_for(
             1,
         ));
     }
-    let conn = reuse_id
-        .and_then(|id| hub.reconnect(id, Transport::LongPoll, patterns.clone()))
-        .unwrap_or_else(|| hub.connect(Transport::LongPoll, patterns.clone()));
+    let conn = match reuse_id {
+        Some(id) => reconnect(hub, id, &patterns).await,
+        None => None,
+    };
+    let conn = conn.unwrap_or_else(|| hub.connect(Transport::LongPoll, patterns.clone()));
     let head = conn.head();
     let session = Arc::new(Session {
         conn,
@@ -280,11 +289,37 @@ fn session_for(
         patterns,
         state: tokio::sync::Mutex::new(PollState { cursor: head, shaper: Shaper::default() }),
         superseded: Notify::new(),
+        polls: AtomicU64::new(0),
         polling: AtomicBool::new(false),
         last_poll_ms: AtomicU64::new(now_ms()),
     });
     sessions.lock().insert(session.clone());
     Ok((session, true))
+}
+
+/// Registers `id` again, once the old session's last poll has let go of it (it was just told to
+/// answer); after a second, a new id (the client resumes through its cursor all the same).
+async fn reconnect(hub: &Hub, id: Uuid, patterns: &[Pattern]) -> Option<Connection> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Some(conn) = hub.reconnect(id, Transport::LongPoll, patterns.to_vec()) {
+            return Some(conn);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Session {
+    /// Ends the poll waiting on this session, if any (a newer poll, or the session's end);
+    /// returns the number of the poll that supersedes it.
+    fn supersede(&self) -> u64 {
+        let this = self.polls.fetch_add(1, Ordering::AcqRel) + 1;
+        self.superseded.notify_waiters();
+        this
+    }
 }
 
 /// Marks a session as being polled; dropped (also when the client goes away mid-poll), it
@@ -377,17 +412,17 @@ pub(crate) async fn poll(
         };
         crate::http::peer::address_key(ip)
     });
-    let (session, fresh) = session_for(&hub, &sessions, id, patterns, address)?;
+    let (session, fresh) = session_for(&hub, &sessions, id, patterns, address).await?;
     let client = session.conn.client().clone();
     let client_id = client.id();
 
     // A newer poll of the same session takes over from a waiting one.
-    session.superseded.notify_waiters();
+    let this_poll = session.supersede();
     let mut state = session.state.lock().await;
     let polling = Polling::start(&session);
     client.heard(now_ms());
     client.set_throttle(&session.patterns, conflate::throttle(q.throttle_ms));
-    let answer = answer(&hub, &session, &mut state, q.cursor.as_deref(), fresh, wait).await;
+    let answer = answer(&hub, &session, &mut state, q.cursor.as_deref(), fresh, wait, this_poll).await;
     drop(polling);
     drop(state);
     let answer = answer?;
@@ -421,6 +456,7 @@ async fn answer(
     asked: Option<&str>,
     fresh: bool,
     wait: Duration,
+    this_poll: u64,
 ) -> Result<Answer, ApiError> {
     let client = session.conn.client();
     let Some(asked) = asked else {
@@ -449,12 +485,16 @@ async fn answer(
     let mut items = Vec::new();
     loop {
         // Whether this poll is over even if nothing is to be sent.
-        let over = tokio::select! {
-            _ = client.next_batch(&mut batch) => false,
-            _ = conflate::until(state.shaper.next_due()) => false,
-            _ = tokio::time::sleep_until(deadline) => true,
-            _ = session.superseded.notified() => true,
-        };
+        let superseded = session.superseded.notified();
+        tokio::pin!(superseded);
+        superseded.as_mut().enable();
+        let over = session.polls.load(Ordering::Acquire) != this_poll
+            || tokio::select! {
+                _ = client.next_batch(&mut batch) => false,
+                _ = conflate::until(state.shaper.next_due()) => false,
+                _ = tokio::time::sleep_until(deadline) => true,
+                _ = superseded => true,
+            };
         // Everything the fan-out has handed out is in the queue by now: take it all, and the
         // cursor may move there.
         let head = hub.fanned();
