@@ -355,11 +355,11 @@ impl Drop for Request2 {
     }
 }
 
-/// A response body that holds its request's [`Request2`] until hyper drops it (sent, or the
-/// stream reset).
+/// A response body that holds its HTTP/2 request's [`Request2`] (if any) until hyper drops it
+/// (sent, or the stream reset).
 struct Held {
     body: Body,
-    _request: Arc<Request2>,
+    _request: Option<Arc<Request2>>,
 }
 
 impl hyper::body::Body for Held {
@@ -382,18 +382,17 @@ impl hyper::body::Body for Held {
     }
 }
 
-tokio::task_local! {
-    /// The token that cuts the HTTP/2 stream whose task is running (see [`StreamTasks`]).
-    static STREAM_KILL: CancellationToken;
-}
+/// Where a stream's task is found once hyper has spawned it.
+type StreamTask = Arc<OnceLock<tokio::task::AbortHandle>>;
 
-/// The executor hyper runs an HTTP/2 connection's streams on: each stream is a task of its own
-/// that a token, a child of the connection's, drops, and hyper then resets that stream alone
-/// (`RST_STREAM`). The stream's request handling reads the token from [`STREAM_KILL`], so the
-/// slow-client cut of one event stream leaves the other streams of its connection alone.
-#[derive(Clone)]
+/// The executor hyper runs an HTTP/2 connection's streams on: each stream is a task of its own,
+/// and the stream's [`ConnHandle`] can abort it, so that the slow-client cut of one event stream
+/// resets that stream alone (`RST_STREAM`) and leaves the other streams of its connection alone.
+/// Hyper spawns a stream's task right after calling the service for its request, on the same
+/// thread: the service leaves the stream's [`StreamTask`] in `next`, and this takes it.
+#[derive(Clone, Default)]
 struct StreamTasks {
-    connection: CancellationToken,
+    next: Arc<Mutex<Option<StreamTask>>>,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamTasks
@@ -401,13 +400,10 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let kill = self.connection.child_token();
-        tokio::spawn(STREAM_KILL.scope(kill.clone(), async move {
-            tokio::select! {
-                _ = fut => {}
-                _ = kill.cancelled() => {}
-            }
-        }));
+        let task = tokio::spawn(fut);
+        if let Some(slot) = self.next.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = slot.set(task.abort_handle());
+        }
     }
 }
 
@@ -443,6 +439,8 @@ async fn https(
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let in_progress = Arc::new(InProgress::default());
     let requests = in_progress.clone();
+    let tasks = StreamTasks::default();
+    let next_task = tasks.next.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let subscriber = matches!(req.uri().path(), "/stream" | "/ws");
         let mut refused = (reserved && subscriber).then(|| refusal_response(Refusal::Full));
@@ -457,22 +455,23 @@ async fn https(
                 req.headers_mut().entry(axum::http::header::HOST).or_insert(host);
             }
             match Request2::start(&requests, &limits, subscriber) {
-                Ok(started) => request = Some(Arc::new(started)),
+                Ok(started) => {
+                    let started = Arc::new(started);
+                    // The stream's own handle: cutting it aborts this stream's task only. The
+                    // session of a WebSocket holds the handle, and so the request.
+                    let task = StreamTask::default();
+                    *next_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
+                    let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((started.clone(), handle.clone()));
+                    req.extensions_mut().insert(ConnHandle::for_stream(handle.token().child_token(), slot, task));
+                    request = Some(started);
+                }
                 Err(why) => refused = Some(refusal_response(why)),
             }
         } else {
             req.extensions_mut().insert(handle.clone());
         }
         let app = app.clone();
-        let handle = handle.clone();
         async move {
-            if let Some(request) = &request {
-                // This runs in the stream's own task: its token cuts this stream only. The
-                // session of a WebSocket holds the handle, and so the request.
-                let kill = STREAM_KILL.try_with(CancellationToken::clone).unwrap_or_else(|_| handle.token());
-                let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((request.clone(), handle));
-                req.extensions_mut().insert(ConnHandle::new(kill, slot));
-            }
             let mut response = match refused {
                 Some(refused) => refused,
                 None => app.oneshot(req.map(Body::new)).await?,
@@ -481,14 +480,10 @@ async fn https(
                 // Connection-specific headers are not HTTP/2 (RFC 9113 section 8.2.2).
                 response.headers_mut().remove(axum::http::header::CONNECTION);
             }
-            let response = match request {
-                Some(request) => response.map(|body| Body::new(Held { body, _request: request })),
-                None => response,
-            };
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, std::convert::Infallible>(response.map(|body| Held { body, _request: request }))
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(StreamTasks { connection: kill.clone() });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(tasks);
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     // WebSockets over HTTP/2 streams (RFC 8441's extended CONNECT).
     builder.http2().timer(TokioTimer::new()).enable_connect_protocol();

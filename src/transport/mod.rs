@@ -74,6 +74,8 @@ pub(crate) struct ConnHandle {
     kill: CancellationToken,
     /// The edge's count of the connection, released when the last handle goes.
     _slot: Arc<dyn std::any::Any + Send + Sync>,
+    /// For an HTTP/2 stream: its task (set once spawned), which a cut aborts.
+    task: Option<Arc<std::sync::OnceLock<tokio::task::AbortHandle>>>,
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -85,7 +87,16 @@ impl std::fmt::Debug for ConnHandle {
 impl ConnHandle {
     /// A handle that `kill` cuts, holding `slot` (dropped with the last handle).
     pub(crate) fn new(kill: CancellationToken, slot: Arc<dyn std::any::Any + Send + Sync>) -> ConnHandle {
-        ConnHandle { kill, _slot: slot }
+        ConnHandle { kill, _slot: slot, task: None }
+    }
+
+    /// The handle of one HTTP/2 stream: a cut also aborts `task`, which resets the stream alone.
+    pub(crate) fn for_stream(
+        kill: CancellationToken,
+        slot: Arc<dyn std::any::Any + Send + Sync>,
+        task: Arc<std::sync::OnceLock<tokio::task::AbortHandle>>,
+    ) -> ConnHandle {
+        ConnHandle { kill, _slot: slot, task: Some(task) }
     }
 
     /// Completes when the connection is to be dropped (cut by the server).
@@ -101,10 +112,16 @@ impl ConnHandle {
     /// Drops the connection after `grace` unless it ended before.
     pub(crate) fn kill_after(&self, grace: Duration) {
         let kill = self.kill.clone();
+        let task = self.task.clone();
         // Ends by itself after `grace`, or as soon as the connection is gone.
         tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(grace) => kill.cancel(),
+                _ = tokio::time::sleep(grace) => {
+                    kill.cancel();
+                    if let Some(task) = task.as_ref().and_then(|t| t.get()) {
+                        task.abort();
+                    }
+                }
                 _ = kill.cancelled() => {}
             }
         });
