@@ -407,6 +407,62 @@ where
     }
 }
 
+/// Why an HTTPS connection stops being served before it ends.
+enum Stop {
+    /// The server drains: tell the client (`GOAWAY`), let the requests finish.
+    Drain,
+    /// An HTTP/2 connection without a request for [`H2_IDLE`].
+    Idle,
+    /// Cut.
+    Kill,
+}
+
+/// A future polled only when it woke itself (and on the first poll): beside a busy one in a
+/// `select!`, it costs an atomic load per wake of the task instead of a poll.
+struct OnWake<F> {
+    inner: F,
+    woken: Arc<Woken>,
+    started: bool,
+}
+
+/// Whether an [`OnWake`]'s future woke, and the task to wake then.
+#[derive(Default)]
+struct Woken {
+    flag: std::sync::atomic::AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> OnWake<F> {
+    fn new(inner: F) -> OnWake<F> {
+        OnWake { inner, woken: Arc::default(), started: false }
+    }
+}
+
+impl<F: Future + Unpin> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.woken.task.register(cx.waker());
+        if self.started && !self.woken.flag.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        self.started = true;
+        let waker = std::task::Waker::from(self.woken.clone());
+        Pin::new(&mut self.inner).poll(&mut Context::from_waker(&waker))
+    }
+}
+
 /// Completes once `in_progress` has had no request for [`H2_IDLE`].
 async fn idle(in_progress: Arc<InProgress>) {
     let mut requests = in_progress.requests.subscribe();
@@ -496,16 +552,30 @@ async fn https(
             std::future::pending().await
         }
     };
+    // Why the connection would stop before it ends: polled only when one of them wakes it, not
+    // on every wake of the connection (each event written), as a select over all would.
+    let stop = async {
+        tokio::select! {
+            _ = draining.cancelled() => Stop::Drain,
+            _ = idle => Stop::Idle,
+            _ = kill.cancelled() => Stop::Kill,
+        }
+    };
+    tokio::pin!(stop);
+    let stop = OnWake::new(stop);
     tokio::select! {
+        biased;
         res = conn.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             return;
         }
-        _ = draining.cancelled() => {}
-        _ = idle => tracing::debug!(%peer, "idle HTTP/2 connection closed"),
-        _ = kill.cancelled() => return,
+        why = stop => match why {
+            Stop::Drain => {}
+            Stop::Idle => tracing::debug!(%peer, "idle HTTP/2 connection closed"),
+            Stop::Kill => return,
+        },
     }
     conn.as_mut().graceful_shutdown();
     tokio::select! {
