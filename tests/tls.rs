@@ -306,6 +306,16 @@ async fn long_poll_over_http2() {
     s.stop().await;
 }
 
+/// Waits until the gateway lists a client (a subscription is in place), asking on `conn`.
+async fn until_listed(conn: &mut Conn) {
+    within("the client to be listed", async {
+        while conn.get("/clients").await.2["clients"].as_array().is_none_or(|c| c.is_empty()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn websocket_over_tls() {
     let cert = Cert::new();
@@ -317,12 +327,7 @@ async fn websocket_over_tls() {
             .expect("websocket over TLS");
     let mut conn = Conn::open(s.addr, &cert, true).await;
     // The subscription is in place once the gateway lists the client.
-    within("the websocket client to be listed", async {
-        while conn.get("/clients").await.2["clients"].as_array().is_none_or(|c| c.is_empty()) {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_listed(&mut conn).await;
     conn.publish(json!({"topic": "news", "event": "t", "data": "over wss"})).await;
     let got = within("the event over the websocket", async {
         loop {
@@ -419,12 +424,7 @@ async fn websocket_over_http2_by_extended_connect() {
     .await;
     // A publish on another stream of the same connection.
     let mut conn = Conn::H2(send);
-    within("the websocket client to be listed", async {
-        while conn.get("/clients").await.2["clients"].as_array().is_none_or(|c| c.is_empty()) {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_listed(&mut conn).await;
     conn.publish(json!({"topic": "news", "event": "t", "data": "over h2"})).await;
     let got = within("the event over the websocket", async {
         loop {
