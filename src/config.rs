@@ -131,6 +131,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Whether `ip` is one of `--trusted-proxies`.
+    pub fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(ip))
+    }
+
     /// Parses `serve`'s flags (`args` without the program name, starting at `serve`), taking a
     /// value from `env` (`SSEGATE_<FLAG>`) for each flag that is not given.
     pub fn from_sources<I, T>(args: I, env: &HashMap<String, String>) -> Result<Config, clap::Error>

@@ -60,6 +60,14 @@ impl Open {
         self.per_address.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 
+    /// Takes a slot for a connection (or an HTTP/2 stream) from `key` (`None`: not counted per
+    /// address); returns it with how many are taken now in all and from `key`.
+    fn take(open: &Arc<Open>, key: Option<IpAddr>) -> (Slot, usize, usize) {
+        let total = open.count.fetch_add(1, Ordering::AcqRel) + 1;
+        let from_address = key.map_or(0, |key| open.add(key));
+        (Slot::new(open.clone(), key), total, from_address)
+    }
+
     async fn until_none(&self) {
         loop {
             let none = self.none.notified();
@@ -122,8 +130,6 @@ pub async fn serve(
     let open = Arc::new(Open::default());
     let max = hub.config().max_connections;
     let max_per_address = hub.config().max_per_address;
-    let proxies = hub.config().trusted_proxies.clone();
-    let trusted = |peer: &SocketAddr| proxies.iter().any(|n| n.contains(peer.ip().to_canonical()));
     let tls = crate::edge::tls::Tls::from_config(hub.config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
         .map(Arc::new);
@@ -146,10 +152,9 @@ pub async fn serve(
         };
         // A trusted proxy carries many clients: only --max-connections bounds it (its requests
         // name their clients, whom the long-poll sessions count).
-        let key = (!trusted(&peer)).then(|| address_key(peer.ip()));
-        let total = open.count.fetch_add(1, Ordering::AcqRel) + 1;
-        let slot = Arc::new(Slot::new(open.clone(), key));
-        let from_address = key.map_or(0, |key| open.add(key));
+        let key = (!hub.config().trusts_proxy(peer.ip())).then(|| address_key(peer.ip()));
+        let (slot, total, from_address) = Open::take(&open, key);
+        let slot = Arc::new(slot);
         if total > max + RESERVED_CONNECTIONS || from_address > max_per_address {
             drop(slot);
             let why = if from_address > max_per_address { Refusal::Address } else { Refusal::Full };
@@ -332,9 +337,8 @@ impl Request2 {
         in_progress.requests.send_modify(|n| *n += 1);
         let mut request = Request2 { in_progress: in_progress.clone(), extra: None, subscriber };
         if subscriber && in_progress.subscribers.fetch_add(1, Ordering::AcqRel) >= 1 {
-            let total = limits.open.count.fetch_add(1, Ordering::AcqRel) + 1;
-            let from_address = limits.key.map_or(0, |key| limits.open.add(key));
-            request.extra = Some(Slot::new(limits.open.clone(), limits.key));
+            let (slot, total, from_address) = Open::take(&limits.open, limits.key);
+            request.extra = Some(slot);
             if from_address > limits.max_per_address {
                 return Err(Refusal::Address);
             }

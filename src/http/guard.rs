@@ -66,7 +66,7 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 /// the nearest address in the forwarding headers that is not a trusted proxy itself.
 pub(crate) fn peer(config: &Config, peer: Option<SocketAddr>, headers: &HeaderMap) -> Peer {
     let Some(peer) = peer.map(|p| p.ip().to_canonical()) else { return Peer::Unknown };
-    let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|n| n.contains(ip));
+    let trusted = |ip: IpAddr| config.trusts_proxy(ip);
     if !trusted(peer) {
         // Forwarding headers from a proxy nobody configured: the request is not what it seems.
         return if forwarding_headers(headers) { Peer::Unknown } else { Peer::Known(peer) };
