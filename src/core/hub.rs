@@ -145,8 +145,8 @@ struct Shared {
     /// The last event delivered from a shared broker, for clients that resume from a position
     /// another node has reached and this one not yet.
     delivered: tokio::sync::watch::Sender<EventId>,
-    /// Runs of events for the fan-out writer thread, sent under the state lock in dispatch order.
-    fanout: crate::core::fanout::Queue,
+    /// Runs of events for the fan-out writer, queued under the state lock in dispatch order.
+    fanout: crate::core::fanout::Writer,
     /// The last event the fan-out writer has handed to every receiver.
     fanned: tokio::sync::watch::Sender<EventId>,
     /// Bytes of unfinished WebSocket messages held across all connections.
@@ -316,7 +316,7 @@ impl Dispatch for Shared {
                 Ok(events)
             })
             .collect();
-        st.fan_out(&all, &self.fanout);
+        st.fan_out(&all, &self.fanout, true);
         drop(st);
         results
     }
@@ -342,7 +342,7 @@ impl Dispatch for Shared {
             }
         }
         st.head = st.head.max(head);
-        st.fan_out(&send, &self.fanout);
+        st.fan_out(&send, &self.fanout, false);
         drop(st);
         self.delivered.send_if_modified(|d| std::mem::replace(d, head) != head);
         gaps
@@ -480,10 +480,11 @@ impl Shared {
 }
 
 impl State {
-    /// Decides who receives each event and sends the runs to the fan-out writer, which writes
-    /// them outside this lock. Moves the head: a client registering from now on receives only
-    /// what comes after these events live.
-    fn fan_out(&mut self, events: &[Arc<Event>], writer: &crate::core::fanout::Queue) {
+    /// Decides who receives each event and queues the runs for the fan-out writer, which writes
+    /// them outside this lock (`inline`: a small batch may be left for the publishing request,
+    /// which then calls [`crate::core::fanout::Writer::help`]). Moves the head: a client
+    /// registering from now on receives only what comes after these events live.
+    fn fan_out(&mut self, events: &[Arc<Event>], writer: &crate::core::fanout::Writer, inline: bool) {
         let mut runs = Vec::new();
         let mut rest = events;
         while let Some(ev) = rest.first() {
@@ -524,8 +525,16 @@ impl State {
                 key: plain_topic.and(ev.draft.topic.clone()).map(|t| (t, self.generation)),
             });
         }
-        // The writer lives as long as the hub; if it is gone, so is everyone to write to.
-        let _ = writer.send(crate::core::fanout::Batch { runs, head: self.head });
+        writer.submit(crate::core::fanout::Batch { runs, head: self.head }, inline);
+    }
+}
+
+/// Writes what a publishing request left for itself, when it ends however it ends.
+struct Help<'a>(&'a crate::core::fanout::Writer);
+
+impl Drop for Help<'_> {
+    fn drop(&mut self) {
+        self.0.help();
     }
 }
 
@@ -579,7 +588,7 @@ impl Hub {
         let gate = broker.durability();
         let shared = Arc::new_cyclic(|me: &Weak<Shared>| {
             let me = me.clone();
-            let fanout = crate::core::fanout::spawn(gate, move |done, head| {
+            let fanout = crate::core::fanout::Writer::spawn(gate, move |done, head| {
                 if let Some(shared) = me.upgrade() {
                     shared.fanned(done, head);
                 }
@@ -810,7 +819,14 @@ impl Hub {
             return Ok(Vec::new());
         }
         let item = |index: usize| item_of.get(index).copied().unwrap_or(index);
-        let events = self.shared.broker.publish(drafts, &*self.shared).await.map_err(|e| e.renumbered(item))?;
+        // A small fan-out is written by this request once the broker lets go of its locks
+        // (`fanout::Writer::help`): right after a broker that dispatches as it is called, after
+        // the publish for one that dispatches later, and when this request is dropped early.
+        let _help = Help(&self.shared.fanout);
+        let publishing = self.shared.broker.publish(drafts, &*self.shared);
+        self.shared.fanout.help();
+        let events = publishing.await.map_err(|e| e.renumbered(item))?;
+        self.shared.fanout.help();
         self.shared.metrics.published.inc_by(events.len() as u64);
         // With the in-process broker, a publish is answered once its events have reached every
         // receiver (written or queued): publishers cannot outrun the fan-out writer.

@@ -109,6 +109,11 @@ impl Snapshot {
         self.0.iter().all(|c| c.is_empty())
     }
 
+    /// How many clients it lists (one listed twice counts twice).
+    pub(crate) fn len(&self) -> usize {
+        self.0.iter().map(|c| c.len()).sum()
+    }
+
     /// The clients in groups of at most `n`, none of which spans two chunks.
     pub(crate) fn groups(&self, n: usize) -> impl Iterator<Item = &[Arc<Client>]> {
         self.0.iter().flat_map(move |c| c.chunks(n))
