@@ -30,7 +30,8 @@
 //!    dispatch in id order.
 //! 4. `core/`: dispatch applies state changes (`retained`), finds each event's receivers under
 //!    the hub's lock (exact topics, the pattern trie, targeted clients) and hands runs of
-//!    receivers to the fan-out thread (`fanout`), which, outside every lock, pushes one shared
+//!    receivers to the fan-out writer (`fanout`: the publishing request itself for at most
+//!    1,024 receivers, a thread of its own otherwise), which, outside every lock, pushes one shared
 //!    `Arc<Event>` into each receiving client's bounded queue (`client`), never waiting on a
 //!    client: a full queue closes that client, which resumes from history. A connection that
 //!    has written everything gets the event's frame (encoded once per wire format, shared by
