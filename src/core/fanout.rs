@@ -118,8 +118,7 @@ impl Writer {
         gate: Option<Arc<dyn Durability>>,
         done: impl Fn(Outcome, EventId) + Send + Sync + 'static,
     ) -> std::io::Result<Writer> {
-        let inner =
-            Arc::new(Inner { queue: Mutex::default(), wake: Condvar::new(), gate, done: Box::new(done) });
+        let inner = Arc::new(Inner { queue: Mutex::default(), wake: Condvar::new(), gate, done: Box::new(done) });
         let thread = inner.clone();
         std::thread::Builder::new().name("ssegate-fanout".into()).spawn(move || {
             // A little below the runtime's workers: when the cores are busy, a request (a health
