@@ -575,3 +575,141 @@ async fn a_stream_that_is_not_read_is_cut_alone_over_http2() {
     .await;
     s.stop().await;
 }
+
+/// The clients the gateway lists, asked on `conn`.
+async fn listed(conn: &mut Conn) -> usize {
+    conn.get("/clients").await.2["clients"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_gives_back_every_slot_and_client() {
+    let cert = Cert::new();
+    let s = server(&cert, |c| c.max_per_address = 16).await;
+    // A victim on a connection of its own, from the same address as the attacker.
+    let mut victim = Conn::open(s.addr, &cert, true).await;
+    let mut events = victim.stream("topic=victim").await;
+    let mut watcher = Conn::open(s.addr, &cert, false).await;
+    // The attacker (CVE-2023-44487): one HTTP/2 connection that opens event streams, far more
+    // than its address may hold, and resets each, half before the answer and half after it
+    // (once the gateway registered a client for it).
+    let tls = within("the TLS handshake", connect(s.addr, &cert.der, &[b"h2"])).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = Some(h2);
+    let (mut opened, mut answered, mut ok, mut refused) = (0, 0, 0, None);
+    for i in 0..1_000 {
+        let ready = match h2.take() {
+            Some(h) => within("HTTP/2 to be ready", h.ready()).await,
+            None => break,
+        };
+        let mut ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        };
+        let get = Request::get("https://localhost/stream?topic=flood").body(()).unwrap();
+        match ready.send_request(get, true) {
+            Ok((response, _)) => {
+                opened += 1;
+                // Dropping the response resets the stream (CANCEL).
+                if i % 2 == 1 {
+                    if let Ok(r) = within("an answer", response).await {
+                        assert!(matches!(r.status(), StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE));
+                        answered += 1;
+                        ok += usize::from(r.status() == StatusCode::OK);
+                    }
+                }
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+        h2 = Some(ready);
+    }
+    // Either every stream was opened and reset, or the gateway ended the connection for abuse.
+    match &refused {
+        None => assert_eq!(opened, 1_000),
+        Some(e) => assert!(e.is_go_away() || e.is_io(), "the attacker's connection ended with {e:?}"),
+    }
+    eprintln!(
+        "rapid reset: {opened} streams opened, {answered} answered ({ok} with 200), connection ended: {refused:?}"
+    );
+    // Every client the flood registered is gone again: the victim is the only one left.
+    within("the flood's clients to be gone", async {
+        while listed(&mut watcher).await != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The victim noticed nothing.
+    victim.publish(json!({"topic": "victim", "event": "v", "data": 1})).await;
+    let got = next(&mut events).await.expect("the victim's event");
+    assert_eq!((got.event.as_str(), got.data.as_str()), ("v", "1"));
+    // And the slots came back: the address may open as many streams as before.
+    let mut again = Conn::open(s.addr, &cert, true).await;
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        streams.push(again.stream("topic=again").await);
+    }
+    s.stop().await;
+}
+
+/// An HTTP/2 frame: type, flags, stream, payload (RFC 9113 section 4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_continuation_flood_is_answered_with_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = Cert::new();
+    let s = server(&cert, |_| {}).await;
+    let tls = within("the TLS handshake", connect(s.addr, &cert.der, &[b"h2"])).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    // What the gateway sends back, until it closes the connection.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let _ = rd.read_to_end(&mut got).await;
+        got
+    });
+    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    wr.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    // A HEADERS frame without END_HEADERS, then CONTINUATION frames of 16 KiB that never end the
+    // header block (CVE-2024-27316 and its kin): at most 64 MiB, until the gateway hangs up.
+    wr.write_all(&frame(0x1, 0x1, 1, &[0x82])).await.unwrap();
+    let block = frame(0x9, 0, 1, &[0x82; 16_384]);
+    let mut sent = 0usize;
+    while sent < 64 << 20 && !reader.is_finished() {
+        if wr.write_all(&block).await.is_err() {
+            break;
+        }
+        sent += block.len();
+    }
+    let got = within("the gateway to close the connection", reader).await.unwrap();
+    // Its frames: the first is its SETTINGS; somewhere after, a GOAWAY.
+    let mut at = 0;
+    let mut goaway = None;
+    while at + 9 <= got.len() {
+        let len = usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
+            goaway = Some(u32::from_be_bytes(got[at + 13..at + 17].try_into().unwrap()));
+        }
+        at += 9 + len;
+    }
+    let code = goaway.unwrap_or_else(|| panic!("no GOAWAY in {} bytes, after {sent} bytes sent", got.len()));
+    // ENHANCE_YOUR_CALM (0xb) or PROTOCOL_ERROR (0x1).
+    assert!(code == 0xb || code == 0x1, "GOAWAY with error code {code:#x}");
+    eprintln!("continuation flood: GOAWAY {code:#x} after {sent} bytes sent");
+    assert!(sent < 16 << 20, "the gateway read {sent} bytes of one header block before it hung up");
+    // Others are served as before.
+    let mut other = Conn::open(s.addr, &cert, true).await;
+    assert_eq!(other.get("/healthz").await.0, StatusCode::OK);
+    s.stop().await;
+}
