@@ -713,3 +713,31 @@ async fn a_continuation_flood_is_answered_with_goaway() {
     assert_eq!(other.get("/healthz").await.0, StatusCode::OK);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_slots_of_an_http2_connection_follow_its_open_streams() {
+    let cert = Cert::new();
+    let s = server(&cert, |c| c.max_per_address = 2).await;
+    let mut conn = Conn::open(s.addr, &cert, true).await;
+    let first = conn.stream("topic=a").await;
+    let mut second = conn.stream("topic=b").await;
+    // The address's two slots are taken: a third stream is refused.
+    assert_eq!(conn.send("GET", "/stream?topic=c", None).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The first stream ends (the client resets it), the second stays: one slot is free again,
+    // whichever of the two held the connection's own.
+    drop(first);
+    within("the first stream's client to be gone", async {
+        while listed(&mut conn).await != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut third = conn.stream("topic=c").await;
+    assert_eq!(conn.send("GET", "/stream?topic=d", None).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    for (topic, events) in [("b", &mut second), ("c", &mut third)] {
+        conn.publish(json!({"topic": topic, "event": "e", "data": topic})).await;
+        let got = next(events).await.expect("an event");
+        assert_eq!(got.data, format!("\"{topic}\""));
+    }
+    s.stop().await;
+}

@@ -317,16 +317,23 @@ struct Limits {
 #[derive(Default)]
 struct InProgress {
     requests: tokio::sync::watch::Sender<usize>,
-    subscribers: AtomicUsize,
+    subscribers: std::sync::Mutex<Subscribers>,
+}
+
+/// An HTTP/2 connection's subscribers and the slots they hold beyond the connection's own: the
+/// connection's slot covers one, as on HTTP/1.1, and each further one takes a slot of its own,
+/// so `extra` holds one slot fewer than there are subscribers, whichever of them ends first.
+#[derive(Default)]
+struct Subscribers {
+    count: usize,
+    extra: Vec<Slot>,
 }
 
 /// One request in progress on an HTTP/2 connection, held by its response body and (for a
 /// WebSocket) its session: dropping the last holder ends it.
 struct Request2 {
     in_progress: Arc<InProgress>,
-    /// A subscriber's slot beyond the connection's own: the connection's slot covers one event
-    /// stream, as on HTTP/1.1, and each further one takes a slot of its own.
-    extra: Option<Slot>,
+    /// Counted among the connection's subscribers.
     subscriber: bool,
 }
 
@@ -335,16 +342,22 @@ impl Request2 {
     /// the refusal a new connection would get.
     fn start(in_progress: &Arc<InProgress>, limits: &Limits, subscriber: bool) -> Result<Request2, Refusal> {
         in_progress.requests.send_modify(|n| *n += 1);
-        let mut request = Request2 { in_progress: in_progress.clone(), extra: None, subscriber };
-        if subscriber && in_progress.subscribers.fetch_add(1, Ordering::AcqRel) >= 1 {
-            let (slot, total, from_address) = Open::take(&limits.open, limits.key);
-            request.extra = Some(slot);
-            if from_address > limits.max_per_address {
-                return Err(Refusal::Address);
+        let mut request = Request2 { in_progress: in_progress.clone(), subscriber: false };
+        if subscriber {
+            let mut subs = in_progress.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            if subs.count >= 1 {
+                // Refused, the slot is given back as it is dropped.
+                let (slot, total, from_address) = Open::take(&limits.open, limits.key);
+                if from_address > limits.max_per_address {
+                    return Err(Refusal::Address);
+                }
+                if total > limits.max {
+                    return Err(Refusal::Full);
+                }
+                subs.extra.push(slot);
             }
-            if total > limits.max {
-                return Err(Refusal::Full);
-            }
+            subs.count += 1;
+            request.subscriber = true;
         }
         Ok(request)
     }
@@ -353,7 +366,11 @@ impl Request2 {
 impl Drop for Request2 {
     fn drop(&mut self) {
         if self.subscriber {
-            self.in_progress.subscribers.fetch_sub(1, Ordering::AcqRel);
+            let mut subs = self.in_progress.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            subs.count -= 1;
+            let freed = subs.extra.pop();
+            drop(subs);
+            drop(freed);
         }
         self.in_progress.requests.send_modify(|n| *n -= 1);
     }
