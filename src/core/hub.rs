@@ -151,6 +151,8 @@ struct Shared {
     fanned: tokio::sync::watch::Sender<EventId>,
     /// Bytes of unfinished WebSocket messages held across all connections.
     unfinished: Arc<std::sync::atomic::AtomicUsize>,
+    /// Told whenever a connection lets go of its client's id ([`Hub::released`]).
+    released: tokio::sync::Notify,
 }
 
 struct Entry {
@@ -614,6 +616,7 @@ impl Hub {
                 fanout,
                 fanned: tokio::sync::watch::Sender::new(head),
                 unfinished: Arc::default(),
+                released: tokio::sync::Notify::new(),
             }
         });
         let hub = Hub { shared };
@@ -719,6 +722,12 @@ impl Hub {
 
     /// Unregisters a connection's client (the hub may have done so already, on overflow or
     /// disconnect) and counts it gone.
+    /// Completes the next time a connection lets go of its client's id (create it, and
+    /// `enable` it, before trying [`Hub::reconnect`], so that a release in between is not missed).
+    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.released.notified()
+    }
+
     fn release(&self, client: &Arc<Client>) {
         let mut st = lock(&self.shared.state);
         // The id may have been taken since by a new client (a long-poll session reconnecting).
@@ -731,6 +740,7 @@ impl Hub {
         }
         drop(st);
         if mine {
+            self.shared.released.notify_waiters();
             self.shared.presence(|| Presence::Gone(client.id()));
         }
         self.shared.metrics.clients.get_or_create(&client.transport().into()).dec();

@@ -298,17 +298,18 @@ async fn session_for(
 }
 
 /// Registers `id` again, once the old session's last poll has let go of it (it was just told to
-/// answer); after a second, a new id (the client resumes through its cursor all the same).
+/// answer): tried again each time a connection lets go of an id, for at most a second; then a
+/// new id (the client resumes through its cursor all the same).
 async fn reconnect(hub: &Hub, id: Uuid, patterns: &[Pattern]) -> Option<Connection> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {
+        let released = hub.released();
+        tokio::pin!(released);
+        released.as_mut().enable();
         if let Some(conn) = hub.reconnect(id, Transport::LongPoll, patterns.to_vec()) {
             return Some(conn);
         }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::timeout_at(deadline, released).await.ok()?;
     }
 }
 
