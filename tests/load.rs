@@ -136,3 +136,82 @@ async fn two_thousand_sse_clients_all_receive_all_events() {
 async fn two_thousand_websocket_clients_all_receive_all_events() {
     two_thousand_clients_receive_every_event(Kind::Ws).await;
 }
+
+/// An event id (`<ms>-<seq>`) as a pair that orders as the ids do.
+fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("an id <ms>-<seq>");
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// Publishers racing each other, two to a topic with more subscribers than a publishing request
+/// writes to itself (the fan-out thread writes those) and two to a topic with a few (written by
+/// the publishing request): every client gets every event of its topics once, in id order, and
+/// each publisher's events in the order it sent them, also a client of both topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_and_large_fan_outs_racing_keep_every_clients_order() {
+    const BIG: usize = 1_100;
+    const EACH: u64 = 50;
+    let s = ChildServer::start(&[]).await;
+    let api = s.api.clone();
+    let connect = |topics: &'static [&'static str], n: usize| {
+        let api = api.clone();
+        within(
+            "the clients to connect",
+            futures::stream::iter(0..n)
+                .map(move |_| {
+                    let api = api.clone();
+                    async move { (topics, AnyClient::connect(&api, Kind::Sse, topics, None).await) }
+                })
+                .buffer_unordered(100)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut clients = connect(&["big"], BIG - 4).await;
+    clients.extend(connect(&["big", "small"], 4).await);
+    clients.extend(connect(&["small"], 2).await);
+    assert_eq!(s.client_ids().await.len(), BIG + 2);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|(topics, mut c)| {
+            tokio::spawn(async move {
+                let want = 2 * EACH as usize * topics.len();
+                let mut got = Vec::with_capacity(want);
+                while got.len() < want {
+                    let ev = c.next().await;
+                    got.push((ev.id, ev.data["p"].as_u64().unwrap(), ev.data["n"].as_u64().unwrap()));
+                }
+                (topics, got)
+            })
+        })
+        .collect();
+    let publishers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let api = api.clone();
+            let topic = if p < 2 { "big" } else { "small" };
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    api.publish_ok(json!({"topic": topic, "event": "e", "data": {"p": p, "n": n}})).await;
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        within("a publisher", p).await.unwrap();
+    }
+    for r in readers {
+        let (topics, got) = within("a client's events", r).await.unwrap();
+        let ids: Vec<(u64, u64)> = got.iter().map(|(id, _, _)| id_order(id)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order for a client of {topics:?}");
+        let publishers: Vec<u64> = if topics.len() == 2 {
+            vec![0, 1, 2, 3]
+        } else if topics[0] == "big" {
+            vec![0, 1]
+        } else {
+            vec![2, 3]
+        };
+        for p in publishers {
+            let ns: Vec<u64> = got.iter().filter(|(_, q, _)| *q == p).map(|(_, _, n)| *n).collect();
+            assert_eq!(ns, (0..EACH).collect::<Vec<_>>(), "publisher {p}'s events for a client of {topics:?}");
+        }
+    }
+}
