@@ -1,5 +1,6 @@
 //! Load behaviour against the real binary: a client that never reads cannot slow the others or
-//! grow the server's memory, and 2,000 concurrent SSE clients all receive every event.
+//! grow the server's memory, 2,000 concurrent SSE clients all receive every event, and publishers
+//! racing to large and small audiences keep every client's order.
 
 mod common;
 
