@@ -129,12 +129,13 @@ fn head_too_large() -> ApiError {
 /// Completes when the peer closes its side (or the connection fails). Anything it sends after
 /// its request is read and ignored.
 async fn peer_gone(stream: &TcpStream) {
-    let mut sink = [0u8; 64];
     loop {
         tokio::task::consume_budget().await;
         if stream.readable().await.is_err() {
             return;
         }
+        // Not kept across the awaits: it would be in every connection's task.
+        let mut sink = [0u8; 64];
         match stream.try_read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}
@@ -282,6 +283,7 @@ pub(crate) async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) 
     let (mut pump, first) = sse::pump(opened);
     let client = pump.client().clone();
     let mut out = response_head(StatusCode::OK, &sse::HEADERS, cors.as_deref());
+    drop(cors);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&first);
     drop(first);
@@ -344,7 +346,12 @@ pub(crate) async fn serve_ws(hub: Hub, stream: TcpStream, handle: ConnHandle) {
             return refuse(&stream, refused.0, extra, None, &kill).await;
         }
     };
-    let early = head.early;
+    // Only the bytes that came early are kept: the head's headers and query would otherwise stay
+    // allocated for the connection's life.
+    let early = {
+        let head = head;
+        head.early
+    };
     let mut out = response_head(
         StatusCode::SWITCHING_PROTOCOLS,
         &[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-accept", &accept)],
