@@ -720,14 +720,14 @@ impl Hub {
         Some(Connection { hub: self.clone(), client, head, snapshots })
     }
 
-    /// Unregisters a connection's client (the hub may have done so already, on overflow or
-    /// disconnect) and counts it gone.
     /// Completes the next time a connection lets go of its client's id (create it, and
     /// `enable` it, before trying [`Hub::reconnect`], so that a release in between is not missed).
     pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
         self.shared.released.notified()
     }
 
+    /// Unregisters a connection's client (the hub may have done so already, on overflow or
+    /// disconnect) and counts it gone.
     fn release(&self, client: &Arc<Client>) {
         let mut st = lock(&self.shared.state);
         // The id may have been taken since by a new client (a long-poll session reconnecting).

@@ -265,28 +265,32 @@ async fn head_of(stream: &TcpStream, kill: &CancellationToken) -> Result<Head, N
 /// cancelled.
 pub(crate) async fn serve(hub: Hub, stream: TcpStream, kill: CancellationToken) {
     let stream = Arc::new(stream);
-    let asked = match head_of(&stream, &kill).await {
-        Ok(head) => head,
-        Err(NoHead::Gone) => return,
-        Err(NoHead::Refuse(e)) => return refuse(&stream, e, &[], None, &kill).await,
+    // What only opening the stream needs lives in this block: a variable keeps its room in the
+    // task until its scope ends, even once moved or dropped, and the task stays as large as that
+    // for the connection's life.
+    let (mut pump, out) = {
+        let asked = match head_of(&stream, &kill).await {
+            Ok(head) => head,
+            Err(NoHead::Gone) => return,
+            Err(NoHead::Refuse(e)) => return refuse(&stream, e, &[], None, &kill).await,
+        };
+        let cors = allow_origin(&hub, asked.header("origin"));
+        let opened = tokio::select! {
+            opened = sse::open(&hub, asked.query.as_deref(), asked.header("last-event-id"), &asked.headers) => opened,
+            _ = kill.cancelled() => return,
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => return refuse(&stream, e, &[], cors.as_deref(), &kill).await,
+        };
+        drop(asked);
+        let (pump, first) = sse::pump(opened);
+        let mut out = response_head(StatusCode::OK, &sse::HEADERS, cors.as_deref());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&first);
+        (pump, out)
     };
-    let cors = allow_origin(&hub, asked.header("origin"));
-    let opened = tokio::select! {
-        opened = sse::open(&hub, asked.query.as_deref(), asked.header("last-event-id"), &asked.headers) => opened,
-        _ = kill.cancelled() => return,
-    };
-    let opened = match opened {
-        Ok(o) => o,
-        Err(e) => return refuse(&stream, e, &[], cors.as_deref(), &kill).await,
-    };
-    drop(asked);
-    let (mut pump, first) = sse::pump(opened);
     let client = pump.client().clone();
-    let mut out = response_head(StatusCode::OK, &sse::HEADERS, cors.as_deref());
-    drop(cors);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&first);
-    drop(first);
     let streaming = pump_out(&stream, &mut pump, out);
     // Once the hub has closed the client (its queue overflowed, the backend or shutdown), the
     // rest and a `retry:` hint get a grace period; a peer that does not read keeps the writer
