@@ -292,9 +292,24 @@ impl Inner {
 
     async fn publish(&self, drafts: Vec<Draft>, hub: &dyn Dispatch) -> Result<Vec<Arc<Event>>, PublishError> {
         let script = Script::new(PUBLISH);
+        let mut behind = false;
         for _ in 0..ATTEMPTS {
             let mut batch = drafts.clone();
-            let prepared = hub.prepare(&mut batch)?;
+            let prepared = match hub.prepare(&mut batch) {
+                Ok(prepared) => prepared,
+                // A change that does not apply to this node's copy (a JSON Patch to a path another
+                // node just added) may apply to the newest state: follow the stream to its last
+                // entry once, and prepare again.
+                Err(_) if !behind => {
+                    behind = true;
+                    let mut conn = self.conn()?;
+                    let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
+                    let last: EventId = last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or_default();
+                    self.caught_up(last).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut conn = self.conn()?;
             let mut call = script.prepare_invoke();
             call.key(&self.keys.stream).key(&self.keys.versions).key(&self.keys.states);
