@@ -284,6 +284,12 @@ impl Inner {
         self.hub.get().and_then(Weak::upgrade)
     }
 
+    /// The id of the stream's last entry (zero for an empty stream).
+    async fn last_id(&self, conn: &mut MultiplexedConnection) -> Result<EventId, BrokerError> {
+        let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
+        Ok(last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or_default())
+    }
+
     /// Waits until this node has delivered the stream up to `id` (bounded).
     async fn caught_up(&self, id: EventId) {
         let mut read = self.read.subscribe();
@@ -302,9 +308,7 @@ impl Inner {
                 // entry once, and prepare again.
                 Err(_) if !behind => {
                     behind = true;
-                    let mut conn = self.conn()?;
-                    let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
-                    let last: EventId = last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or_default();
+                    let last = self.last_id(&mut self.conn()?).await?;
                     self.caught_up(last).await;
                     continue;
                 }
@@ -385,8 +389,7 @@ impl Inner {
         hub: &dyn Dispatch,
         position: &mut Option<EventId>,
     ) -> Result<EventId, BrokerError> {
-        let last: StreamRangeReply = within(conn.xrevrange_count(&self.keys.stream, "+", "-", 1)).await?;
-        let last: EventId = last.ids.first().and_then(|e| e.id.parse().ok()).unwrap_or_default();
+        let last = self.last_id(conn).await?;
         let tail = last.max(*lock(&self.floor)).max(position.unwrap_or_default());
         let states: HashMap<String, String> = within(conn.hgetall(&self.keys.states)).await?;
         hub.restore(states.values().filter_map(|raw| topic_state(raw)).collect());
